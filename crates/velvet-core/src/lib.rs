@@ -1,0 +1,10 @@
+//! Velvet's domain: everything that is true about tokens, versions, keys and the audit chain
+//! without a database, an HTTP server or a network in sight.
+
+pub mod audit;
+pub mod config;
+pub mod duration;
+pub mod keyring;
+pub mod model;
+pub mod secret;
+pub mod template;
