@@ -1,1 +1,184 @@
-fn main() {}
+//! The `velvet` binary: argument parsing, logging set-up and exit codes. Each command lives in
+//! `commands/`.
+
+mod commands;
+mod exit;
+mod output;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use exit::{Code, Failure};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "velvet",
+    version,
+    about = "Velvet rotates credentials: mint, distribute to every consumer, verify, then revoke."
+)]
+struct Cli {
+    /// Configuration file (else VELVET_CONFIG, else ./velvet.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a starter velvet.yaml and a fresh keyring.
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite an existing velvet.yaml (an existing keyring is kept as a backup).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the server.
+    Serve {
+        /// Refuse to start if migrations are pending, instead of applying them.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Try Velvet in a throwaway directory with the embedded store; nothing else needed.
+    Demo,
+    /// Apply pending store migrations.
+    Migrate {
+        /// Show every migration and whether it is applied.
+        #[arg(long)]
+        list: bool,
+        /// Show what would be applied, without applying it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check velvet.yaml and report every problem at once.
+    Validate {
+        /// Do not require the variables named by `*_env` fields to be set.
+        #[arg(long)]
+        skip_env: bool,
+    },
+    /// Manage tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// The keyring that seals stored values.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Adopt a credential already in use as version 1; the value is read from stdin.
+    Import { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Walk the whole chain offline and report the first bad record.
+    Verify {
+        /// Print only the head (SEQ:HASH) to keep somewhere else.
+        #[arg(long)]
+        export_head: bool,
+        /// A head exported earlier: the chain must still contain it.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Show keys, which is current, and how many values each seals.
+    Status,
+    /// Add a key and re-seal every stored value under it (resumes an interrupted run).
+    Rotate {
+        /// Values re-sealed per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
+}
+
+/// Logs go to stdout as JSON for `serve` when stdout is not a terminal, else to stderr.
+fn init_logging(serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if serving { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("VELVET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if serving && !std::io::stdout().is_terminal() {
+        builder.json().with_current_span(false).init();
+    } else if serving {
+        builder.init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve { .. } | Command::Demo));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = commands::Context {
+        config_flag: cli.config,
+        output: cli.output,
+    };
+    match cli.command {
+        Command::Init { dir, force } => commands::init::run(&ctx, &dir, force),
+        Command::Serve { no_migrate } => commands::serve::serve(&ctx, no_migrate).await,
+        Command::Demo => commands::serve::demo(&ctx).await,
+        Command::Migrate { list, dry_run } => commands::store::migrate(&ctx, list, dry_run).await,
+        Command::Validate { skip_env } => commands::validate::run(&ctx, skip_env),
+        Command::Tokens {
+            command: TokensCommand::Import { name },
+        } => commands::store::import(&ctx, &name).await,
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    export_head,
+                    expect_head,
+                },
+        } => commands::store::audit_verify(&ctx, export_head, expect_head.as_deref()).await,
+        Command::Keys {
+            command: KeysCommand::Status,
+        } => commands::store::keys_status(&ctx).await,
+        Command::Keys {
+            command: KeysCommand::Rotate { batch },
+        } => {
+            if batch < 1 {
+                return Err(Failure::new(Code::Usage, "--batch must be at least 1"));
+            }
+            commands::store::keys_rotate(&ctx, batch).await
+        }
+    }
+}

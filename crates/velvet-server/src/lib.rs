@@ -1,1 +1,52 @@
+//! Velvet's HTTP server: routes, shared state, start-up (keyring, store, migrations, reconcile)
+//! and shutdown. Each resource has its own file with its own `router()`.
 
+mod error;
+mod health;
+mod metrics;
+mod startup;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve};
+
+use std::sync::{Arc, RwLock};
+use velvet_core::config::Config;
+use velvet_core::keyring::Keyring;
+use velvet_store::Store;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    /// Replaced on SIGHUP when the file is valid; handlers clone the `Arc` they need.
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .expect("config lock is never poisoned")
+            .clone()
+    }
+}
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The full router.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .merge(health::router())
+        .merge(metrics::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .with_state(state)
+}

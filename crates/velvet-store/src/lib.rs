@@ -132,6 +132,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Key ids referenced by sealed values and audit records.
     async fn key_ids_in_use(&self) -> Result<Vec<String>, StoreError>;
 
+    /// How many values each key seals.
+    async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// One sealed value under `key_id`, to prove the keyring really opens stored data.
     async fn sample_sealed(&self, key_id: &str) -> Result<Option<SealedVersion>, StoreError>;
 
@@ -153,10 +156,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// Opens the store named by the config, with the keyring used to sign audit records.
+/// Opens the store named by the config, with the keyring used to sign audit records (`None`
+/// only for tools that never write audited state, such as `velvet migrate`).
 pub async fn open(
     url: &StoreUrl,
-    keyring: Arc<Keyring>,
+    keyring: Option<Arc<Keyring>>,
     opts: &StoreOptions,
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match url {

@@ -7,8 +7,10 @@ use crate::rows::*;
 use crate::{Context, Reseal, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use velvet_core::audit::{AuditDraft, AuditEntry};
@@ -20,12 +22,13 @@ use velvet_core::model::{
 
 const MAX_CONNECTIONS: u32 = 16;
 /// Advisory lock keys ("velvet" in ASCII, plus a purpose byte).
-const MIGRATION_LOCK: i64 = 0x7665_6c76_6574_01;
-const AUDIT_LOCK: i64 = 0x7665_6c76_6574_02;
+const MIGRATION_LOCK: i64 = 0x0076_656c_7665_7401;
+const AUDIT_LOCK: i64 = 0x0076_656c_7665_7402;
 
 pub struct PostgresStore {
     pool: PgPool,
-    keyring: Arc<Keyring>,
+    /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
+    keyring: Option<Arc<Keyring>>,
     /// The URL with its password masked, for messages.
     shown_url: String,
 }
@@ -45,20 +48,36 @@ impl PostgresStore {
     /// after Velvet (a common container race) does not fail the start.
     pub async fn connect(
         url: &str,
-        keyring: Arc<Keyring>,
+        keyring: Option<Arc<Keyring>>,
         opts: &crate::StoreOptions,
     ) -> Result<Self, StoreError> {
         let shown_url = velvet_core::config::redact_url(url);
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Unavailable(format!("{shown_url} is not a valid PostgreSQL URL: {e}"))
+        })?;
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let result = PgPoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
-                .await;
+            // One direct connection first: its error says why (refused, auth, no database),
+            // where a pool would only report a timeout.
+            let remaining = opts.connect_budget.saturating_sub(started.elapsed());
+            let attempt = remaining.clamp(Duration::from_millis(500), Duration::from_secs(5));
+            let result =
+                match tokio::time::timeout(attempt, PgConnection::connect_with(&options)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = conn.close().await;
+                        PgPoolOptions::new()
+                            .max_connections(MAX_CONNECTIONS)
+                            .acquire_timeout(Duration::from_secs(5))
+                            .connect_with(options.clone())
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {attempt:?}")),
+                };
             match result {
                 Ok(pool) => {
                     return Ok(Self {
@@ -104,7 +123,10 @@ impl PostgresStore {
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
-        let e = reconcile::next_audit(&self.keyring, head.map(|h| (h.seq, h.hash)), draft)?;
+        let keyring = self.keyring.as_deref().ok_or_else(|| {
+            StoreError::AuditUnavailable("the store was opened without a keyring".into())
+        })?;
+        let e = reconcile::next_audit(keyring, head.map(|h| (h.seq, h.hash)), draft)?;
         sqlx::query(
             "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -509,6 +531,15 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .ctx("listing key ids in use")
+    }
+
+    async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT key_id, COUNT(*) FROM secret_versions GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("counting sealed values")
     }
 
     async fn sample_sealed(&self, key_id: &str) -> Result<Option<SealedVersion>, StoreError> {

@@ -29,13 +29,14 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    keyring: Arc<Keyring>,
+    /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
+    keyring: Option<Arc<Keyring>>,
 }
 
 type Tx = Transaction<'static, Sqlite>;
 
 impl SqliteStore {
-    pub async fn open(path: &Path, keyring: Arc<Keyring>) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, keyring: Option<Arc<Keyring>>) -> Result<Self, StoreError> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -92,7 +93,10 @@ impl SqliteStore {
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
-        let e = reconcile::next_audit(&self.keyring, head.map(|h| (h.seq, h.hash)), draft)?;
+        let keyring = self.keyring.as_deref().ok_or_else(|| {
+            StoreError::AuditUnavailable("the store was opened without a keyring".into())
+        })?;
+        let e = reconcile::next_audit(keyring, head.map(|h| (h.seq, h.hash)), draft)?;
         sqlx::query(
             "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -472,6 +476,15 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .ctx("listing key ids in use")
+    }
+
+    async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT key_id, COUNT(*) FROM secret_versions GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .ctx("counting sealed values")
     }
 
     async fn sample_sealed(&self, key_id: &str) -> Result<Option<SealedVersion>, StoreError> {

@@ -131,7 +131,7 @@ impl Fixture {
         keyring: Arc<Keyring>,
         dir: tempfile::TempDir,
     ) -> Self {
-        let store = velvet_store::open(&url, keyring.clone(), &StoreOptions::default())
+        let store = velvet_store::open(&url, Some(keyring.clone()), &StoreOptions::default())
             .await
             .expect("open store");
         let raw = match &url {
@@ -155,9 +155,13 @@ impl Fixture {
 
     /// A second store handle on the same database (another replica or process).
     pub async fn another_handle(&self) -> Arc<dyn Store> {
-        velvet_store::open(&self.url, self.keyring.clone(), &StoreOptions::default())
-            .await
-            .expect("open second handle")
+        velvet_store::open(
+            &self.url,
+            Some(self.keyring.clone()),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("open second handle")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -1,0 +1,104 @@
+//! `velvet serve` on PostgreSQL: several replicas share one database.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// The blocking HTTP client cannot run inside an async test, so database set-up runs here.
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn admin_sql(statements: &[String]) {
+    block(async {
+        let admin = sqlx::PgPool::connect(&velvet_testkit::admin_url())
+            .await
+            .unwrap();
+        for sql in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    })
+}
+
+const CONFIG: &str = "
+tokens:
+  - name: shared-token
+    source: {kind: random}
+";
+
+#[test]
+fn two_replicas_migrate_one_fresh_database_and_both_serve() {
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    w.write_config(CONFIG);
+    let env = [("VELVET_DATABASE_URL", url.as_str())];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| w.serve(&[], &env));
+        let b = s.spawn(|| w.serve(&[], &env));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for s in [&a, &b] {
+        assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    }
+    let applied = a.logs().matches("migration applied").count()
+        + b.logs().matches("migration applied").count();
+    assert_eq!(
+        applied, 1,
+        "the migration lock let exactly one replica apply it"
+    );
+    let verify = w.run(&["--output", "json", "audit", "verify"], &env, None);
+    let v: serde_json::Value = serde_json::from_str(&verify.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["entries"].as_u64()),
+        (Some(true), Some(1)),
+        "one declaration, reconciled once"
+    );
+}
+
+#[test]
+fn readiness_fails_when_the_store_goes_away() {
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let w = Workdir::new();
+    w.write_config(CONFIG);
+    let s = w.serve(&[], &[("VELVET_DATABASE_URL", url.as_str())]);
+    assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    admin_sql(&[
+        format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = s.get("/readyz");
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains(r#""store":"unreachable""#), "{body}");
+    assert_eq!(
+        s.get("/healthz").0,
+        200,
+        "liveness does not depend on the store"
+    );
+    admin_sql(&[format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")]);
+}

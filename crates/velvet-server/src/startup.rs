@@ -1,0 +1,182 @@
+//! Start-up and shutdown: open the keyring and store, migrate (or refuse to run unmigrated),
+//! check the keyring against stored data, reconcile the file, serve, reconcile again on SIGHUP,
+//! and drain on SIGTERM/SIGINT.
+
+use crate::{AppState, Metrics, router};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use velvet_core::config::{Config, KeyringSource, LoadOptions, process_env};
+use velvet_core::keyring::{Keyring, KeyringError};
+use velvet_store::{MigrationError, MigrationSet, StoreError, StoreOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server stopped with an error: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Refuse to start when migrations are pending instead of applying them.
+    pub no_migrate: bool,
+    pub store: StoreOptions,
+}
+
+/// The keyring named by the config: `VELVET_MASTER_KEY` or the key file.
+pub fn open_keyring(config: &Config) -> Result<Keyring, KeyringError> {
+    match &config.keyring {
+        KeyringSource::MasterKey(k) => Keyring::from_master_key(k.expose()),
+        KeyringSource::File(p) => Keyring::load(p),
+    }
+}
+
+/// A store ready to serve: migrated, keyring checked, file reconciled.
+#[derive(Debug)]
+pub struct Prepared {
+    pub state: AppState,
+}
+
+pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, StartError> {
+    let keyring = Arc::new(open_keyring(&config)?);
+    let store = velvet_store::open(&config.store, Some(keyring.clone()), &opts.store).await?;
+    let set = MigrationSet::embedded(store.dialect());
+    if opts.no_migrate {
+        let pending = store
+            .migrations(&set)
+            .await?
+            .iter()
+            .filter(|s| s.status == "pending")
+            .count();
+        if pending > 0 {
+            return Err(StoreError::Migration(MigrationError::Pending { count: pending }).into());
+        }
+    } else {
+        for m in store.migrate(&set, false).await? {
+            tracing::info!(version = m.version, name = %m.name, "migration applied");
+        }
+    }
+    velvet_store::check_keyring(&*store, &keyring).await?;
+    if config.api_key.is_some() {
+        tracing::warn!(
+            "VELVET_API_KEY is set: it is a bootstrap admin credential; unset it once service tokens exist"
+        );
+    }
+    let state = AppState {
+        store,
+        keyring,
+        config: Arc::new(RwLock::new(Arc::new(config))),
+        metrics: Arc::new(Metrics::default()),
+    };
+    reconcile(&state).await?;
+    Ok(Prepared { state })
+}
+
+/// Syncs the current config into the store and refreshes the token gauges.
+async fn reconcile(state: &AppState) -> Result<(), StoreError> {
+    let config = state.config();
+    let result = state
+        .store
+        .reconcile(&config.tokens, chrono::Utc::now())
+        .await;
+    state.metrics.reconciled(result.is_ok());
+    let report = result?;
+    tracing::info!(
+        declared = ?report.declared,
+        updated = ?report.updated,
+        retired = ?report.retired,
+        unchanged = report.unchanged,
+        "reconciled velvet.yaml into the store"
+    );
+    let tokens = state.store.list_tokens().await?;
+    let active = tokens
+        .iter()
+        .filter(|t| t.status == velvet_core::model::TokenStatus::Active)
+        .count() as i64;
+    state
+        .metrics
+        .set_tokens(active, tokens.len() as i64 - active);
+    Ok(())
+}
+
+/// Re-reads the file on SIGHUP; an invalid file is reported and the running config kept.
+async fn reload_on_hangup(state: AppState, file: PathBuf) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %file.display(), "SIGHUP: reloading configuration");
+        let loaded = Config::load(
+            &file,
+            LoadOptions {
+                env: &process_env,
+                check_env: true,
+            },
+        );
+        match loaded {
+            Ok(c) => {
+                *state.config.write().expect("config lock is never poisoned") = Arc::new(c);
+                if let Err(e) = reconcile(&state).await {
+                    tracing::error!(error = %e, "reconcile after SIGHUP failed");
+                }
+            }
+            Err(e) => tracing::error!(
+                problems = %e,
+                "the new configuration is invalid; keeping the running one"
+            ),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Binds and serves until SIGTERM/SIGINT. `on_listening` is told the bound address.
+pub async fn serve(
+    prepared: Prepared,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), StartError> {
+    let state = prepared.state;
+    let config = state.config();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    tracing::info!(%addr, store = %config.store, "velvet listening");
+    on_listening(addr);
+    tokio::spawn(reload_on_hangup(state.clone(), config.file.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(StartError::Serve)?;
+    tracing::info!("stopped");
+    Ok(())
+}
