@@ -67,10 +67,10 @@ fn two_replicas_migrate_one_fresh_database_and_both_serve() {
 fn readiness_fails_when_the_store_goes_away() {
     let url = block(velvet_testkit::fresh_postgres_db());
     let db = url
-        .rsplit('/')
+        .split('?')
         .next()
         .unwrap()
-        .split('?')
+        .rsplit('/')
         .next()
         .unwrap()
         .to_string();

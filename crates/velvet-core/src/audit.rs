@@ -82,7 +82,7 @@ pub fn canonical(
     out: &mut Vec<u8>,
     seq: i64,
     at: DateTime<Utc>,
-    fields: [&str; 5], // actor, action, target, outcome, detail
+    fields: [&[u8]; 5], // actor, action, target, outcome, detail
 ) {
     out.clear();
     out.extend_from_slice(b"velvet-audit-v1");
@@ -90,7 +90,7 @@ pub fn canonical(
     out.extend_from_slice(&at.timestamp_micros().to_be_bytes());
     for f in fields {
         out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        out.extend_from_slice(f.as_bytes());
+        out.extend_from_slice(f);
     }
 }
 
@@ -116,17 +116,50 @@ pub fn seal_record(
         seq,
         at,
         [
-            &draft.actor,
-            &draft.action,
-            &draft.target,
-            &draft.outcome,
-            draft_detail,
+            draft.actor.as_bytes(),
+            draft.action.as_bytes(),
+            draft.target.as_bytes(),
+            draft.outcome.as_bytes(),
+            draft_detail.as_bytes(),
         ],
     );
     let mut mac = key.audit_mac().clone();
     mac.update(prev_hash);
     mac.update(&buf);
     Ok((key.id.clone(), mac.finalize().into_bytes().into()))
+}
+
+/// A borrowed view of one stored record, so scans need not allocate per row.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRecordRef<'a> {
+    pub seq: i64,
+    pub at_micros: i64,
+    /// Text fields as stored bytes: hashing needs no UTF-8 check.
+    pub actor: &'a [u8],
+    pub action: &'a [u8],
+    pub target: &'a [u8],
+    pub outcome: &'a [u8],
+    pub detail: &'a [u8],
+    pub key_id: &'a str,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+impl AuditEntry {
+    pub fn as_record(&self) -> AuditRecordRef<'_> {
+        AuditRecordRef {
+            seq: self.seq,
+            at_micros: self.at.timestamp_micros(),
+            actor: self.actor.as_bytes(),
+            action: self.action.as_bytes(),
+            target: self.target.as_bytes(),
+            outcome: self.outcome.as_bytes(),
+            detail: self.detail.as_bytes(),
+            key_id: &self.key_id,
+            prev_hash: self.prev_hash.as_bytes(),
+            hash: self.hash.as_bytes(),
+        }
+    }
 }
 
 /// The result of walking the chain.
@@ -141,15 +174,21 @@ pub struct VerifyReport {
     pub problem: Option<String>,
 }
 
-/// Walks records in `seq` order and finds the first one that breaks the chain. Feed it pages
-/// with [`ChainVerifier::push`], then call [`ChainVerifier::finish`].
+/// Checks one contiguous range of records. Every record's hash covers only its own fields and
+/// its stored `prev_hash`, so ranges can be checked on separate cores and joined with
+/// [`join_ranges`], which checks the seams.
 #[derive(Debug)]
-pub struct ChainVerifier<'k> {
+pub struct RangeVerifier<'k> {
     keyring: &'k Keyring,
     expected_seq: i64,
-    prev_hash: [u8; 32],
+    /// Whether `prev` holds the previous record's hash; not at the start of a later range.
+    linked: bool,
+    prev: [u8; 32],
+    /// `prev` as the lowercase hex stored in the next record's `prev_hash`.
+    prev_hex: [u8; 64],
+    first_prev_hex: Option<String>,
     entries: u64,
-    head: Option<String>,
+    last_seq: Option<i64>,
     first_bad: Option<(i64, String)>,
     buf: Vec<u8>,
     cached_key: Option<(String, hmac::Hmac<sha2::Sha256>)>,
@@ -157,31 +196,36 @@ pub struct ChainVerifier<'k> {
     head_seen: bool,
 }
 
-impl<'k> ChainVerifier<'k> {
-    pub fn new(keyring: &'k Keyring) -> Self {
+/// What one range found.
+#[derive(Debug, Clone)]
+pub struct RangeOutcome {
+    pub first_seq: i64,
+    /// The stored `prev_hash` of the range's first record, to check against the range before.
+    pub first_prev_hash: Option<String>,
+    pub last: Option<(i64, String)>,
+    pub entries: u64,
+    pub first_bad: Option<(i64, String)>,
+    pub head_seen: bool,
+}
+
+impl<'k> RangeVerifier<'k> {
+    /// A range starting at `first_seq`; the first range (seq 1) starts from the genesis hash.
+    pub fn new(keyring: &'k Keyring, first_seq: i64, expected_head: Option<(i64, String)>) -> Self {
         Self {
             keyring,
-            expected_seq: 1,
-            prev_hash: GENESIS_HASH,
+            expected_seq: first_seq,
+            linked: first_seq == 1,
+            prev: GENESIS_HASH,
+            prev_hex: [b'0'; 64],
+            first_prev_hex: None,
             entries: 0,
-            head: None,
+            last_seq: None,
             first_bad: None,
             buf: Vec::with_capacity(512),
             cached_key: None,
-            expected_head: None,
+            expected_head,
             head_seen: false,
         }
-    }
-
-    /// Requires the chain to contain `head` (`seq:hash`, exported earlier by `--export-head`),
-    /// which detects records removed from the end.
-    pub fn expect_head(mut self, head: &str) -> Result<Self, String> {
-        let (seq, hash) = head
-            .split_once(':')
-            .and_then(|(s, h)| Some((s.parse::<i64>().ok()?, h.to_ascii_lowercase())))
-            .ok_or_else(|| format!("`{head}` is not a head: expected SEQ:HASH"))?;
-        self.expected_head = Some((seq, hash));
-        Ok(self)
     }
 
     /// True once a bad record was found; later records need not be read.
@@ -189,7 +233,7 @@ impl<'k> ChainVerifier<'k> {
         self.first_bad.is_some()
     }
 
-    pub fn push(&mut self, e: &AuditEntry) {
+    pub fn push(&mut self, e: AuditRecordRef<'_>) {
         if self.failed() {
             return;
         }
@@ -200,7 +244,7 @@ impl<'k> ChainVerifier<'k> {
         if let Some((seq, hash)) = &self.expected_head
             && *seq == e.seq
         {
-            if *hash != e.hash {
+            if !hash.as_bytes().eq_ignore_ascii_case(e.hash) {
                 self.first_bad = Some((e.seq, "hash differs from the exported head".into()));
                 return;
             }
@@ -208,69 +252,265 @@ impl<'k> ChainVerifier<'k> {
         }
         self.entries += 1;
         self.expected_seq = e.seq + 1;
-        self.head = Some(format!("{}:{}", e.seq, e.hash));
+        self.last_seq = Some(e.seq);
     }
 
-    fn check(&mut self, e: &AuditEntry) -> Result<(), String> {
+    fn check(&mut self, e: AuditRecordRef<'_>) -> Result<(), String> {
         if e.seq != self.expected_seq {
             return Err(format!(
                 "expected seq {}, found {} (a record was deleted or reordered)",
                 self.expected_seq, e.seq
             ));
         }
-        let mut prev = [0u8; 32];
-        if hex::decode_to_slice(&e.prev_hash, &mut prev).is_err() || prev != self.prev_hash {
+        if !self.linked {
+            // The first record of a later range: its link is checked at the seam.
+            if hex::decode_to_slice(e.prev_hash, &mut self.prev).is_err() {
+                return Err("prev_hash is not 64 hex characters".into());
+            }
+            hex::encode_to_slice(self.prev, &mut self.prev_hex).expect("64 bytes hold 32 in hex");
+            self.first_prev_hex = Some(String::from_utf8_lossy(e.prev_hash).to_ascii_lowercase());
+            self.linked = true;
+        } else if e.prev_hash != self.prev_hex {
             return Err("prev_hash does not match the previous record's hash".into());
         }
-        let mut stored = [0u8; 32];
-        if hex::decode_to_slice(&e.hash, &mut stored).is_err() {
-            return Err("hash is not 64 hex characters".into());
-        }
-        let mac = match &self.cached_key {
-            Some((id, mac)) if *id == e.key_id => mac.clone(),
+        let mut mac = match &self.cached_key {
+            Some((id, mac)) if id == e.key_id => mac.clone(),
             _ => {
                 let key = self
                     .keyring
-                    .lookup(&e.key_id)
+                    .lookup(e.key_id)
                     .map_err(|err| err.to_string())?;
-                self.cached_key = Some((e.key_id.clone(), key.audit_mac().clone()));
+                self.cached_key = Some((e.key_id.to_string(), key.audit_mac().clone()));
                 key.audit_mac().clone()
             }
         };
+        let at = DateTime::from_timestamp_micros(e.at_micros).ok_or("time out of range")?;
         canonical(
             &mut self.buf,
             e.seq,
-            e.at,
-            [&e.actor, &e.action, &e.target, &e.outcome, &e.detail],
+            at,
+            [e.actor, e.action, e.target, e.outcome, e.detail],
         );
-        let mut mac = mac;
-        mac.update(&prev);
+        mac.update(&self.prev);
         mac.update(&self.buf);
-        mac.verify_slice(&stored)
-            .map_err(|_| "hash does not match the record's contents".to_string())?;
-        self.prev_hash = stored;
+        // Compare in hex, as stored: one encode instead of decoding two hashes per record.
+        let computed: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut computed_hex = [0u8; 64];
+        hex::encode_to_slice(computed, &mut computed_hex).expect("64 bytes hold 32 in hex");
+        if e.hash != computed_hex {
+            return Err("hash does not match the record's contents".into());
+        }
+        self.prev = computed;
+        self.prev_hex = computed_hex;
         Ok(())
     }
 
-    pub fn finish(self) -> VerifyReport {
-        let mut first_bad = self.first_bad;
-        if first_bad.is_none()
-            && let Some((seq, _)) = &self.expected_head
-            && !self.head_seen
+    pub fn finish(self, first_seq: i64) -> RangeOutcome {
+        RangeOutcome {
+            first_seq,
+            first_prev_hash: self.first_prev_hex,
+            last: self.last_seq.map(|seq| (seq, hex::encode(self.prev))),
+            entries: self.entries,
+            first_bad: self.first_bad,
+            head_seen: self.head_seen,
+        }
+    }
+}
+
+/// Parses an exported head `SEQ:HASH`.
+pub fn parse_head(head: &str) -> Result<(i64, String), String> {
+    head.split_once(':')
+        .and_then(|(s, h)| Some((s.parse::<i64>().ok()?, h.to_ascii_lowercase())))
+        .filter(|(_, h)| h.len() == 64)
+        .ok_or_else(|| {
+            format!("`{head}` is not a head: expected SEQ:HASH as printed by --export-head")
+        })
+}
+
+/// Joins range outcomes (in seq order) into one report, checking that each range's first
+/// record links to the previous range's last.
+pub fn join_ranges(ranges: &[RangeOutcome], expected_head: Option<&(i64, String)>) -> VerifyReport {
+    let mut entries = 0;
+    let mut head: Option<(i64, String)> = None;
+    let mut first_bad: Option<(i64, String)> = None;
+    for r in ranges {
+        if let (Some((_, last_hash)), Some(first_prev)) = (&head, &r.first_prev_hash)
+            && last_hash != first_prev
         {
             first_bad = Some((
-                *seq,
-                format!(
-                    "record {seq} of the exported head is missing (records were removed from the end)"
-                ),
+                r.first_seq,
+                "prev_hash does not match the previous record's hash".into(),
             ));
+            break;
         }
-        VerifyReport {
-            ok: first_bad.is_none(),
-            entries: self.entries,
-            head: self.head,
-            first_bad_seq: first_bad.as_ref().map(|(s, _)| *s),
-            problem: first_bad.map(|(_, p)| p),
+        // A range after an entirely missing one: its first record links to nothing we saw.
+        if head.is_none() && r.first_prev_hash.is_some() {
+            first_bad = Some((r.first_seq, "the previous record is missing".into()));
+            break;
         }
+        entries += r.entries;
+        if let Some(bad) = &r.first_bad {
+            first_bad = Some(bad.clone());
+            break;
+        }
+        if r.last.is_some() {
+            head = r.last.clone();
+        }
+    }
+    if first_bad.is_none()
+        && let Some((seq, _)) = expected_head
+        && !ranges.iter().any(|r| r.head_seen)
+    {
+        first_bad = Some((
+            *seq,
+            format!(
+                "record {seq} of the exported head is missing (records were removed from the end)"
+            ),
+        ));
+    }
+    VerifyReport {
+        ok: first_bad.is_none(),
+        entries,
+        head: head.map(|(seq, hash)| format!("{seq}:{hash}")),
+        first_bad_seq: first_bad.as_ref().map(|(s, _)| *s),
+        problem: first_bad.map(|(_, p)| p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(keyring: &Keyring, n: i64) -> Vec<AuditEntry> {
+        let mut prev = GENESIS_HASH;
+        (1..=n)
+            .map(|seq| {
+                let d = AuditDraft::new("a", "act", &format!("t{seq}"), "success");
+                let at = now_micros();
+                let (key_id, hash) = seal_record(keyring, seq, at, "{}", &d, &prev).unwrap();
+                let e = AuditEntry {
+                    seq,
+                    at,
+                    actor: d.actor,
+                    action: d.action,
+                    target: d.target,
+                    outcome: d.outcome,
+                    detail: "{}".into(),
+                    key_id,
+                    prev_hash: hex::encode(prev),
+                    hash: hex::encode(hash),
+                };
+                prev = hash;
+                e
+            })
+            .collect()
+    }
+
+    /// Verifies `entries` split at `cuts` (range start seqs after the first).
+    fn verify(
+        keyring: &Keyring,
+        entries: &[AuditEntry],
+        cuts: &[i64],
+        head: Option<&str>,
+    ) -> VerifyReport {
+        let head = head.map(|h| parse_head(h).unwrap());
+        let mut starts = vec![1];
+        starts.extend_from_slice(cuts);
+        let outcomes: Vec<RangeOutcome> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).copied().unwrap_or(i64::MAX);
+                let mut v = RangeVerifier::new(keyring, start, head.clone());
+                for e in entries
+                    .iter()
+                    .filter(|e| (i == 0 || e.seq >= start) && e.seq < end)
+                {
+                    v.push(e.as_record());
+                }
+                v.finish(start)
+            })
+            .collect();
+        join_ranges(&outcomes, head.as_ref())
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::generate(std::path::Path::new("/nonexistent/k.json"), Utc::now())
+    }
+
+    #[test]
+    fn ranges_agree_with_one_pass_on_every_tampering() {
+        let kr = keyring();
+        let good = chain(&kr, 30);
+        for cuts in [vec![], vec![11], vec![8, 16, 24]] {
+            let r = verify(&kr, &good, &cuts, None);
+            assert!(r.ok && r.entries == 30, "{cuts:?} {r:?}");
+            assert_eq!(
+                r.head.as_deref(),
+                Some(format!("30:{}", good[29].hash).as_str())
+            );
+
+            let mut edited = good.clone();
+            edited[14].outcome = "failure".into();
+            assert_eq!(
+                verify(&kr, &edited, &cuts, None).first_bad_seq,
+                Some(15),
+                "edit {cuts:?}"
+            );
+
+            for deleted in [1, 10, 11, 16, 17, 29] {
+                let mut d = good.clone();
+                d.retain(|e| e.seq != deleted);
+                let r = verify(&kr, &d, &cuts, None);
+                let expect = if deleted == 30 {
+                    None
+                } else {
+                    Some(deleted + 1)
+                };
+                assert_eq!(
+                    r.first_bad_seq, expect,
+                    "delete {deleted} cuts {cuts:?}: {r:?}"
+                );
+            }
+
+            let mut gap = good.clone();
+            gap.retain(|e| !(9..=16).contains(&e.seq));
+            assert_eq!(
+                verify(&kr, &gap, &cuts, None).first_bad_seq,
+                Some(17),
+                "a whole range missing {cuts:?}"
+            );
+
+            let mut swapped = good.clone();
+            let (a, b) = (swapped[20].clone(), swapped[21].clone());
+            swapped[20] = AuditEntry { seq: 21, ..b };
+            swapped[21] = AuditEntry { seq: 22, ..a };
+            assert_eq!(
+                verify(&kr, &swapped, &cuts, None).first_bad_seq,
+                Some(21),
+                "reorder {cuts:?}"
+            );
+
+            let head = format!("20:{}", good[19].hash);
+            assert!(verify(&kr, &good, &cuts, Some(&head)).ok);
+            let truncated: Vec<_> = good.iter().filter(|e| e.seq < 20).cloned().collect();
+            let r = verify(&kr, &truncated, &cuts, Some(&head));
+            assert_eq!(
+                (r.ok, r.first_bad_seq),
+                (false, Some(20)),
+                "truncation {cuts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_numbering_are_caught() {
+        let kr = keyring();
+        let mut c = chain(&kr, 5);
+        let mut forged = c[0].clone();
+        forged.seq = 0;
+        c.insert(0, forged);
+        assert_eq!(verify(&kr, &c, &[], None).first_bad_seq, Some(0));
+        assert!(parse_head("12").is_err() && parse_head("x:abc").is_err());
     }
 }

@@ -3,35 +3,38 @@
 
 use crate::{Reseal, Store, StoreError};
 use chrono::Utc;
-use velvet_core::audit::{ChainVerifier, VerifyReport};
+use velvet_core::audit::{RangeVerifier, VerifyReport, join_ranges, parse_head};
 use velvet_core::keyring::{Keyring, KeyringError, version_aad};
 
 /// Records read per page while verifying.
 const VERIFY_PAGE: i64 = 10_000;
 
-/// Walks the whole chain; `expected_head` (`seq:hash`) also detects a truncated tail.
-pub async fn verify_audit(
-    store: &dyn Store,
+/// Walks the whole chain a page at a time on one core; stores with a faster scan override
+/// [`Store::verify_audit`](crate::Store::verify_audit).
+pub(crate) async fn verify_in_pages(
+    store: &(impl Store + ?Sized),
     keyring: &Keyring,
     expected_head: Option<&str>,
 ) -> Result<VerifyReport, StoreError> {
-    let mut verifier = ChainVerifier::new(keyring);
-    if let Some(head) = expected_head {
-        verifier = verifier.expect_head(head).map_err(StoreError::Conflict)?;
-    }
-    let mut after = 0;
+    let head = expected_head
+        .map(parse_head)
+        .transpose()
+        .map_err(StoreError::Conflict)?;
+    let mut verifier = RangeVerifier::new(keyring, 1, head.clone());
+    // Records with seq < 1 come first and fail the seq check.
+    let mut after = i64::MIN;
     loop {
         let page = store.audit_page(after, VERIFY_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for e in &page {
-            verifier.push(e);
+            verifier.push(e.as_record());
         }
         if verifier.failed() || (page.len() as i64) < VERIFY_PAGE {
             break;
         }
     }
-    Ok(verifier.finish())
+    Ok(join_ranges(&[verifier.finish(1)], head.as_ref()))
 }
 
 /// Moves every value not sealed under the current key to it, `batch` rows per transaction.

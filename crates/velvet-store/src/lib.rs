@@ -9,7 +9,7 @@ mod reconcile;
 mod rows;
 mod sqlite;
 
-pub use chain::{check_keyring, reseal_all, verify_audit};
+pub use chain::{check_keyring, reseal_all};
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
 };
@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
-use velvet_core::audit::{AuditDraft, AuditEntry};
+use velvet_core::audit::{AuditDraft, AuditEntry, VerifyReport};
 use velvet_core::config::{StoreUrl, TokenSpec};
 use velvet_core::keyring::{Keyring, KeyringError, Sealed};
 use velvet_core::model::{
@@ -154,6 +154,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit records with `seq > after_seq`, oldest first.
     async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Walks the whole audit chain and reports the first bad record; `expected_head` (an
+    /// exported `seq:hash`) also detects records removed from the end.
+    async fn verify_audit(
+        &self,
+        keyring: &Keyring,
+        expected_head: Option<&str>,
+    ) -> Result<VerifyReport, StoreError> {
+        chain::verify_in_pages(self, keyring, expected_head).await
+    }
 }
 
 /// Opens the store named by the config, with the keyring used to sign audit records (`None`

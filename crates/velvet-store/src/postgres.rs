@@ -24,6 +24,7 @@ const MAX_CONNECTIONS: u32 = 16;
 /// Advisory lock keys ("velvet" in ASCII, plus a purpose byte).
 const MIGRATION_LOCK: i64 = 0x0076_656c_7665_7401;
 const AUDIT_LOCK: i64 = 0x0076_656c_7665_7402;
+const RECONCILE_LOCK: i64 = 0x0076_656c_7665_7403;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -328,6 +329,12 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<ReconcileReport, StoreError> {
         let mut tx = self.begin().await?;
+        // Replicas reconcile the same file at start; one at a time, each seeing the last's work.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RECONCILE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .ctx("taking the reconcile lock")?;
         let existing: Vec<ExistingToken> =
             sqlx::query_as("SELECT id, name, spec_hash, status, last_rotated_at FROM tokens")
                 .fetch_all(&mut *tx)

@@ -9,9 +9,7 @@ use velvet_core::config::{Config, LoadOptions, TokenSpec};
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::model::TokenStatus;
 use velvet_core::secret::SecretValue;
-use velvet_store::{
-    Dialect, MigrationError, MigrationSet, StoreError, check_keyring, reseal_all, verify_audit,
-};
+use velvet_store::{Dialect, MigrationError, MigrationSet, StoreError, check_keyring, reseal_all};
 use velvet_testkit::Fixture;
 
 macro_rules! conformance {
@@ -359,22 +357,23 @@ async fn append(f: &Fixture, n: usize) {
 
 async fn audit_chain_verifies_and_detects_edits(f: Fixture) {
     append(&f, 5).await;
-    let r = verify_audit(&*f.store, &f.keyring, None).await.unwrap();
+    let r = f.store.verify_audit(&f.keyring, None).await.unwrap();
     assert!(r.ok && r.entries == 5 && r.first_bad_seq.is_none(), "{r:?}");
     f.raw
         .exec("UPDATE audit_events SET outcome = 'failure' WHERE seq = 3")
         .await;
-    let r = verify_audit(&*f.store, &f.keyring, None).await.unwrap();
+    let r = f.store.verify_audit(&f.keyring, None).await.unwrap();
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(3)), "{r:?}");
     f.raw
         .exec("UPDATE audit_events SET outcome = 'success' WHERE seq = 3")
         .await;
-    assert!(verify_audit(&*f.store, &f.keyring, None).await.unwrap().ok);
+    assert!(f.store.verify_audit(&f.keyring, None).await.unwrap().ok);
     f.raw
         .exec("UPDATE audit_events SET detail = '{\"i\":99}' WHERE seq = 4")
         .await;
     assert_eq!(
-        verify_audit(&*f.store, &f.keyring, None)
+        f.store
+            .verify_audit(&f.keyring, None)
             .await
             .unwrap()
             .first_bad_seq,
@@ -385,7 +384,7 @@ async fn audit_chain_verifies_and_detects_edits(f: Fixture) {
 async fn audit_chain_detects_deletes_and_reorders(f: Fixture) {
     append(&f, 6).await;
     f.raw.exec("DELETE FROM audit_events WHERE seq = 2").await;
-    let r = verify_audit(&*f.store, &f.keyring, None).await.unwrap();
+    let r = f.store.verify_audit(&f.keyring, None).await.unwrap();
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(3)), "{r:?}");
 
     let g = Fixture::new(f.store.dialect()).await;
@@ -400,14 +399,15 @@ async fn audit_chain_detects_deletes_and_reorders(f: Fixture) {
     g.raw
         .exec("UPDATE audit_events SET seq = 5 WHERE seq = -4")
         .await;
-    let r = verify_audit(&*g.store, &g.keyring, None).await.unwrap();
+    let r = g.store.verify_audit(&g.keyring, None).await.unwrap();
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(4)), "{r:?}");
 
     let h = Fixture::new(f.store.dialect()).await;
     append(&h, 3).await;
     h.raw.exec("DELETE FROM audit_events WHERE seq = 1").await;
     assert_eq!(
-        verify_audit(&*h.store, &h.keyring, None)
+        h.store
+            .verify_audit(&h.keyring, None)
             .await
             .unwrap()
             .first_bad_seq,
@@ -418,7 +418,9 @@ async fn audit_chain_detects_deletes_and_reorders(f: Fixture) {
 
 async fn audit_chain_detects_truncated_tail_with_exported_head(f: Fixture) {
     append(&f, 5).await;
-    let head = verify_audit(&*f.store, &f.keyring, None)
+    let head = f
+        .store
+        .verify_audit(&f.keyring, None)
         .await
         .unwrap()
         .head
@@ -426,26 +428,26 @@ async fn audit_chain_detects_truncated_tail_with_exported_head(f: Fixture) {
     assert!(head.starts_with("5:"));
     append(&f, 2).await;
     assert!(
-        verify_audit(&*f.store, &f.keyring, Some(&head))
+        f.store
+            .verify_audit(&f.keyring, Some(&head))
             .await
             .unwrap()
             .ok,
         "growth past the head is fine"
     );
     f.raw.exec("DELETE FROM audit_events WHERE seq >= 5").await;
-    let plain = verify_audit(&*f.store, &f.keyring, None).await.unwrap();
+    let plain = f.store.verify_audit(&f.keyring, None).await.unwrap();
     assert!(
         plain.ok,
         "without the head a clean truncation is invisible, which is why it is exported"
     );
-    let r = verify_audit(&*f.store, &f.keyring, Some(&head))
-        .await
-        .unwrap();
+    let r = f.store.verify_audit(&f.keyring, Some(&head)).await.unwrap();
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(5)), "{r:?}");
     assert!(r.problem.unwrap().contains("removed from the end"));
     let forged = format!("3:{}", "0".repeat(64));
     assert!(
-        !verify_audit(&*f.store, &f.keyring, Some(&forged))
+        !f.store
+            .verify_audit(&f.keyring, Some(&forged))
             .await
             .unwrap()
             .ok
@@ -466,7 +468,7 @@ async fn audit_chain_survives_key_rotation(f: Fixture) {
         entries[0].key_id, entries[5].key_id,
         "new records use the new key"
     );
-    let r = verify_audit(&*g.store, &rotated, None).await.unwrap();
+    let r = g.store.verify_audit(&rotated, None).await.unwrap();
     assert!(r.ok && r.entries == 6, "{r:?}");
 }
 
@@ -493,7 +495,7 @@ async fn concurrent_audit_appends_keep_one_chain(f: Fixture) {
     for t in tasks {
         t.await.unwrap();
     }
-    let r = verify_audit(&*f.store, &f.keyring, None).await.unwrap();
+    let r = f.store.verify_audit(&f.keyring, None).await.unwrap();
     assert!(r.ok && r.entries == 20, "{r:?}");
 }
 
@@ -620,4 +622,31 @@ fn conformance_runs_on_both_dialects() {
     let src = include_str!("conformance.rs");
     assert!(src.contains("Dialect::Sqlite") && src.contains("Dialect::Postgres"));
     let _ = Dialect::Sqlite;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reconciles_from_two_replicas_agree_postgres() {
+    concurrent_reconciles_agree(Fixture::new(Dialect::Postgres).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reconciles_from_two_replicas_agree_sqlite() {
+    concurrent_reconciles_agree(Fixture::new(Dialect::Sqlite).await).await
+}
+
+async fn concurrent_reconciles_agree(f: Fixture) {
+    let other = f.another_handle().await;
+    let tokens = specs(TWO_TOKENS);
+    let (a, b) = tokio::join!(
+        f.store.reconcile(&tokens, Utc::now()),
+        other.reconcile(&tokens, Utc::now())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.declared.len() + b.declared.len(),
+        2,
+        "each token declared once: {a:?} {b:?}"
+    );
+    assert_eq!(a.unchanged + b.unchanged, 2);
+    assert!(f.store.verify_audit(&f.keyring, None).await.unwrap().ok);
 }

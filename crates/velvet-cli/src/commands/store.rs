@@ -84,7 +84,7 @@ pub async fn audit_verify(
     let config = ctx.load_config_for_store()?;
     let keyring = Arc::new(velvet_server::open_keyring(&config)?);
     let store = open(&config, Some(keyring.clone())).await?;
-    let report = velvet_store::verify_audit(&*store, &keyring, expect_head).await?;
+    let report = store.verify_audit(&keyring, expect_head).await?;
     if export_head && report.ok {
         match (&report.head, ctx.output) {
             (Some(h), crate::Output::Text) => println!("{h}"),

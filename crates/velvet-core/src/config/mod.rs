@@ -1,6 +1,7 @@
 //! `velvet.yaml`: the schema of design §3, its environment overrides, and validation that
 //! reports every problem at once with its path and line.
 
+mod declare;
 mod decode;
 mod spec;
 
@@ -363,10 +364,10 @@ fn decode_root(
     };
 
     let flags = decode_flags(cx, &root);
-    let defaults = spec::decode_defaults(cx, &root);
-    let engine = spec::decode_engine(cx, &root);
-    let tokens = spec::decode_tokens(cx, &root, &defaults, &base_dir);
-    let revocation_gates = spec::decode_gates(cx, &root);
+    let defaults = declare::decode_defaults(cx, &root);
+    let engine = declare::decode_engine(cx, &root);
+    let tokens = declare::decode_tokens(cx, &root, &defaults, &base_dir);
+    let revocation_gates = declare::decode_gates(cx, &root);
 
     Some(Config {
         file: file.to_path_buf(),

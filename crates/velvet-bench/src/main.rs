@@ -1,0 +1,68 @@
+//! `velvet-bench`: the measurements of design §9. Each prints Velvet's figure, the reference it
+//! is divided by (a bound or a peer measured in the same run), and the ratio against its target.
+//! Run through `scripts/bench`, which builds in release mode.
+
+mod b5_audit;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "velvet-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// B5: audit verify entries/s ÷ raw HMAC-SHA256 over the same bytes (target ≥ 0.5).
+    B5 {
+        #[arg(long, default_value_t = 200_000)]
+        entries: usize,
+    },
+}
+
+/// One result row: what was measured, the reference, and the target for the ratio.
+#[derive(Debug)]
+pub struct Row {
+    pub id: &'static str,
+    pub measure: String,
+    pub velvet: f64,
+    pub reference: f64,
+    pub unit: &'static str,
+    pub target: f64,
+}
+
+impl Row {
+    pub fn print(&self) {
+        let ratio = self.velvet / self.reference;
+        let verdict = if ratio >= self.target { "PASS" } else { "FAIL" };
+        println!(
+            "{:<4} {:<58} {:>14.0} {:>14.0} {:<10} {:>7.2} {:>7} {}",
+            self.id,
+            self.measure,
+            self.velvet,
+            self.reference,
+            self.unit,
+            ratio,
+            format!("≥{}", self.target),
+            verdict
+        );
+    }
+}
+
+pub fn header() {
+    println!(
+        "{:<4} {:<58} {:>14} {:>14} {:<10} {:>7} {:>7} verdict",
+        "id", "measure", "velvet", "reference", "unit", "ratio", "target"
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    header();
+    match cli.bench {
+        Bench::B5 { entries } => b5_audit::run(entries).await.print(),
+    }
+}
