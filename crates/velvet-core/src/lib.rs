@@ -6,5 +6,6 @@ pub mod config;
 pub mod duration;
 pub mod keyring;
 pub mod model;
+pub mod rotation;
 pub mod secret;
 pub mod template;
