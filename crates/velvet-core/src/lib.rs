@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod config;
 pub mod duration;
+pub mod fs;
 pub mod keyring;
 pub mod model;
 pub mod rotation;

@@ -1,6 +1,8 @@
 //! Test support shared by every crate's tests: a fresh PostgreSQL database per test, keyrings,
 //! and stores of either dialect with raw SQL access for tampering tests.
 
+pub mod servers;
+
 use chrono::Utc;
 use sqlx::{AssertSqlSafe, Connection};
 use std::path::PathBuf;

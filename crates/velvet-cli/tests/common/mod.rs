@@ -177,7 +177,7 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::blocking::get(self.url(path)).unwrap();
+        let r = http().get(self.url(path)).send().unwrap();
         (r.status().as_u16(), r.text().unwrap())
     }
 
@@ -216,6 +216,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A blocking HTTP client (reqwest is built without a default TLS provider; install ring's).
+pub fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
 }
 
 pub fn mode_of(p: &Path) -> u32 {

