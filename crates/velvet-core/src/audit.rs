@@ -55,6 +55,23 @@ impl AuditDraft {
             .detail(serde_json::json!({"version": version, "fingerprint": fingerprint}))
     }
 
+    pub fn rotation_requested(
+        actor: &str,
+        token: &str,
+        job_id: &str,
+        flow: &str,
+        reason: Option<&str>,
+    ) -> Self {
+        Self::new(actor, "rotation.requested", token, "success")
+            .detail(serde_json::json!({"job_id": job_id, "flow_type": flow, "reason": reason}))
+    }
+
+    pub fn version_minted(token: &str, job_id: &str, version: i64, fingerprint: &str) -> Self {
+        Self::new("system:engine", "version.minted", token, "success").detail(
+            serde_json::json!({"job_id": job_id, "version": version, "fingerprint": fingerprint}),
+        )
+    }
+
     pub fn keys_rotated(actor: &str, key_id: &str, resealed: u64) -> Self {
         Self::new(actor, "keys.rotated", "keyring", "success")
             .detail(serde_json::json!({"key_id": key_id, "resealed": resealed}))

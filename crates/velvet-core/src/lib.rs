@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 pub mod duration;
 pub mod fs;
+pub mod job;
 pub mod keyring;
 pub mod model;
 pub mod rotation;

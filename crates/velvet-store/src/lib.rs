@@ -5,9 +5,11 @@
 mod chain;
 mod migrate;
 mod postgres;
+mod postgres_jobs;
 mod reconcile;
 mod rows;
 mod sqlite;
+mod sqlite_jobs;
 
 pub use chain::{check_keyring, reseal_all};
 pub use migrate::{
@@ -21,11 +23,13 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use velvet_core::audit::{AuditDraft, AuditEntry, VerifyReport};
-use velvet_core::config::{StoreUrl, TokenSpec};
+use velvet_core::config::{FlowType, StoreUrl, TokenSpec};
+use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, KeyringError, Sealed};
 use velvet_core::model::{
     ConsumerRecord, ReconcileReport, SealedVersion, TokenRecord, VersionRecord,
 };
+use velvet_core::rotation::JobState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +37,12 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// I3: the token already has an unfinished job.
+    #[error("token already has an active rotation job {0}")]
+    JobActive(String),
+    /// The job moved on since it was read (another replica or request acted first).
+    #[error("the job is no longer at stage {stage} with status {status}")]
+    StaleJob { stage: String, status: String },
     #[error(transparent)]
     Migration(#[from] MigrationError),
     #[error(transparent)]
@@ -71,6 +81,34 @@ pub struct Reseal {
     pub fingerprint: String,
 }
 
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub token: &'a str,
+    pub flow: FlowType,
+    pub requested_by: &'a str,
+    pub reason: Option<&'a str>,
+}
+
+/// A consumer's new state within a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerUpdate {
+    pub status: ConsumerStatus,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub fingerprint: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// One entry of a job's event stream: `job` or `consumer`, with its `seq` and JSON data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobEvent {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -86,8 +124,83 @@ impl Default for StoreOptions {
     }
 }
 
+/// Rotation jobs: creation under single flight, leases, transitions, per-consumer state and
+/// the event stream.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait JobStore: Send + Sync {
+    /// Creates a job (I3: refused with `JobActive` while the token has an unfinished one), with
+    /// a `pending` row for each active consumer, its first event and its audit record.
+    async fn create_job(&self, job: &NewJob<'_>) -> Result<Job, StoreError>;
+
+    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Takes the lease of one job that has work to do (pending, running, or waiting and due)
+    /// and whose lease is free or expired.
+    async fn claim_job(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Extends `owner`'s lease; false if the lease was lost to another replica.
+    async fn renew_lease(
+        &self,
+        job_id: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back (the job stays as it is).
+    async fn release_lease(&self, job_id: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// Moves a job from `from` to `to` with `changes`, its event and audit record, in one
+    /// transaction; `StaleJob` if the job is no longer at `from` (or, with `owner`, no longer
+    /// leased by it).
+    async fn transition_job(
+        &self,
+        job_id: &str,
+        from: JobState,
+        to: JobState,
+        changes: &JobChanges,
+        owner: Option<&str>,
+        audit: &AuditDraft,
+    ) -> Result<Job, StoreError>;
+
+    /// The next version number of `token`, to seal a new value for.
+    async fn next_version(&self, token: &str) -> Result<i64, StoreError>;
+
+    /// I1: stores the sealed new value as a `pending` version of the job's token and records it
+    /// on the job, before any source or consumer sees it. Repeating it for the same job returns
+    /// the version already stored.
+    async fn store_new_version(
+        &self,
+        job_id: &str,
+        version: i64,
+        sealed: &Sealed,
+        fingerprint: &str,
+    ) -> Result<i64, StoreError>;
+
+    /// Updates one consumer of a job, with its event (and audit record, for outcomes).
+    async fn update_job_consumer(
+        &self,
+        job_id: &str,
+        consumer: &str,
+        update: &ConsumerUpdate,
+        audit: Option<&AuditDraft>,
+    ) -> Result<Job, StoreError>;
+
+    /// Events of a job with `seq > after_seq`, oldest first.
+    async fn job_events(
+        &self,
+        job_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<JobEvent>, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: JobStore + Send + Sync + std::fmt::Debug {
     fn dialect(&self) -> Dialect;
 
     /// A trivial query: does the database answer?

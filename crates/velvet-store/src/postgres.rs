@@ -27,7 +27,7 @@ const AUDIT_LOCK: i64 = 0x0076_656c_7665_7402;
 const RECONCILE_LOCK: i64 = 0x0076_656c_7665_7403;
 
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     keyring: Option<Arc<Keyring>>,
     /// The URL with its password masked, for messages.
@@ -42,7 +42,7 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-type Tx = Transaction<'static, Postgres>;
+pub(crate) type Tx = Transaction<'static, Postgres>;
 
 impl PostgresStore {
     /// Connects, retrying with backoff for `opts.connect_budget` so a database that starts
@@ -107,13 +107,17 @@ impl PostgresStore {
         &self.pool
     }
 
-    async fn begin(&self) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         self.pool.begin().await.ctx("starting a transaction")
     }
 
     /// Appends an audit record inside `tx`; a transaction-scoped advisory lock keeps the chain
     /// linear across replicas.
-    async fn audit_in(&self, tx: &mut Tx, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
+    pub(crate) async fn audit_in(
+        &self,
+        tx: &mut Tx,
+        draft: &AuditDraft,
+    ) -> Result<AuditEntry, StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut **tx)

@@ -4,10 +4,13 @@
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::AuditEntry;
+use velvet_core::config::FlowType;
+use velvet_core::job::{ConsumerStatus, Job, JobConsumer, JobStateView};
 use velvet_core::keyring::Sealed;
 use velvet_core::model::{
     ConsumerRecord, SealedVersion, TokenRecord, TokenStatus, VersionLabel, VersionRecord,
 };
+use velvet_core::rotation::{Awaiting, JobStatus, Revert, Stage};
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Unavailable(format!("the store holds an invalid {what} `{value}`"))
@@ -161,4 +164,125 @@ pub(crate) struct ExistingToken {
     pub spec_hash: String,
     pub status: String,
     pub last_rotated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct JobRow {
+    pub id: String,
+    pub token: String,
+    pub flow_type: String,
+    pub stage: String,
+    pub status: String,
+    pub awaiting: Option<String>,
+    pub revoke_started: bool,
+    pub reverting: Option<String>,
+    pub new_version: Option<i64>,
+    pub previous_version: Option<i64>,
+    pub requested_by: String,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub wake_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The columns [`JobRow`] reads, for `SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t`.
+pub(crate) const JOB_COLUMNS: &str = "j.id, t.name AS token, j.flow_type, j.stage, j.status, j.awaiting, j.revoke_started,
+    j.reverting, j.new_version, j.previous_version, j.requested_by, j.reason, j.error, j.lease_owner,
+    j.lease_expires_at, j.wake_at, j.created_at, j.updated_at, j.finished_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct JobConsumerRow {
+    pub name: String,
+    pub kind: String,
+    pub lock_key: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub fingerprint: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub(crate) const JOB_CONSUMERS_SQL: &str = "SELECT c.name, c.kind, c.lock_key, jc.status, jc.attempts, jc.last_error,
+    jc.fingerprint, jc.next_attempt_at, jc.started_at, jc.updated_at
+    FROM rotation_job_consumers jc JOIN consumers c ON c.id = jc.consumer_id WHERE jc.job_id = $1 ORDER BY c.id";
+
+impl TryFrom<JobConsumerRow> for JobConsumer {
+    type Error = StoreError;
+    fn try_from(r: JobConsumerRow) -> Result<Self, StoreError> {
+        Ok(JobConsumer {
+            status: ConsumerStatus::parse(&r.status)
+                .ok_or_else(|| corrupt("consumer status", &r.status))?,
+            consumer: r.name,
+            kind: r.kind,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            fingerprint: r.fingerprint,
+            updated_at: r.updated_at,
+            lock_key: r.lock_key,
+            next_attempt_at: r.next_attempt_at,
+            started_at: r.started_at,
+        })
+    }
+}
+
+impl JobRow {
+    pub fn into_job(self, consumers: Vec<JobConsumerRow>) -> Result<Job, StoreError> {
+        let word = |what: &str, s: &str| corrupt(what, s);
+        Ok(Job {
+            flow_type: match self.flow_type.as_str() {
+                "staged" => FlowType::Staged,
+                "auto" => FlowType::Auto,
+                "emergency" => FlowType::Emergency,
+                other => return Err(word("flow type", other)),
+            },
+            state: JobStateView {
+                stage: Stage::parse(&self.stage).ok_or_else(|| word("stage", &self.stage))?,
+                status: JobStatus::parse(&self.status)
+                    .ok_or_else(|| word("job status", &self.status))?,
+                awaiting: self
+                    .awaiting
+                    .as_deref()
+                    .map(|a| Awaiting::parse(a).ok_or_else(|| word("awaiting", a)))
+                    .transpose()?,
+                revoke_started: self.revoke_started,
+                reverting: self
+                    .reverting
+                    .as_deref()
+                    .map(|r| Revert::parse(r).ok_or_else(|| word("revert", r)))
+                    .transpose()?,
+            },
+            consumers: consumers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            job_id: self.id,
+            token: self.token,
+            new_version: self.new_version,
+            previous_version: self.previous_version,
+            requested_by: self.requested_by,
+            reason: self.reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+            error: self.error,
+            gate: None,
+            lease_owner: self.lease_owner,
+            lease_expires_at: self.lease_expires_at,
+            wake_at: self.wake_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub data: String,
 }

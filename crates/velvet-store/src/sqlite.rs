@@ -34,13 +34,13 @@ const READ_ROW_BUFFER: usize = 4096;
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     keyring: Option<Arc<Keyring>>,
 }
 
-type Tx = Transaction<'static, Sqlite>;
+pub(crate) type Tx = Transaction<'static, Sqlite>;
 
 impl SqliteStore {
     pub async fn open(path: &Path, keyring: Option<Arc<Keyring>>) -> Result<Self, StoreError> {
@@ -87,7 +87,7 @@ impl SqliteStore {
         })
     }
 
-    async fn begin(&self) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -95,7 +95,11 @@ impl SqliteStore {
     }
 
     /// Appends an audit record inside `tx`; the single writer keeps the chain linear.
-    async fn audit_in(&self, tx: &mut Tx, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
+    pub(crate) async fn audit_in(
+        &self,
+        tx: &mut Tx,
+        draft: &AuditDraft,
+    ) -> Result<AuditEntry, StoreError> {
         let head: Option<AuditHead> =
             sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut **tx)

@@ -55,6 +55,8 @@ CREATE TABLE rotation_jobs (
     status           TEXT NOT NULL CHECK (status IN ('pending', 'running', 'awaiting_confirmation', 'waiting',
                                                      'succeeded', 'failed', 'aborted', 'rolled_back')),
     awaiting         TEXT CHECK (awaiting IN ('proceed_distribute', 'proceed_revoke')),
+    revoke_started   INTEGER NOT NULL DEFAULT 0,
+    reverting        TEXT CHECK (reverting IN ('rollback', 'abort')),
     new_version      INTEGER,
     previous_version INTEGER,
     requested_by     TEXT NOT NULL,
