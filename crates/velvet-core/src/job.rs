@@ -154,6 +154,8 @@ pub struct JobChanges {
     pub discard_new: bool,
     /// Failed consumers go back to pending (retry_failed).
     pub reset_failed_consumers: bool,
+    /// Forget the job's new version so the next mint makes a fresh one.
+    pub clear_new_version: bool,
 }
 
 #[cfg(test)]

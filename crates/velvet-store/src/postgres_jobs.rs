@@ -305,6 +305,13 @@ impl JobStore for PostgresStore {
                     .ctx("discarding the new version")?;
             }
         }
+        if changes.clear_new_version {
+            sqlx::query("UPDATE rotation_jobs SET new_version = NULL WHERE id = $1")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await
+                .ctx("clearing the new version")?;
+        }
         if changes.reset_failed_consumers {
             sqlx::query("UPDATE rotation_job_consumers SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = NULL, updated_at = $2 WHERE job_id = $1 AND status = 'failed'")
                 .bind(job_id)

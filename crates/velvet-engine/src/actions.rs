@@ -1,0 +1,86 @@
+//! Operator actions on a job (`POST /rotations/{id}/stage`): checked by the state machine,
+//! persisted with their audit record, then the runner is woken to carry them out.
+
+use crate::runner::Engine;
+use velvet_core::audit::AuditDraft;
+use velvet_core::job::{Job, JobChanges};
+use velvet_core::rotation::{Action, Event, InvalidTransition, JobState, Stage, transition};
+use velvet_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no rotation job `{0}`")]
+    NotFound(String),
+    #[error(transparent)]
+    Invalid(InvalidTransition),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Engine {
+    /// Applies an operator's `action` to a job. The revocation gate is checked by the caller
+    /// and reported in `gate_passed`.
+    pub async fn act(
+        &self,
+        job_id: &str,
+        action: Action,
+        gate_passed: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<Job, ActionError> {
+        for _ in 0..3 {
+            let job = self
+                .store
+                .get_job(job_id)
+                .await?
+                .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
+            let from: JobState = job.state.into();
+            let to = transition(
+                job.flow_type,
+                from,
+                Event::Operator {
+                    action,
+                    gate_passed,
+                },
+            )
+            .map_err(ActionError::Invalid)?;
+            let changes = JobChanges {
+                reset_failed_consumers: action == Action::RetryFailed,
+                // A mint that kept failing starts over with a fresh value, not the same one.
+                discard_new: action == Action::RetryFailed
+                    && from.stage == Stage::Mint
+                    && job.new_version.is_some(),
+                clear_new_version: action == Action::RetryFailed
+                    && from.stage == Stage::Mint
+                    && job.new_version.is_some(),
+                error: (action == Action::RetryFailed).then_some(None),
+                ..Default::default()
+            };
+            let audit = AuditDraft::new(actor, &format!("rotation.{}", action.as_str()), &job.token, "success")
+                .detail(serde_json::json!({"job_id": job_id, "from": {"stage": from.stage, "status": from.status}, "reason": reason}));
+            match self
+                .store
+                .transition_job(job_id, from, to, &changes, None, &audit)
+                .await
+            {
+                Ok(job) => {
+                    self.nudge();
+                    let _ = self.bus.send(job_id.to_string());
+                    return Ok(job);
+                }
+                // The engine moved the job meanwhile: decide again on its new state.
+                Err(StoreError::StaleJob { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let job = self
+            .store
+            .get_job(job_id)
+            .await?
+            .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
+        Err(ActionError::Invalid(InvalidTransition {
+            what: "act on",
+            state: job.state.into(),
+        }))
+    }
+}

@@ -1,0 +1,352 @@
+//! Distribute: every consumer in parallel, bounded by the global limit and by the per-lock-key
+//! limit, each retried with backoff on its own, so one bad target never stops the others. Also
+//! the consumer halves of revoke and rollback.
+
+use crate::runner::{Engine, Step, Stop};
+use crate::values::JobValues;
+use chrono::Utc;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use velvet_adapters::Delivery;
+use velvet_adapters::consumer::{self, Consumer};
+use velvet_core::audit::AuditDraft;
+use velvet_core::config::TokenSpec;
+use velvet_core::job::{ConsumerStatus, Job, JobChanges};
+use velvet_core::rotation::{Event, JobStatus};
+use velvet_core::secret::SecretValue;
+use velvet_store::ConsumerUpdate;
+
+/// What every consumer task of one job shares.
+struct Shared {
+    engine: Arc<Engine>,
+    job_id: String,
+    token: String,
+    version: i64,
+    fingerprint: String,
+    previous_version: Option<i64>,
+    previous_fingerprint: Option<String>,
+    new: SecretValue,
+    previous: Option<SecretValue>,
+    spec: TokenSpec,
+}
+
+impl Shared {
+    fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            token: &self.token,
+            job_id: &self.job_id,
+            version: self.version,
+            new: &self.new,
+            new_fingerprint: &self.fingerprint,
+            previous: self.previous.as_ref(),
+            previous_version: self.previous_version,
+            previous_fingerprint: self.previous_fingerprint.as_deref(),
+        }
+    }
+
+    async fn update(
+        &self,
+        consumer: &str,
+        status: ConsumerStatus,
+        attempts: i64,
+        last_error: Option<String>,
+        audit: Option<AuditDraft>,
+    ) {
+        let u = ConsumerUpdate {
+            status,
+            attempts,
+            last_error,
+            fingerprint: (status == ConsumerStatus::Verified).then(|| self.fingerprint.clone()),
+            next_attempt_at: None,
+        };
+        match self
+            .engine
+            .store
+            .update_job_consumer(&self.job_id, consumer, &u, audit.as_ref())
+            .await
+        {
+            Ok(_) => {
+                let _ = self.engine.bus.send(self.job_id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %self.job_id, consumer, error = %e, "recording a consumer's state failed")
+            }
+        }
+    }
+}
+
+impl Engine {
+    fn lock_key(&self, key: &str) -> Arc<Semaphore> {
+        let per = self.config().engine.per_lock_key;
+        self.lock_keys
+            .lock()
+            .expect("lock-key map is never poisoned")
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(per)))
+            .clone()
+    }
+}
+
+/// A job's consumer, built from its declaration, with its lock key; or why it cannot be.
+type Built = Result<(Arc<dyn Consumer>, String), String>;
+
+fn consumers_of(spec: &TokenSpec, engine: &Engine, job: &Job) -> Vec<(String, Built)> {
+    job.consumers
+        .iter()
+        .map(|jc| {
+            let built = match spec.consumers.iter().find(|c| c.name == jc.consumer) {
+                None => Err(format!("consumer `{}` is no longer declared", jc.consumer)),
+                Some(c) => consumer::build(c, &*engine.opts.env)
+                    .map(|built| {
+                        let key = c
+                            .lock_key
+                            .clone()
+                            .unwrap_or_else(|| built.default_lock_key());
+                        (Arc::<dyn Consumer>::from(built), key)
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            (jc.consumer.clone(), built)
+        })
+        .collect()
+}
+
+/// Delivers to one consumer until it is verified or has failed for good.
+async fn deliver(
+    shared: Arc<Shared>,
+    name: String,
+    consumer: Arc<dyn Consumer>,
+    lock_key: String,
+    mut attempts: i64,
+) -> bool {
+    let _global = shared
+        .engine
+        .global
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("never closed");
+    let _key = shared
+        .engine
+        .lock_key(&lock_key)
+        .acquire_owned()
+        .await
+        .expect("never closed");
+    loop {
+        attempts += 1;
+        shared
+            .update(&name, ConsumerStatus::InProgress, attempts, None, None)
+            .await;
+        let d = shared.delivery();
+        let result = match consumer.apply(&d).await {
+            Ok(()) => {
+                shared
+                    .update(&name, ConsumerStatus::Distributed, attempts, None, None)
+                    .await;
+                consumer.verify(&d).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let audit = AuditDraft::new("system:engine", "consumer.verified", &shared.token, "success")
+                    .detail(serde_json::json!({"job_id": shared.job_id, "consumer": name, "version": shared.version, "fingerprint": shared.fingerprint, "attempts": attempts}));
+                shared
+                    .update(&name, ConsumerStatus::Verified, attempts, None, Some(audit))
+                    .await;
+                return true;
+            }
+            Err(e) if e.is_retryable() && attempts < i64::from(shared.spec.retry.attempts) => {
+                let delay =
+                    crate::backoff::delay(&shared.spec.retry, attempts as u32, e.retry_after());
+                shared
+                    .update(
+                        &name,
+                        ConsumerStatus::InProgress,
+                        attempts,
+                        Some(e.to_string()),
+                        None,
+                    )
+                    .await;
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                let audit = AuditDraft::new("system:engine", "consumer.failed", &shared.token, "failure")
+                    .detail(serde_json::json!({"job_id": shared.job_id, "consumer": name, "version": shared.version, "attempts": attempts, "error": e.to_string()}));
+                shared
+                    .update(
+                        &name,
+                        ConsumerStatus::Failed,
+                        attempts,
+                        Some(e.to_string()),
+                        Some(audit),
+                    )
+                    .await;
+                return false;
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
+    let spec = match engine.token_spec(job) {
+        Ok(s) => s,
+        Err(e) => return engine.fail(job, e).await,
+    };
+    let vals = match crate::values::of_job(&engine.store, &engine.keyring, job).await {
+        Ok(v) => v,
+        Err(e) => return engine.fail(job, e).await,
+    };
+    let Some(new) = vals.new else {
+        return engine
+            .fail(job, "the job has no new version to distribute".into())
+            .await;
+    };
+    let now = Utc::now();
+    let fingerprint = engine.keyring.fingerprint(&new, now).unwrap_or_default();
+    let previous_fingerprint = vals
+        .previous
+        .as_ref()
+        .and_then(|p| engine.keyring.fingerprint(p, now).ok());
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        job_id: job.job_id.clone(),
+        token: job.token.clone(),
+        version: job.new_version.unwrap_or_default(),
+        fingerprint,
+        previous_version: job.previous_version,
+        previous_fingerprint,
+        new,
+        previous: vals.previous,
+        spec: spec.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (jc, (name, built)) in job.consumers.iter().zip(consumers_of(&spec, engine, job)) {
+        if jc.status == ConsumerStatus::Verified {
+            continue;
+        }
+        match built {
+            Ok((consumer, key)) => {
+                tasks.spawn(deliver(shared.clone(), name, consumer, key, jc.attempts));
+            }
+            Err(e) => {
+                shared
+                    .update(&name, ConsumerStatus::Failed, jc.attempts, Some(e), None)
+                    .await
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let job = match engine.store.get_job(&job.job_id).await {
+        Ok(Some(j)) => j,
+        _ => return Err(Stop::Lost),
+    };
+    if job.state.status != JobStatus::Running {
+        return Err(Stop::Lost);
+    }
+    let failed: Vec<&str> = job
+        .consumers
+        .iter()
+        .filter(|c| c.status != ConsumerStatus::Verified)
+        .map(|c| c.consumer.as_str())
+        .collect();
+    if !failed.is_empty() {
+        let reason = format!(
+            "{} of {} consumer(s) failed: {}",
+            failed.len(),
+            job.consumers.len(),
+            failed.join(", ")
+        );
+        return engine.fail(&job, reason).await;
+    }
+    let wake_at = (job.flow_type == velvet_core::config::FlowType::Auto)
+        .then(|| Utc::now() + chrono::Duration::from_std(spec.grace_period).unwrap_or_default());
+    let changes = JobChanges {
+        promote: true,
+        wake_at: wake_at.map(Some),
+        ..Default::default()
+    };
+    engine
+        .advance(&job, Event::AllVerified, changes, "rotation.distributed")
+        .await
+}
+
+/// Drops the previous value from every consumer that keeps one.
+pub(crate) async fn revoke_previous(
+    engine: &Engine,
+    job: &Job,
+    spec: &TokenSpec,
+    vals: &JobValues,
+) -> Result<(), String> {
+    let Some(new) = &vals.new else { return Ok(()) };
+    for (name, built) in consumers_of(spec, engine, job) {
+        let (consumer, _) = built?;
+        let d = Delivery {
+            token: &job.token,
+            job_id: &job.job_id,
+            version: job.new_version.unwrap_or_default(),
+            new,
+            new_fingerprint: "",
+            previous: vals.previous.as_ref(),
+            previous_version: job.previous_version,
+            previous_fingerprint: None,
+        };
+        engine
+            .with_retries(
+                spec,
+                &format!("revoking the previous value at `{name}`"),
+                || consumer.revoke_previous(&d),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Puts the previous value back where the new one landed: consumers that were distributed or
+/// verified, and those caught mid-apply (it may have landed). A consumer whose apply failed
+/// never took the new value, and may be the very reason for the rollback, so it is left alone.
+pub(crate) async fn roll_back(
+    engine: &Engine,
+    job: &Job,
+    spec: &TokenSpec,
+    vals: &JobValues,
+) -> Result<(), String> {
+    let Some(new) = &vals.new else { return Ok(()) };
+    for (jc, (name, built)) in job.consumers.iter().zip(consumers_of(spec, engine, job)) {
+        if !matches!(
+            jc.status,
+            ConsumerStatus::InProgress | ConsumerStatus::Distributed | ConsumerStatus::Verified
+        ) {
+            continue;
+        }
+        let (consumer, _) = built?;
+        let d = Delivery {
+            token: &job.token,
+            job_id: &job.job_id,
+            version: job.new_version.unwrap_or_default(),
+            new,
+            new_fingerprint: "",
+            previous: vals.previous.as_ref(),
+            previous_version: job.previous_version,
+            previous_fingerprint: None,
+        };
+        engine
+            .with_retries(spec, &format!("rolling back `{name}`"), || {
+                consumer.rollback(&d)
+            })
+            .await?;
+        let u = ConsumerUpdate {
+            status: ConsumerStatus::RolledBack,
+            attempts: jc.attempts,
+            last_error: None,
+            fingerprint: None,
+            next_attempt_at: None,
+        };
+        engine
+            .store
+            .update_job_consumer(&job.job_id, &name, &u, None)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

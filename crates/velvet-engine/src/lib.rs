@@ -1,0 +1,13 @@
+//! The rotation engine. A runner claims jobs with a renewed lease and drives each through mint,
+//! distribute and revoke; every decision comes from the pure state machine in
+//! `velvet_core::rotation`, every step is persisted before the next, so a replica that dies at
+//! any instant leaves a job another replica (or the same one, restarted) finishes.
+
+mod actions;
+mod backoff;
+mod distribute;
+mod runner;
+mod values;
+
+pub use actions::ActionError;
+pub use runner::{Engine, EngineOptions};

@@ -1,0 +1,526 @@
+//! The claim loop and the driving of one job: each step reads the job, acts, and persists the
+//! next state through the pure state machine before taking the next step.
+
+use crate::values;
+use chrono::Utc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, broadcast, watch};
+use velvet_adapters::AdapterError;
+use velvet_adapters::source::{self, Source};
+use velvet_core::audit::AuditDraft;
+use velvet_core::config::{Config, TokenSpec, gate_for};
+use velvet_core::job::{ConsumerStatus, Job, JobChanges};
+use velvet_core::keyring::{Keyring, version_aad};
+use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transition};
+use velvet_core::secret::SecretValue;
+use velvet_store::{Store, StoreError};
+
+/// Looks up `*_env` variables for adapters.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// This replica's name in leases.
+    pub owner: String,
+    /// How often to look for due work when nothing wakes the loop.
+    pub poll_interval: Duration,
+    pub env: EnvLookup,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("owner", &self.owner)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl EngineOptions {
+    /// A unique owner name for this process, and the process environment.
+    pub fn for_this_process() -> Self {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).expect("OS randomness");
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        Self {
+            owner: format!("{host}-{}-{}", std::process::id(), hex::encode(b)),
+            poll_interval: Duration::from_millis(500),
+            env: Arc::new(|name| std::env::var(name).ok()),
+        }
+    }
+}
+
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) config: Arc<RwLock<Arc<Config>>>,
+    pub(crate) opts: EngineOptions,
+    pub(crate) wake: Notify,
+    pub(crate) bus: broadcast::Sender<String>,
+    pub(crate) global: Arc<tokio::sync::Semaphore>,
+    pub(crate) lock_keys:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.opts.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a step stopped driving its job.
+pub(crate) enum Stop {
+    /// Nothing more to do now (awaiting an operator, waiting, finished).
+    Idle,
+    /// The lease went to another replica, or the job moved under us.
+    Lost,
+}
+
+pub(crate) type Step = Result<Job, Stop>;
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        config: Arc<RwLock<Arc<Config>>>,
+        opts: EngineOptions,
+    ) -> Arc<Self> {
+        let concurrency = config.read().expect("config lock").engine.concurrency;
+        Arc::new(Self {
+            store,
+            keyring,
+            config,
+            opts,
+            wake: Notify::new(),
+            bus: broadcast::channel(1024).0,
+            global: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            lock_keys: Default::default(),
+        })
+    }
+
+    /// Job ids, each time one of them changes (for live views; the store's events are the truth).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.bus.subscribe()
+    }
+
+    /// Wakes the claim loop (after a kickoff or an operator action).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .expect("config lock is never poisoned")
+            .clone()
+    }
+
+    /// Claims and drives jobs until `shutdown` turns true.
+    pub fn start(
+        self: &Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(owner = %me.opts.owner, "engine started");
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let lease = me.config().engine.lease;
+                match me.store.claim_job(&me.opts.owner, lease, Utc::now()).await {
+                    Ok(Some(job)) => {
+                        let driver = me.clone();
+                        tokio::spawn(async move { driver.drive(job).await });
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "claiming a job failed"),
+                }
+                tokio::select! {
+                    _ = me.wake.notified() => {}
+                    _ = tokio::time::sleep(me.opts.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            tracing::info!("engine stopped claiming work");
+        })
+    }
+
+    /// Drives one claimed job as far as it can go, renewing the lease meanwhile.
+    async fn drive(self: Arc<Self>, mut job: Job) {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = {
+            let (store, owner, id, lost) = (
+                self.store.clone(),
+                self.opts.owner.clone(),
+                job.job_id.clone(),
+                lost.clone(),
+            );
+            let lease = self.config().engine.lease;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.renew_lease(&id, &owner, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(job_id = %id, "lease lost to another replica; stopping");
+                            lost.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job_id = %id, error = %e, "renewing a lease failed")
+                        }
+                    }
+                }
+            })
+        };
+        loop {
+            if lost.load(Ordering::SeqCst) {
+                break;
+            }
+            match self.step(&job).await {
+                Ok(next) => {
+                    let _ = self.bus.send(next.job_id.clone());
+                    job = next;
+                }
+                Err(Stop::Idle) | Err(Stop::Lost) => break,
+            }
+        }
+        renew.abort();
+        if !job.state.status.is_terminal() {
+            let _ = self
+                .store
+                .release_lease(&job.job_id, &self.opts.owner)
+                .await;
+        }
+        let _ = self.bus.send(job.job_id.clone());
+    }
+
+    /// One step of the flow for `job`, as its state says.
+    async fn step(self: &Arc<Self>, job: &Job) -> Step {
+        let s: JobState = job.state.into();
+        if s.reverting.is_some() && s.status == JobStatus::Running {
+            return self.revert(job).await;
+        }
+        match (s.stage, s.status) {
+            (Stage::Mint, JobStatus::Pending) => {
+                self.advance(
+                    job,
+                    Event::Claimed,
+                    JobChanges::default(),
+                    "rotation.started",
+                )
+                .await
+            }
+            (Stage::Mint, JobStatus::Running) => self.mint(job).await,
+            (Stage::Distribute, JobStatus::Running) => crate::distribute::run(self, job).await,
+            (Stage::Revoke, JobStatus::Waiting) => {
+                if job.wake_at.is_some_and(|t| t > Utc::now()) {
+                    return Err(Stop::Idle);
+                }
+                let config = self.config();
+                let needs_human = self
+                    .token_spec(job)
+                    .ok()
+                    .and_then(|t| gate_for(&config.revocation_gates, &t))
+                    .is_some_and(|g| g.require.totp || g.require.approvals > 0);
+                self.advance(
+                    job,
+                    Event::GraceElapsed {
+                        gate_needs_human: needs_human,
+                    },
+                    JobChanges::default(),
+                    "rotation.grace_elapsed",
+                )
+                .await
+            }
+            (Stage::Revoke, JobStatus::Running) => self.revoke(job).await,
+            _ => Err(Stop::Idle),
+        }
+    }
+
+    /// Persists `event`'s transition with its audit record.
+    pub(crate) async fn advance(
+        &self,
+        job: &Job,
+        event: Event,
+        changes: JobChanges,
+        action: &str,
+    ) -> Step {
+        let from: JobState = job.state.into();
+        let to = match transition(job.flow_type, from, event) {
+            Ok(to) => to,
+            Err(e) => {
+                tracing::error!(job_id = %job.job_id, error = %e, "the engine asked for a transition the flow forbids");
+                return Err(Stop::Idle);
+            }
+        };
+        let audit = AuditDraft::new(&format!("engine:{}", self.opts.owner), action, &job.token, if to.status == JobStatus::Failed { "failure" } else { "success" })
+            .detail(serde_json::json!({"job_id": job.job_id, "stage": to.stage, "status": to.status, "error": changes.error.clone().flatten()}));
+        match self
+            .store
+            .transition_job(
+                &job.job_id,
+                from,
+                to,
+                &changes,
+                Some(&self.opts.owner),
+                &audit,
+            )
+            .await
+        {
+            Ok(j) => Ok(j),
+            Err(StoreError::StaleJob { .. }) => Err(Stop::Lost),
+            Err(e) => {
+                tracing::warn!(job_id = %job.job_id, error = %e, "persisting a step failed; the job resumes when claimed again");
+                Err(Stop::Lost)
+            }
+        }
+    }
+
+    /// Records a failure of the current stage with a readable reason.
+    pub(crate) async fn fail(&self, job: &Job, reason: String) -> Step {
+        tracing::warn!(job_id = %job.job_id, token = %job.token, reason = %reason, "rotation step failed");
+        self.advance(
+            job,
+            Event::StepFailed,
+            JobChanges {
+                error: Some(Some(reason)),
+                ..Default::default()
+            },
+            "rotation.failed",
+        )
+        .await
+    }
+
+    pub(crate) fn token_spec(&self, job: &Job) -> Result<TokenSpec, String> {
+        self.config()
+            .token(&job.token)
+            .cloned()
+            .ok_or_else(|| format!("token `{}` is no longer declared in velvet.yaml", job.token))
+    }
+
+    fn source(&self, spec: &TokenSpec) -> Result<Box<dyn Source>, String> {
+        source::build(&spec.source, &*self.opts.env).map_err(|e| e.to_string())
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the token's retry budget is spent.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        spec: &TokenSpec,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AdapterError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < spec.retry.attempts => {
+                    let d = crate::backoff::delay(&spec.retry, attempt, e.retry_after());
+                    tracing::info!(what, attempt, error = %e, retry_in_ms = d.as_millis() as u64, "retrying");
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(format!("{what} failed after {attempt} attempt(s): {e}")),
+            }
+        }
+    }
+
+    /// Mint: a new value, stored sealed before the source sees it (I1), then activated and
+    /// proved by a real login.
+    async fn mint(&self, job: &Job) -> Step {
+        let spec = match self.token_spec(job) {
+            Ok(s) => s,
+            Err(e) => return self.fail(job, e).await,
+        };
+        let source = match self.source(&spec) {
+            Ok(s) => s,
+            Err(e) => return self.fail(job, e).await,
+        };
+        let previous = match job.previous_version {
+            Some(v) => match values::open(&*self.store, &self.keyring, &job.token, v).await {
+                Ok(p) => Some(p),
+                Err(e) => return self.fail(job, e).await,
+            },
+            None => None,
+        };
+        let job = if job.new_version.is_none() {
+            match self.store_new(job, &*source, previous.as_ref()).await {
+                Ok(j) => j,
+                Err(e) => return self.fail(job, e).await,
+            }
+        } else {
+            job.clone()
+        };
+        let version = job.new_version.expect("stored above");
+        let new = match values::open(&*self.store, &self.keyring, &job.token, version).await {
+            Ok(v) => v,
+            Err(e) => return self.fail(&job, e).await,
+        };
+        let activated = self
+            .with_retries(&spec, "activating the new value at the source", || {
+                source.activate(&new, previous.as_ref())
+            })
+            .await;
+        if let Err(e) = activated {
+            return self.fail(&job, e).await;
+        }
+        if let Err(e) = self
+            .with_retries(&spec, "logging in with the new value", || {
+                source.verify(&new)
+            })
+            .await
+        {
+            return self.fail(&job, e).await;
+        }
+        self.advance(
+            &job,
+            Event::Minted,
+            JobChanges::default(),
+            "rotation.minted",
+        )
+        .await
+    }
+
+    async fn store_new(
+        &self,
+        job: &Job,
+        source: &dyn Source,
+        previous: Option<&SecretValue>,
+    ) -> Result<Job, String> {
+        let value = source.generate(previous).map_err(|e| e.to_string())?;
+        let version = self
+            .store
+            .next_version(&job.token)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = Utc::now();
+        let sealed = self
+            .keyring
+            .seal(&value, &version_aad(&job.token, version), now)
+            .map_err(|e| e.to_string())?;
+        let fp = self
+            .keyring
+            .fingerprint(&value, now)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .store_new_version(&job.job_id, version, &sealed, &fp)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.store
+            .get_job(&job.job_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the job disappeared".to_string())
+    }
+
+    /// Revoke: only once every consumer holds the new value (I2), the source and consumers drop
+    /// the previous one.
+    async fn revoke(&self, job: &Job) -> Step {
+        if let Some(c) = job
+            .consumers
+            .iter()
+            .find(|c| c.status != ConsumerStatus::Verified)
+        {
+            return self
+                .fail(
+                    job,
+                    format!(
+                        "consumer `{}` is {}, not verified: refusing to revoke",
+                        c.consumer,
+                        c.status.as_str()
+                    ),
+                )
+                .await;
+        }
+        let spec = match self.token_spec(job) {
+            Ok(s) => s,
+            Err(e) => return self.fail(job, e).await,
+        };
+        let vals = match values::of_job(&self.store, &self.keyring, job).await {
+            Ok(v) => v,
+            Err(e) => return self.fail(job, e).await,
+        };
+        if let (Some(new), Some(prev)) = (&vals.new, &vals.previous) {
+            let source = match self.source(&spec) {
+                Ok(s) => s,
+                Err(e) => return self.fail(job, e).await,
+            };
+            if let Err(e) = self
+                .with_retries(&spec, "revoking the previous value at the source", || {
+                    source.revoke(new, prev)
+                })
+                .await
+            {
+                return self.fail(job, e).await;
+            }
+        }
+        if let Err(e) = crate::distribute::revoke_previous(self, job, &spec, &vals).await {
+            return self.fail(job, e).await;
+        }
+        self.advance(
+            job,
+            Event::Revoked,
+            JobChanges {
+                revoke_previous: true,
+                ..Default::default()
+            },
+            "rotation.revoked",
+        )
+        .await
+    }
+
+    /// Rollback or abort: put the previous value back where the new one went, revert the source.
+    async fn revert(&self, job: &Job) -> Step {
+        let spec = match self.token_spec(job) {
+            Ok(s) => s,
+            Err(e) => return self.fail(job, e).await,
+        };
+        let vals = match values::of_job(&self.store, &self.keyring, job).await {
+            Ok(v) => v,
+            Err(e) => return self.fail(job, e).await,
+        };
+        if let Err(e) = crate::distribute::roll_back(self, job, &spec, &vals).await {
+            return self.fail(job, e).await;
+        }
+        if let Some(new) = &vals.new {
+            let source = match self.source(&spec) {
+                Ok(s) => s,
+                Err(e) => return self.fail(job, e).await,
+            };
+            if let Err(e) = self
+                .with_retries(&spec, "reverting the source", || {
+                    source.revert(new, vals.previous.as_ref())
+                })
+                .await
+            {
+                return self.fail(job, e).await;
+            }
+        }
+        let (event, action) = match job.state.reverting {
+            Some(Revert::Abort) => (Event::Aborted, "rotation.aborted"),
+            _ => (Event::RolledBack, "rotation.rolled_back"),
+        };
+        self.advance(
+            job,
+            event,
+            JobChanges {
+                discard_new: true,
+                ..Default::default()
+            },
+            action,
+        )
+        .await
+    }
+}

@@ -1,0 +1,374 @@
+//! The engine end to end on the embedded store: real files and processes as consumers.
+
+use chrono::Utc;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use velvet_core::config::{Config, FlowType, LoadOptions};
+use velvet_core::job::{ConsumerStatus, Job};
+use velvet_core::keyring::version_aad;
+use velvet_core::rotation::{Action, JobStatus, Stage};
+use velvet_core::secret::SecretValue;
+use velvet_engine::{ActionError, Engine, EngineOptions};
+use velvet_store::{Dialect, NewJob};
+use velvet_testkit::Fixture;
+
+struct Harness {
+    f: Fixture,
+    engine: Arc<Engine>,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn config(dir: &Path, extra_consumer: &str, flow: &str) -> Config {
+    let yaml = format!(
+        "
+defaults: {{retry: {{attempts: 2, initial_backoff: 10ms, max_backoff: 20ms}}, grace_period: 0s}}
+tokens:
+  - name: api
+    flow: {flow}
+    source: {{kind: random, bytes: 16}}
+    consumers:
+      - {{name: env, kind: file, path: {dir}/app.env, format: dotenv, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS}}
+      - {{name: hook, kind: exec, command: [sh, -c, 'cat > {dir}/hook.out']}}
+{extra_consumer}",
+        dir = dir.display()
+    );
+    let env = |_: &str| None;
+    Config::parse(
+        &yaml,
+        &dir.join("velvet.yaml"),
+        LoadOptions {
+            env: &env,
+            check_env: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn harness(extra_consumer: &str, flow: &str) -> Harness {
+    let f = Fixture::new(Dialect::Sqlite).await;
+    let config = config(f.dir.path(), extra_consumer, flow);
+    f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
+    let v1 = SecretValue::single("version-one".into());
+    let sealed = f
+        .keyring
+        .seal(&v1, &version_aad("api", 1), Utc::now())
+        .unwrap();
+    f.store
+        .import_version("api", &sealed, "fp1", "test")
+        .await
+        .unwrap();
+    std::fs::write(
+        f.dir.path().join("app.env"),
+        "OTHER=kept\nAPI_TOKEN=version-one\n",
+    )
+    .unwrap();
+    let mut opts = EngineOptions::for_this_process();
+    opts.poll_interval = Duration::from_millis(20);
+    let engine = Engine::new(
+        f.store.clone(),
+        f.keyring.clone(),
+        Arc::new(RwLock::new(Arc::new(config))),
+        opts,
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    engine.start(rx);
+    Harness {
+        f,
+        engine,
+        _stop: stop,
+    }
+}
+
+impl Harness {
+    async fn kickoff(&self, flow: FlowType) -> Job {
+        let job = self
+            .f
+            .store
+            .create_job(&NewJob {
+                token: "api",
+                flow,
+                requested_by: "test",
+                reason: None,
+            })
+            .await
+            .unwrap();
+        self.engine.nudge();
+        job
+    }
+
+    async fn until(&self, job_id: &str, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+        let start = Instant::now();
+        loop {
+            let job = self.f.store.get_job(job_id).await.unwrap().unwrap();
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "waited for {what}; job is {:?}/{:?}: {:?}",
+                job.state.stage,
+                job.state.status,
+                job.error
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn env_file(&self) -> String {
+        std::fs::read_to_string(self.f.dir.path().join("app.env")).unwrap()
+    }
+
+    async fn labels(&self) -> Vec<(i64, &'static str)> {
+        self.f
+            .store
+            .list_versions("api")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| (v.version, v.label.as_str()))
+            .collect()
+    }
+
+    async fn value(&self, version: i64) -> String {
+        let sealed = self.f.store.sealed_version("api", version).await.unwrap();
+        self.f
+            .keyring
+            .open(&sealed, &version_aad("api", version))
+            .unwrap()
+            .get("value")
+            .unwrap()
+            .expose()
+            .to_string()
+    }
+}
+
+fn is(stage: Stage, status: JobStatus) -> impl Fn(&Job) -> bool {
+    move |j| j.state.stage == stage && j.state.status == status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verified() {
+    let h = harness("", "staged").await;
+    let job = h.kickoff(FlowType::Staged).await;
+    h.until(
+        &job.job_id,
+        "proceed_distribute",
+        is(Stage::Distribute, JobStatus::AwaitingConfirmation),
+    )
+    .await;
+    assert_eq!(
+        h.labels().await,
+        [(2, "pending"), (1, "current")],
+        "I1: the new value is stored before distribution"
+    );
+    assert!(
+        h.env_file().contains("API_TOKEN=version-one"),
+        "nothing distributed before confirmation"
+    );
+    h.engine
+        .act(
+            &job.job_id,
+            Action::ProceedDistribute,
+            true,
+            "operator",
+            None,
+        )
+        .await
+        .unwrap();
+    let j = h
+        .until(
+            &job.job_id,
+            "proceed_revoke",
+            is(Stage::Revoke, JobStatus::AwaitingConfirmation),
+        )
+        .await;
+    assert!(
+        j.consumers
+            .iter()
+            .all(|c| c.status == ConsumerStatus::Verified && c.fingerprint.is_some()),
+        "{:?}",
+        j.consumers
+    );
+    let new = h.value(2).await;
+    assert_eq!(
+        h.env_file(),
+        format!("OTHER=kept\nAPI_TOKEN={new}\nAPI_TOKEN_PREVIOUS=version-one\n"),
+        "dual acceptance until revoke"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.f.dir.path().join("hook.out")).unwrap(),
+        new
+    );
+    assert_eq!(h.labels().await, [(2, "current"), (1, "previous")]);
+    h.engine
+        .act(&job.job_id, Action::ProceedRevoke, true, "operator", None)
+        .await
+        .unwrap();
+    let j = h
+        .until(
+            &job.job_id,
+            "succeeded",
+            is(Stage::Done, JobStatus::Succeeded),
+        )
+        .await;
+    assert!(j.finished_at.is_some());
+    assert_eq!(h.env_file(), format!("OTHER=kept\nAPI_TOKEN={new}\n"));
+    assert_eq!(h.labels().await, [(2, "current"), (1, "revoked")]);
+    let events = h.f.store.job_events(&job.job_id, 0, 1000).await.unwrap();
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    assert_eq!(events.last().unwrap().data["status"], "succeeded");
+    assert!(h.f.store.verify_audit(&h.f.keyring, None).await.unwrap().ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_consumer_blocks_revoke_then_rollback_restores_everything() {
+    let h = harness(
+        "      - {name: broken, kind: exec, command: [sh, -c, 'echo nope >&2; exit 3']}\n",
+        "auto",
+    )
+    .await;
+    let job = h.kickoff(FlowType::Auto).await;
+    let j = h
+        .until(
+            &job.job_id,
+            "failed",
+            is(Stage::Distribute, JobStatus::Failed),
+        )
+        .await;
+    let broken = j.consumers.iter().find(|c| c.consumer == "broken").unwrap();
+    assert_eq!(
+        (
+            broken.status,
+            broken.last_error.as_deref().map(|e| e.contains("nope"))
+        ),
+        (ConsumerStatus::Failed, Some(true))
+    );
+    assert!(
+        j.error
+            .as_deref()
+            .unwrap()
+            .contains("1 of 3 consumer(s) failed: broken"),
+        "{:?}",
+        j.error
+    );
+    assert!(
+        j.consumers
+            .iter()
+            .filter(|c| c.consumer != "broken")
+            .all(|c| c.status == ConsumerStatus::Verified),
+        "one bad target does not stop the others"
+    );
+    // I2: no revoke while a consumer is not verified.
+    let e = h
+        .engine
+        .act(&job.job_id, Action::ProceedRevoke, true, "operator", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ActionError::Invalid(_)), "{e}");
+    assert_eq!(
+        h.labels().await,
+        [(2, "pending"), (1, "current")],
+        "the previous value was never revoked"
+    );
+    h.engine
+        .act(&job.job_id, Action::Rollback, false, "operator", None)
+        .await
+        .unwrap();
+    let j = h
+        .until(
+            &job.job_id,
+            "rolled back",
+            is(Stage::Done, JobStatus::RolledBack),
+        )
+        .await;
+    assert_eq!(
+        h.env_file(),
+        "OTHER=kept\nAPI_TOKEN=version-one\n",
+        "the previous value is back"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.f.dir.path().join("hook.out")).unwrap(),
+        "version-one"
+    );
+    assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
+    assert!(
+        j.consumers
+            .iter()
+            .any(|c| c.status == ConsumerStatus::RolledBack)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_and_emergency_flows_run_to_the_end_unattended() {
+    for flow in [FlowType::Auto, FlowType::Emergency] {
+        let h = harness("", flow.as_str()).await;
+        let job = h.kickoff(flow).await;
+        h.until(
+            &job.job_id,
+            "succeeded",
+            is(Stage::Done, JobStatus::Succeeded),
+        )
+        .await;
+        assert_eq!(
+            h.labels().await,
+            [(2, "current"), (1, "revoked")],
+            "{flow:?}"
+        );
+        let again = h.kickoff(flow).await;
+        h.until(
+            &again.job_id,
+            "second rotation",
+            is(Stage::Done, JobStatus::Succeeded),
+        )
+        .await;
+        assert_eq!(
+            h.labels().await,
+            [(3, "current"), (2, "revoked"), (1, "revoked")]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_before_distribution_discards_the_new_value() {
+    let h = harness("", "staged").await;
+    let job = h.kickoff(FlowType::Staged).await;
+    h.until(
+        &job.job_id,
+        "proceed_distribute",
+        is(Stage::Distribute, JobStatus::AwaitingConfirmation),
+    )
+    .await;
+    h.engine
+        .act(
+            &job.job_id,
+            Action::Abort,
+            false,
+            "operator",
+            Some("wrong moment"),
+        )
+        .await
+        .unwrap();
+    h.until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
+        .await;
+    assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
+    assert_eq!(h.env_file(), "OTHER=kept\nAPI_TOKEN=version-one\n");
+    let e = h
+        .engine
+        .act(&job.job_id, Action::Abort, false, "operator", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ActionError::Invalid(_)));
+    assert!(matches!(
+        h.engine
+            .act(
+                "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                Action::Abort,
+                false,
+                "o",
+                None
+            )
+            .await,
+        Err(ActionError::NotFound(_))
+    ));
+}
