@@ -43,6 +43,8 @@ pub struct TokenRecord {
     pub last_rotated_at: Option<DateTime<Utc>>,
     pub next_rotation_at: Option<DateTime<Utc>>,
     pub consumer_count: i64,
+    /// The token's unfinished rotation job, if any.
+    pub active_job_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

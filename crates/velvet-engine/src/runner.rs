@@ -17,6 +17,15 @@ use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transitio
 use velvet_core::secret::SecretValue;
 use velvet_store::{Store, StoreError};
 
+/// Fault injection for crash-safety tests: when `VELVET_CRASH_AT` names this point, the process
+/// dies on the spot (abort: no destructors, no flush), exactly like `kill -9` for what is on disk.
+pub(crate) fn crash_point(name: &str) {
+    if std::env::var("VELVET_CRASH_AT").is_ok_and(|v| v == name) {
+        eprintln!("VELVET_CRASH_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
 /// Looks up `*_env` variables for adapters.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -363,6 +372,7 @@ impl Engine {
         } else {
             job.clone()
         };
+        crash_point("after_version_stored");
         let version = job.new_version.expect("stored above");
         let new = match values::open(&*self.store, &self.keyring, &job.token, version).await {
             Ok(v) => v,
@@ -466,6 +476,7 @@ impl Engine {
                 return self.fail(job, e).await;
             }
         }
+        crash_point("after_source_revoked");
         if let Err(e) = crate::distribute::revoke_previous(self, job, &spec, &vals).await {
             return self.fail(job, e).await;
         }

@@ -5,11 +5,35 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+impl From<velvet_store::StoreError> for ApiError {
+    fn from(e: velvet_store::StoreError) -> Self {
+        use velvet_store::StoreError as S;
+        match e {
+            S::NotFound(what) => Self::not_found(format!("{what} not found")),
+            S::JobActive(id) => Self::new(
+                StatusCode::CONFLICT,
+                "job_active",
+                format!("the token already has an active rotation job {id}"),
+            )
+            .with("job_id", id),
+            S::AuditUnavailable(m) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                format!("the audit log cannot be written, so nothing was done: {m}"),
+            ),
+            other => Self::internal(&other),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Fields the contract adds for some codes (`job_id` for `job_active`; `stage`, `status`
+    /// and `awaiting` for `invalid_transition`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -18,7 +42,32 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
+        self.extra.insert(
+            key.into(),
+            serde_json::to_value(value).expect("serialisable"),
+        );
+        self
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
+    }
+
+    pub fn not_enabled(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_enabled", message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -42,7 +91,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message});
-        (self.status, Json(body)).into_response()
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.into());
+        body.extend(self.extra);
+        (self.status, Json(serde_json::Value::Object(body))).into_response()
     }
 }

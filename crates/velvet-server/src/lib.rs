@@ -1,10 +1,14 @@
 //! Velvet's HTTP server: routes, shared state, start-up (keyring, store, migrations, reconcile)
 //! and shutdown. Each resource has its own file with its own `router()`.
 
+mod auth;
+mod body;
 mod error;
 mod health;
 mod metrics;
+mod rotations;
 mod startup;
+mod tokens;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -23,6 +27,8 @@ pub struct AppState {
     /// Replaced on SIGHUP when the file is valid; handlers clone the `Arc` they need.
     pub config: Arc<RwLock<Arc<Config>>>,
     pub metrics: Arc<Metrics>,
+    /// The rotation engine, when this process runs one.
+    pub engine: Option<Arc<velvet_engine::Engine>>,
 }
 
 impl AppState {
@@ -42,6 +48,8 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .merge(health::router())
         .merge(metrics::router())
+        .merge(tokens::router())
+        .merge(rotations::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -72,11 +72,19 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
             "VELVET_API_KEY is set: it is a bootstrap admin credential; unset it once service tokens exist"
         );
     }
+    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let engine = velvet_engine::Engine::new(
+        store.clone(),
+        keyring.clone(),
+        config.clone(),
+        velvet_engine::EngineOptions::for_this_process(),
+    );
     let state = AppState {
         store,
         keyring,
-        config: Arc::new(RwLock::new(Arc::new(config))),
+        config,
         metrics: Arc::new(Metrics::default()),
+        engine: Some(engine),
     };
     reconcile(&state).await?;
     Ok(Prepared { state })
@@ -172,9 +180,17 @@ pub async fn serve(
     tracing::info!(%addr, store = %config.store, "velvet listening");
     on_listening(addr);
     tokio::spawn(reload_on_hangup(state.clone(), config.file.clone()));
+    let (stop_engine, engine_stopped) = tokio::sync::watch::channel(false);
+    if let Some(engine) = &state.engine {
+        engine.start(engine_stopped);
+    }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Stop claiming work; a job left mid-step resumes from its stored state (I4).
+            let _ = stop_engine.send(true);
+        })
         .await
         .map_err(StartError::Serve)?;
     tracing::info!("stopped");

@@ -272,7 +272,8 @@ impl PostgresStore {
 const TOKEN_SELECT: &str = "SELECT t.name, t.description, t.tags, t.source_kind, t.status, t.spec,
         t.last_rotated_at, t.next_rotation_at, t.created_at, t.updated_at,
         (SELECT v.version FROM secret_versions v WHERE v.token_id = t.id AND v.label = 'current') AS current_version,
-        (SELECT COUNT(*) FROM consumers c WHERE c.token_id = t.id AND c.status = 'active') AS consumer_count
+        (SELECT COUNT(*) FROM consumers c WHERE c.token_id = t.id AND c.status = 'active') AS consumer_count,
+        (SELECT j.id FROM rotation_jobs j WHERE j.token_id = t.id AND j.status NOT IN ('succeeded', 'aborted', 'rolled_back')) AS active_job_id
      FROM tokens t";
 
 #[async_trait]

@@ -28,6 +28,7 @@ pub(crate) struct TokenRow {
     pub last_rotated_at: Option<DateTime<Utc>>,
     pub next_rotation_at: Option<DateTime<Utc>>,
     pub consumer_count: i64,
+    pub active_job_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -47,6 +48,7 @@ impl TryFrom<TokenRow> for TokenRecord {
             last_rotated_at: r.last_rotated_at,
             next_rotation_at: r.next_rotation_at,
             consumer_count: r.consumer_count,
+            active_job_id: r.active_job_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })

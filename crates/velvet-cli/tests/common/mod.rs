@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,6 +181,30 @@ impl Server {
     pub fn get(&self, path: &str) -> (u16, String) {
         let r = http().get(self.url(path)).send().unwrap();
         (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// A JSON request with the bootstrap bearer `key`.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = http().request(method.parse().unwrap(), self.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 
     pub fn signal(&self, sig: &str) {

@@ -1,0 +1,122 @@
+//! `/api/v1/rotations/{id}`: a job, and the operator actions that move it.
+
+use crate::auth::Admin;
+use crate::body::Body;
+use crate::{ApiError, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use velvet_core::config::gate_for;
+use velvet_core::job::{Job, is_job_id};
+use velvet_core::rotation::Action;
+use velvet_engine::ActionError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rotations/{job_id}", get(show))
+        .route("/api/v1/rotations/{job_id}/stage", post(stage))
+}
+
+async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
+    let missing = || ApiError::not_found(format!("rotation job `{job_id}` not found"));
+    if !is_job_id(job_id) {
+        return Err(missing());
+    }
+    state.store.get_job(job_id).await?.ok_or_else(missing)
+}
+
+async fn show(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(load(&state, &job_id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageBody {
+    action: String,
+    #[allow(dead_code)]
+    totp: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stage(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    Body(body): Body<StageBody>,
+) -> Result<Json<Job>, ApiError> {
+    crate::tokens::require_rotation_flag(&state)?;
+    let action = Action::parse(&body.action).ok_or_else(|| {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        ApiError::validation(format!(
+            "action: `{}` is not one of {}",
+            body.action,
+            names.join(", ")
+        ))
+    })?;
+    if body.force {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "gate_denied",
+            "force needs a revocation gate with allow_force and an operator (not available yet)",
+        ));
+    }
+    let job = load(&state, &job_id).await?;
+    let engine = state
+        .engine
+        .as_ref()
+        .ok_or_else(|| ApiError::not_enabled("this server runs no rotation engine"))?;
+    // Revocation gates with TOTP or approvals need operators, which come later: until then such
+    // a gate cannot be passed through the bootstrap key.
+    let config = state.config();
+    let gate_passed = match config
+        .token(&job.token)
+        .and_then(|t| gate_for(&config.revocation_gates, t))
+    {
+        Some(g) if g.require.totp || g.require.approvals > 0 => {
+            if action == Action::ProceedRevoke {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "gate_required",
+                    format!(
+                        "the revocation gate `{}` requires TOTP step-up or approvals",
+                        g.name
+                    ),
+                ));
+            }
+            false
+        }
+        _ => true,
+    };
+    match engine
+        .act(
+            &job_id,
+            action,
+            gate_passed,
+            &admin.actor,
+            body.reason.as_deref(),
+        )
+        .await
+    {
+        Ok(job) => Ok(Json(job)),
+        Err(ActionError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "rotation job `{job_id}` not found"
+        ))),
+        Err(ActionError::Invalid(e)) => {
+            Err(
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
+                    .with("stage", e.state.stage)
+                    .with("status", e.state.status)
+                    .with("awaiting", e.state.awaiting),
+            )
+        }
+        Err(ActionError::Store(e)) => Err(e.into()),
+    }
+}
