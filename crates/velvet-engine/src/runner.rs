@@ -145,6 +145,7 @@ impl Engine {
                 let lease = me.config().engine.lease;
                 match me.store.claim_job(&me.opts.owner, lease, Utc::now()).await {
                     Ok(Some(job)) => {
+                        tracing::info!(job_id = %job.job_id, token = %job.token, stage = %job.state.stage, status = %job.state.status, "claimed job");
                         let driver = me.clone();
                         tokio::spawn(async move { driver.drive(job).await });
                         continue;

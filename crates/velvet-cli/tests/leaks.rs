@@ -1,0 +1,171 @@
+//! I5: a full rotation of every source kind through the binary, then every log line, API
+//! response and the store's files are searched for the values: zero hits.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use velvet_testkit::servers::PasswordPostgres;
+
+const KEY: &str = "leak-test-key-0123456789abcdef";
+
+#[test]
+fn no_value_of_any_source_leaks() {
+    let pg = PasswordPostgres::start();
+    let out = std::process::Command::new("psql")
+        .arg(&pg.admin_url)
+        .args([
+            "-qc",
+            "CREATE ROLE app_a LOGIN PASSWORD 'a0'; CREATE ROLE app_b LOGIN PASSWORD 'b0'",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let redis_url =
+        std::env::var("VELVET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let user = velvet_testkit::unique_name("velvet_l");
+    let redis = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut rc = redis.get_connection().unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">r0")
+        .arg("~*")
+        .arg("+@all")
+        .exec(&mut rc)
+        .unwrap();
+
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "defaults: {{flow: auto, grace_period: 0s, retry: {{attempts: 3, initial_backoff: 50ms, max_backoff: 100ms}}}}
+tokens:
+  - name: db
+    source: {{kind: postgres_role, admin_url_env: PG_ADMIN, strategy: alternating, roles: [app_a, app_b]}}
+    consumers:
+      - {{name: env, kind: file, path: db.env, format: dotenv, key: DATABASE_URL, template: 'postgres://{{{{username}}}}:{{{{password | urlencode}}}}@127.0.0.1:{port}/postgres'}}
+  - name: cache
+    source: {{kind: redis_acl, admin_url_env: REDIS_ADMIN, user: {user}}}
+    consumers:
+      - {{name: env, kind: file, path: cache.env, format: dotenv, key: REDIS_PASSWORD, template: '{{{{password}}}}'}}
+  - name: api
+    source: {{kind: random}}
+    consumers:
+      - {{name: raw, kind: file, path: api.token}}
+",
+        port = pg.port
+    ));
+    let env = [
+        ("VELVET_API_KEY", KEY),
+        ("PG_ADMIN", pg.admin_url.as_str()),
+        ("REDIS_ADMIN", redis_url.as_str()),
+    ];
+    let s = w.serve(&[], &env);
+    let mut responses = Vec::new();
+    for token in ["db", "cache", "api", "db"] {
+        let (code, body) = s.call(
+            "POST",
+            &format!("/api/v1/tokens/{token}/rotate"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(code, 202, "{body}");
+        let job = body["job_id"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let (_, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
+            responses.push(j.to_string());
+            if j["status"] == "succeeded" {
+                break;
+            }
+            assert!(j["status"] != "failed", "{j}\n{}", s.logs());
+            assert!(start.elapsed() < Duration::from_secs(60), "{j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, t) = s.call("GET", &format!("/api/v1/tokens/{token}"), Some(KEY), None);
+        responses.push(t.to_string());
+    }
+    let (_, list) = s.call("GET", "/api/v1/tokens", Some(KEY), None);
+    responses.push(list.to_string());
+    let (_, metrics) = s.get("/metrics");
+    responses.push(metrics);
+
+    let read = |f: &str| std::fs::read_to_string(w.path(f)).unwrap();
+    let db_url = read("db.env")
+        .trim()
+        .strip_prefix("DATABASE_URL=")
+        .unwrap()
+        .to_string();
+    let db_password = db_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    let secrets = [
+        db_password,
+        read("cache.env")
+            .trim()
+            .strip_prefix("REDIS_PASSWORD=")
+            .unwrap()
+            .to_string(),
+        read("api.token"),
+        pg.admin_url
+            .split(':')
+            .nth(2)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string(),
+    ];
+    assert!(secrets.iter().all(|v| v.len() >= 16), "{secrets:?}");
+    // The rotated credential logs in; the second rotation moved to the other role.
+    let login = std::process::Command::new("psql")
+        .arg(&db_url)
+        .args(["-Atc", "SELECT current_user"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&login.stdout).trim(),
+        "app_b",
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+
+    let logs = s.logs();
+    let audit = w
+        .run(&["--output", "json", "audit", "verify"], &env, None)
+        .stdout;
+    let store: Vec<Vec<u8>> = ["velvet.db", "velvet.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(w.path(f)).ok())
+        .collect();
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a log line carried a value"
+        );
+        assert!(!audit.contains(secret.as_str()));
+        for r in &responses {
+            assert!(!r.contains(secret.as_str()), "a response carried a value");
+        }
+        for bytes in &store {
+            assert!(
+                !bytes.windows(secret.len()).any(|x| x == secret.as_bytes()),
+                "plaintext in the store"
+            );
+        }
+    }
+    redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .exec(&mut rc)
+        .unwrap();
+}
