@@ -2,6 +2,7 @@
 //! is divided by (a bound or a peer measured in the same run), and the ratio against its target.
 //! Run through `scripts/bench`, which builds in release mode.
 
+mod b1_fanout;
 mod b5_audit;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// B1: fan-out to N webhooks answering after 50 ms, concurrency 64 (target ≥ 0.90 of the bound).
+    B1 {
+        #[arg(long, default_value_t = 1000)]
+        consumers: usize,
+    },
     /// B5: audit verify entries/s ÷ raw HMAC-SHA256 over the same bytes (target ≥ 0.5).
     B5 {
         #[arg(long, default_value_t = 200_000)]
@@ -38,7 +44,7 @@ impl Row {
         let ratio = self.velvet / self.reference;
         let verdict = if ratio >= self.target { "PASS" } else { "FAIL" };
         println!(
-            "{:<4} {:<58} {:>14.0} {:>14.0} {:<10} {:>7.2} {:>7} {}",
+            "{:<5} {:<58} {:>14.3} {:>14.3} {:<10} {:>7.2} {:>7} {}",
             self.id,
             self.measure,
             self.velvet,
@@ -53,7 +59,7 @@ impl Row {
 
 pub fn header() {
     println!(
-        "{:<4} {:<58} {:>14} {:>14} {:<10} {:>7} {:>7} verdict",
+        "{:<5} {:<58} {:>14} {:>14} {:<10} {:>7} {:>7} verdict",
         "id", "measure", "velvet", "reference", "unit", "ratio", "target"
     );
 }
@@ -63,6 +69,7 @@ async fn main() {
     let cli = Cli::parse();
     header();
     match cli.bench {
+        Bench::B1 { consumers } => b1_fanout::run(consumers).await.iter().for_each(Row::print),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
 }

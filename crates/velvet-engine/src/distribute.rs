@@ -14,7 +14,7 @@ use velvet_core::config::TokenSpec;
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::rotation::{Event, JobStatus};
 use velvet_core::secret::SecretValue;
-use velvet_store::ConsumerUpdate;
+use velvet_store::{ConsumerChange, ConsumerUpdate};
 
 /// What every consumer task of one job shares.
 struct Shared {
@@ -28,6 +28,8 @@ struct Shared {
     new: SecretValue,
     previous: Option<SecretValue>,
     spec: TokenSpec,
+    /// Consumer changes go to the job's writer, which commits them in batches.
+    writes: tokio::sync::mpsc::UnboundedSender<ConsumerChange>,
 }
 
 impl Shared {
@@ -52,26 +54,43 @@ impl Shared {
         last_error: Option<String>,
         audit: Option<AuditDraft>,
     ) {
-        let u = ConsumerUpdate {
+        let update = ConsumerUpdate {
             status,
             attempts,
             last_error,
             fingerprint: (status == ConsumerStatus::Verified).then(|| self.fingerprint.clone()),
             next_attempt_at: None,
         };
-        match self
-            .engine
-            .store
-            .update_job_consumer(&self.job_id, consumer, &u, audit.as_ref())
-            .await
-        {
-            Ok(_) => {
-                let _ = self.engine.bus.send(self.job_id.clone());
-            }
-            Err(e) => {
-                tracing::warn!(job_id = %self.job_id, consumer, error = %e, "recording a consumer's state failed")
+        // Losing an unwritten status in a crash is safe: the consumer is applied again, and
+        // applying is idempotent.
+        let _ = self.writes.send(ConsumerChange {
+            consumer: consumer.to_string(),
+            update,
+            audit,
+        });
+    }
+}
+
+/// Commits a job's consumer changes: whatever queued while the last commit ran goes into the
+/// next one (group commit), so a thousand consumers cost tens of commits, not thousands.
+async fn writer(
+    engine: Arc<Engine>,
+    job_id: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ConsumerChange>,
+) {
+    const MAX_BATCH: usize = 1024;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
             }
         }
+        if let Err(e) = engine.store.update_job_consumers(&job_id, &batch).await {
+            tracing::warn!(job_id = %job_id, error = %e, changes = batch.len(), "recording consumer states failed");
+        }
+        let _ = engine.bus.send(job_id.clone());
     }
 }
 
@@ -208,7 +227,10 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
         .previous
         .as_ref()
         .and_then(|p| engine.keyring.fingerprint(p, now).ok());
+    let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer(engine.clone(), job.job_id.clone(), queued));
     let shared = Arc::new(Shared {
+        writes,
         engine: engine.clone(),
         job_id: job.job_id.clone(),
         token: job.token.clone(),
@@ -237,6 +259,9 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
         }
     }
     while tasks.join_next().await.is_some() {}
+    // Every change is committed before the outcome is judged.
+    drop(shared);
+    let _ = writer.await;
     let job = match engine.store.get_job(&job.job_id).await {
         Ok(Some(j)) => j,
         _ => return Err(Stop::Lost),
@@ -342,9 +367,14 @@ pub(crate) async fn roll_back(
             fingerprint: None,
             next_attempt_at: None,
         };
+        let change = ConsumerChange {
+            consumer: name.clone(),
+            update: u,
+            audit: None,
+        };
         engine
             .store
-            .update_job_consumer(&job.job_id, &name, &u, None)
+            .update_job_consumers(&job.job_id, &[change])
             .await
             .map_err(|e| e.to_string())?;
     }

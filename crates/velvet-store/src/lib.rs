@@ -100,6 +100,14 @@ pub struct ConsumerUpdate {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// One consumer's new state, with the audit record of an outcome.
+#[derive(Debug, Clone)]
+pub struct ConsumerChange {
+    pub consumer: String,
+    pub update: ConsumerUpdate,
+    pub audit: Option<AuditDraft>,
+}
+
 /// One entry of a job's event stream: `job` or `consumer`, with its `seq` and JSON data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobEvent {
@@ -181,14 +189,13 @@ pub trait JobStore: Send + Sync {
         fingerprint: &str,
     ) -> Result<i64, StoreError>;
 
-    /// Updates one consumer of a job, with its event (and audit record, for outcomes).
-    async fn update_job_consumer(
+    /// Updates consumers of a job in one transaction, each with its event (and audit record,
+    /// for outcomes). Many updates per commit is what keeps a wide fan-out fast.
+    async fn update_job_consumers(
         &self,
         job_id: &str,
-        consumer: &str,
-        update: &ConsumerUpdate,
-        audit: Option<&AuditDraft>,
-    ) -> Result<Job, StoreError>;
+        updates: &[ConsumerChange],
+    ) -> Result<(), StoreError>;
 
     /// Events of a job with `seq > after_seq`, oldest first.
     async fn job_events(

@@ -118,38 +118,57 @@ impl PostgresStore {
         tx: &mut Tx,
         draft: &AuditDraft,
     ) -> Result<AuditEntry, StoreError> {
+        let mut entries = self.audit_many(tx, &[draft]).await?;
+        Ok(entries.pop().expect("one draft, one entry"))
+    }
+
+    /// Appends audit records inside `tx`, reading the chain head once.
+    pub(crate) async fn audit_many(
+        &self,
+        tx: &mut Tx,
+        drafts: &[&AuditDraft],
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK)
             .execute(&mut **tx)
             .await
             .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
+        let keyring = self.keyring.as_deref().ok_or_else(|| {
+            StoreError::AuditUnavailable("the store was opened without a keyring".into())
+        })?;
         let head: Option<AuditHead> =
             sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut **tx)
                 .await
                 .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
-        let keyring = self.keyring.as_deref().ok_or_else(|| {
-            StoreError::AuditUnavailable("the store was opened without a keyring".into())
-        })?;
-        let e = reconcile::next_audit(keyring, head.map(|h| (h.seq, h.hash)), draft)?;
-        sqlx::query(
-            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(e.seq)
-        .bind(e.at)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .bind(&e.key_id)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(&mut **tx)
-        .await
-        .map_err(|err| StoreError::AuditUnavailable(err.to_string()))?;
-        Ok(e)
+        let mut head = head.map(|h| (h.seq, h.hash));
+        let mut out = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let e = reconcile::next_audit(keyring, head.take(), draft)?;
+            sqlx::query(
+                "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(e.seq)
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.outcome)
+            .bind(&e.detail)
+            .bind(&e.key_id)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut **tx)
+            .await
+            .map_err(|err| StoreError::AuditUnavailable(err.to_string()))?;
+            head = Some((e.seq, e.hash.clone()));
+            out.push(e);
+        }
+        Ok(out)
     }
 
     async fn applied(

@@ -4,7 +4,7 @@
 
 use crate::postgres::{PostgresStore, Tx};
 use crate::rows::{EventRow, JOB_COLUMNS, JOB_CONSUMERS_SQL, JobConsumerRow, JobRow};
-use crate::{ConsumerUpdate, Context, JobEvent, JobStore, NewJob, StoreError};
+use crate::{ConsumerChange, Context, JobEvent, JobStore, NewJob, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -390,57 +390,86 @@ impl JobStore for PostgresStore {
         Ok(version)
     }
 
-    async fn update_job_consumer(
+    async fn update_job_consumers(
         &self,
         job_id: &str,
-        consumer: &str,
-        u: &ConsumerUpdate,
-        audit: Option<&AuditDraft>,
-    ) -> Result<Job, StoreError> {
+        changes: &[ConsumerChange],
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
         let now = now_micros();
-        let n = sqlx::query(
-            "UPDATE rotation_job_consumers SET status = $3, attempts = $4, last_error = $5, fingerprint = $6, next_attempt_at = $7,
-                 updated_at = $8, started_at = COALESCE(started_at, CASE WHEN $3 = 'in_progress' THEN $8 END)
-             WHERE job_id = $1 AND consumer_id = (SELECT c.id FROM consumers c JOIN rotation_jobs j ON j.token_id = c.token_id WHERE j.id = $1 AND c.name = $2)",
-        )
-        .bind(job_id)
-        .bind(consumer)
-        .bind(u.status.as_str())
-        .bind(u.attempts)
-        .bind(&u.last_error)
-        .bind(&u.fingerprint)
-        .bind(u.next_attempt_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .ctx("updating a job consumer")?
-        .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound(format!(
-                "consumer `{consumer}` of job `{job_id}`"
-            )));
-        }
-        sqlx::query("UPDATE rotation_jobs SET updated_at = $2 WHERE id = $1")
+        // The job row first: on PostgreSQL its lock orders this job's events.
+        let n = sqlx::query("UPDATE rotation_jobs SET updated_at = $2 WHERE id = $1")
             .bind(job_id)
             .bind(now)
             .execute(&mut *tx)
             .await
-            .ctx("touching a job")?;
-        if let Some(a) = audit {
-            self.audit_in(&mut tx, a).await?;
+            .ctx("touching a job")?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("job `{job_id}`")));
         }
-        let job = load(&mut tx, job_id).await?.expect("exists");
-        let c = job
-            .consumers
-            .iter()
-            .find(|c| c.consumer == consumer)
-            .expect("updated above");
-        let mut data = serde_json::to_value(c).expect("consumers serialise");
-        data["job_id"] = serde_json::Value::String(job_id.to_string());
-        event(&mut tx, job_id, "consumer", &data).await?;
-        tx.commit().await.ctx("committing a consumer update")?;
-        Ok(job)
+        // One lookup of the next event number per batch; the job row (locked above on
+        // PostgreSQL) keeps anyone else from numbering this job's events meanwhile.
+        let mut seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM rotation_events WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("numbering job events")?;
+        for ch in changes {
+            let u = &ch.update;
+            let kind: Option<String> = sqlx::query_scalar(
+                "UPDATE rotation_job_consumers SET status = $3, attempts = $4, last_error = $5, fingerprint = $6, next_attempt_at = $7,
+                     updated_at = $8, started_at = COALESCE(started_at, CASE WHEN $3 = 'in_progress' THEN $8 END)
+                 WHERE job_id = $1 AND consumer_id = (SELECT c.id FROM consumers c
+                     WHERE c.token_id = (SELECT token_id FROM rotation_jobs WHERE id = $1) AND c.name = $2)
+                 RETURNING (SELECT kind FROM consumers WHERE id = consumer_id)",
+            )
+            .bind(job_id)
+            .bind(&ch.consumer)
+            .bind(u.status.as_str())
+            .bind(u.attempts)
+            .bind(&u.last_error)
+            .bind(&u.fingerprint)
+            .bind(u.next_attempt_at)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("updating a job consumer")?;
+            let Some(kind) = kind else {
+                return Err(StoreError::NotFound(format!(
+                    "consumer `{}` of job `{job_id}`",
+                    ch.consumer
+                )));
+            };
+            seq += 1;
+            let data = serde_json::json!({
+                "consumer": ch.consumer,
+                "kind": kind,
+                "status": u.status,
+                "attempts": u.attempts,
+                "last_error": u.last_error,
+                "fingerprint": u.fingerprint,
+                "updated_at": now,
+                "job_id": job_id,
+            });
+            sqlx::query("INSERT INTO rotation_events (job_id, seq, at, event, data) VALUES ($1, $2, $3, 'consumer', $4)")
+                .bind(job_id)
+                .bind(seq)
+                .bind(now)
+                .bind(data.to_string())
+                .execute(&mut *tx)
+                .await
+                .ctx("appending a job event")?;
+        }
+        let audits: Vec<&AuditDraft> = changes.iter().filter_map(|c| c.audit.as_ref()).collect();
+        self.audit_many(&mut tx, &audits).await?;
+        tx.commit().await.ctx("committing consumer updates")?;
+        Ok(())
     }
 
     async fn job_events(

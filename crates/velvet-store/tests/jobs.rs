@@ -9,7 +9,7 @@ use velvet_core::job::{ConsumerStatus, JobChanges};
 use velvet_core::keyring::version_aad;
 use velvet_core::rotation::{Action, Event, JobState, JobStatus, Stage, transition};
 use velvet_core::secret::SecretValue;
-use velvet_store::{ConsumerUpdate, Dialect, NewJob, StoreError};
+use velvet_store::{ConsumerChange, ConsumerUpdate, Dialect, NewJob, StoreError};
 use velvet_testkit::Fixture;
 
 macro_rules! both {
@@ -491,9 +491,12 @@ async fn concurrent_consumer_updates_number_events_without_gaps(f: Fixture) {
                 fingerprint: None,
                 next_attempt_at: None,
             };
-            s.update_job_consumer(&id, consumer, &u, None)
-                .await
-                .unwrap();
+            let change = ConsumerChange {
+                consumer: consumer.into(),
+                update: u,
+                audit: None,
+            };
+            s.update_job_consumers(&id, &[change]).await.unwrap();
         }));
     }
     for t in tasks {
@@ -506,27 +509,27 @@ async fn concurrent_consumer_updates_number_events_without_gaps(f: Fixture) {
         fingerprint: Some("fp".into()),
         next_attempt_at: None,
     };
-    let j = f
-        .store
-        .update_job_consumer(
+    let change = |name: &str, audit: Option<AuditDraft>| ConsumerChange {
+        consumer: name.into(),
+        update: u.clone(),
+        audit,
+    };
+    let verified = AuditDraft::new("system:engine", "consumer.verified", "api", "success");
+    // Two changes in one batch: one commit, two events, one audit record.
+    f.store
+        .update_job_consumers(
             &job.job_id,
-            "one",
-            &u,
-            Some(&AuditDraft::new(
-                "system:engine",
-                "consumer.verified",
-                "api",
-                "success",
-            )),
+            &[change("two", None), change("one", Some(verified))],
         )
         .await
         .unwrap();
+    let j = f.store.get_job(&job.job_id).await.unwrap().unwrap();
     assert_eq!(j.consumers[0].status, ConsumerStatus::Verified);
     assert!(j.consumers[0].started_at.is_some());
     let events = f.store.job_events(&job.job_id, 0, 1000).await.unwrap();
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (1..=22).collect::<Vec<_>>(),
+        (1..=23).collect::<Vec<_>>(),
         "gapless, no duplicates"
     );
     let last = events.last().unwrap();
@@ -540,7 +543,7 @@ async fn concurrent_consumer_updates_number_events_without_gaps(f: Fixture) {
     );
     assert!(
         f.store
-            .update_job_consumer(&job.job_id, "nope", &u, None)
+            .update_job_consumers(&job.job_id, &[change("nope", None)])
             .await
             .is_err()
     );
