@@ -3,6 +3,7 @@
 //! Run through `scripts/bench`, which builds in release mode.
 
 mod b1_fanout;
+mod b2_postgres;
 mod b5_audit;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,11 @@ enum Bench {
     B1 {
         #[arg(long, default_value_t = 1000)]
         consumers: usize,
+    },
+    /// B2: PostgreSQL role rotations/s ÷ OpenBao rotate-role on raft (target ≥ 1.2).
+    B2 {
+        #[arg(long, default_value_t = 200)]
+        roles: usize,
     },
     /// B5: audit verify entries/s ÷ raw HMAC-SHA256 over the same bytes (target ≥ 0.5).
     B5 {
@@ -70,6 +76,7 @@ async fn main() {
     header();
     match cli.bench {
         Bench::B1 { consumers } => b1_fanout::run(consumers).await.iter().for_each(Row::print),
+        Bench::B2 { roles } => b2_postgres::run(roles).await.print(),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
 }
