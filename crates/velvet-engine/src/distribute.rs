@@ -297,6 +297,20 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
 }
 
 /// Drops the previous value from every consumer that keeps one.
+/// What revoke and rollback steps hand a consumer: the job's versions, no fingerprints needed.
+fn delivery_of<'a>(job: &'a Job, new: &'a SecretValue, vals: &'a JobValues) -> Delivery<'a> {
+    Delivery {
+        token: &job.token,
+        job_id: &job.job_id,
+        version: job.new_version.unwrap_or_default(),
+        new,
+        new_fingerprint: "",
+        previous: vals.previous.as_ref(),
+        previous_version: job.previous_version,
+        previous_fingerprint: None,
+    }
+}
+
 pub(crate) async fn revoke_previous(
     engine: &Engine,
     job: &Job,
@@ -306,16 +320,7 @@ pub(crate) async fn revoke_previous(
     let Some(new) = &vals.new else { return Ok(()) };
     for (name, built) in consumers_of(spec, engine, job) {
         let (consumer, _) = built?;
-        let d = Delivery {
-            token: &job.token,
-            job_id: &job.job_id,
-            version: job.new_version.unwrap_or_default(),
-            new,
-            new_fingerprint: "",
-            previous: vals.previous.as_ref(),
-            previous_version: job.previous_version,
-            previous_fingerprint: None,
-        };
+        let d = delivery_of(job, new, vals);
         engine
             .with_retries(
                 spec,
@@ -345,16 +350,7 @@ pub(crate) async fn roll_back(
             continue;
         }
         let (consumer, _) = built?;
-        let d = Delivery {
-            token: &job.token,
-            job_id: &job.job_id,
-            version: job.new_version.unwrap_or_default(),
-            new,
-            new_fingerprint: "",
-            previous: vals.previous.as_ref(),
-            previous_version: job.previous_version,
-            previous_fingerprint: None,
-        };
+        let d = delivery_of(job, new, vals);
         engine
             .with_retries(spec, &format!("rolling back `{name}`"), || {
                 consumer.rollback(&d)
