@@ -76,7 +76,7 @@ async fn main() {
     header();
     match cli.bench {
         Bench::B1 { consumers } => b1_fanout::run(consumers).await.iter().for_each(Row::print),
-        Bench::B2 { roles } => b2_postgres::run(roles).await.print(),
+        Bench::B2 { roles } => b2_postgres::run(roles).await.iter().for_each(Row::print),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
 }

@@ -150,7 +150,8 @@ impl JobStore for PostgresStore {
         let id: Option<String> = sqlx::query_scalar(
             "UPDATE rotation_jobs SET lease_owner = $2, lease_expires_at = $3
              WHERE id = (SELECT id FROM rotation_jobs
-                         WHERE (status IN ('pending', 'running') OR (status = 'waiting' AND wake_at <= $1))
+                         WHERE status IN ('pending', 'running', 'waiting')
+                           AND (status <> 'waiting' OR wake_at <= $1)
                            AND (lease_expires_at IS NULL OR lease_expires_at < $1)
                          ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING id",

@@ -146,10 +146,12 @@ impl JobStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, StoreError> {
         let mut tx = self.begin().await?;
-        // julianday() compares instants, whatever fraction digits the stored text carries.
+        // The status list comes first so the index narrows the scan to unfinished jobs (finished
+        // ones pile up forever); julianday() compares instants whatever digits the text has.
         let id: Option<String> = sqlx::query_scalar(
             "SELECT id FROM rotation_jobs
-             WHERE (status IN ('pending', 'running') OR (status = 'waiting' AND julianday(wake_at) <= julianday($1)))
+             WHERE status IN ('pending', 'running', 'waiting')
+               AND (status <> 'waiting' OR julianday(wake_at) <= julianday($1))
                AND (lease_expires_at IS NULL OR julianday(lease_expires_at) < julianday($1))
              ORDER BY created_at LIMIT 1",
         )
