@@ -369,3 +369,61 @@ fn kill_9_during_distribute_and_after_revoking_the_source_then_restart_finishes(
         assert_eq!(w.run(&["audit", "verify"], &env(), None).code, 0);
     }
 }
+
+/// A gate that needs TOTP cannot be passed with the bootstrap key: 403 `gate_required`, the
+/// previous value stays live (I2), and a revoke the job is not awaiting is still a 409.
+#[test]
+fn a_totp_gate_stops_revoke_until_operators_exist() {
+    let (_, url) = receiver::start(Duration::ZERO);
+    let gated = format!(
+        "{}revocation_gates:\n  - name: production\n    match: {{tokens: [api]}}\n    require: {{totp: true, roles: [revoker, admin]}}\n",
+        config(&url, "staged")
+    );
+    let w = adopted(&gated);
+    let s = w.serve(&[], &env());
+    let (_, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    let job = body["job_id"].as_str().unwrap().to_string();
+    wait_job(
+        &s,
+        &job,
+        "proceed_distribute",
+        at("distribute", "awaiting_confirmation"),
+    );
+    let stage = |action: &str| {
+        s.call(
+            "POST",
+            &format!("/api/v1/rotations/{job}/stage"),
+            Some(KEY),
+            Some(json!({"action": action})),
+        )
+    };
+    let (code, body) = stage("proceed_revoke");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("invalid_transition")),
+        "not awaiting a revoke yet: {body}"
+    );
+    assert_eq!(stage("proceed_distribute").0, 200);
+    wait_job(
+        &s,
+        &job,
+        "proceed_revoke",
+        at("revoke", "awaiting_confirmation"),
+    );
+    let (code, body) = stage("proceed_revoke");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (403, Some("gate_required")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("production"));
+    let (_, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
+    assert_eq!(
+        (j["stage"].as_str(), j["awaiting"].as_str()),
+        (Some("revoke"), Some("proceed_revoke"))
+    );
+    assert!(
+        env_file(&w).contains("API_TOKEN_PREVIOUS=initial-value"),
+        "the previous value is still live"
+    );
+}

@@ -44,15 +44,14 @@ impl Engine {
                 },
             )
             .map_err(ActionError::Invalid)?;
+            // A mint that kept failing starts over with a fresh value, not the same one.
+            let fresh_mint = action == Action::RetryFailed
+                && from.stage == Stage::Mint
+                && job.new_version.is_some();
             let changes = JobChanges {
                 reset_failed_consumers: action == Action::RetryFailed,
-                // A mint that kept failing starts over with a fresh value, not the same one.
-                discard_new: action == Action::RetryFailed
-                    && from.stage == Stage::Mint
-                    && job.new_version.is_some(),
-                clear_new_version: action == Action::RetryFailed
-                    && from.stage == Stage::Mint
-                    && job.new_version.is_some(),
+                discard_new: fresh_mint,
+                clear_new_version: fresh_mint,
                 error: (action == Action::RetryFailed).then_some(None),
                 ..Default::default()
             };

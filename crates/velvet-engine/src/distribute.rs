@@ -46,7 +46,7 @@ impl Shared {
         }
     }
 
-    async fn update(
+    fn update(
         &self,
         consumer: &str,
         status: ConsumerStatus,
@@ -137,7 +137,15 @@ async fn deliver(
     consumer: Arc<dyn Consumer>,
     lock_key: String,
     mut attempts: i64,
-) -> bool {
+) {
+    // The lock key first: a task queued behind a busy key must not sit on a global slot that
+    // consumers of other keys could use.
+    let _key = shared
+        .engine
+        .lock_key(&lock_key)
+        .acquire_owned()
+        .await
+        .expect("never closed");
     let _global = shared
         .engine
         .global
@@ -145,23 +153,13 @@ async fn deliver(
         .acquire_owned()
         .await
         .expect("never closed");
-    let _key = shared
-        .engine
-        .lock_key(&lock_key)
-        .acquire_owned()
-        .await
-        .expect("never closed");
     loop {
         attempts += 1;
-        shared
-            .update(&name, ConsumerStatus::InProgress, attempts, None, None)
-            .await;
+        shared.update(&name, ConsumerStatus::InProgress, attempts, None, None);
         let d = shared.delivery();
         let result = match consumer.apply(&d).await {
             Ok(()) => {
-                shared
-                    .update(&name, ConsumerStatus::Distributed, attempts, None, None)
-                    .await;
+                shared.update(&name, ConsumerStatus::Distributed, attempts, None, None);
                 consumer.verify(&d).await
             }
             Err(e) => Err(e),
@@ -170,38 +168,32 @@ async fn deliver(
             Ok(()) => {
                 let audit = AuditDraft::new("system:engine", "consumer.verified", &shared.token, "success")
                     .detail(serde_json::json!({"job_id": shared.job_id, "consumer": name, "version": shared.version, "fingerprint": shared.fingerprint, "attempts": attempts}));
-                shared
-                    .update(&name, ConsumerStatus::Verified, attempts, None, Some(audit))
-                    .await;
-                return true;
+                shared.update(&name, ConsumerStatus::Verified, attempts, None, Some(audit));
+                return;
             }
             Err(e) if e.is_retryable() && attempts < i64::from(shared.spec.retry.attempts) => {
                 let delay =
                     crate::backoff::delay(&shared.spec.retry, attempts as u32, e.retry_after());
-                shared
-                    .update(
-                        &name,
-                        ConsumerStatus::InProgress,
-                        attempts,
-                        Some(e.to_string()),
-                        None,
-                    )
-                    .await;
+                shared.update(
+                    &name,
+                    ConsumerStatus::InProgress,
+                    attempts,
+                    Some(e.to_string()),
+                    None,
+                );
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
                 let audit = AuditDraft::new("system:engine", "consumer.failed", &shared.token, "failure")
                     .detail(serde_json::json!({"job_id": shared.job_id, "consumer": name, "version": shared.version, "attempts": attempts, "error": e.to_string()}));
-                shared
-                    .update(
-                        &name,
-                        ConsumerStatus::Failed,
-                        attempts,
-                        Some(e.to_string()),
-                        Some(audit),
-                    )
-                    .await;
-                return false;
+                shared.update(
+                    &name,
+                    ConsumerStatus::Failed,
+                    attempts,
+                    Some(e.to_string()),
+                    Some(audit),
+                );
+                return;
             }
         }
     }
@@ -212,7 +204,7 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
         Ok(s) => s,
         Err(e) => return engine.fail(job, e).await,
     };
-    let vals = match crate::values::of_job(&engine.store, &engine.keyring, job).await {
+    let vals = match crate::values::of_job(&*engine.store, &engine.keyring, job).await {
         Ok(v) => v,
         Err(e) => return engine.fail(job, e).await,
     };
@@ -221,12 +213,6 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
             .fail(job, "the job has no new version to distribute".into())
             .await;
     };
-    let now = Utc::now();
-    let fingerprint = engine.keyring.fingerprint(&new, now).unwrap_or_default();
-    let previous_fingerprint = vals
-        .previous
-        .as_ref()
-        .and_then(|p| engine.keyring.fingerprint(p, now).ok());
     let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(engine.clone(), job.job_id.clone(), queued));
     let shared = Arc::new(Shared {
@@ -235,9 +221,9 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
         job_id: job.job_id.clone(),
         token: job.token.clone(),
         version: job.new_version.unwrap_or_default(),
-        fingerprint,
+        fingerprint: vals.new_fingerprint,
         previous_version: job.previous_version,
-        previous_fingerprint,
+        previous_fingerprint: vals.previous_fingerprint,
         new,
         previous: vals.previous,
         spec: spec.clone(),
@@ -251,11 +237,7 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
             Ok((consumer, key)) => {
                 tasks.spawn(deliver(shared.clone(), name, consumer, key, jc.attempts));
             }
-            Err(e) => {
-                shared
-                    .update(&name, ConsumerStatus::Failed, jc.attempts, Some(e), None)
-                    .await
-            }
+            Err(e) => shared.update(&name, ConsumerStatus::Failed, jc.attempts, Some(e), None),
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -264,10 +246,10 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
     let _ = writer.await;
     let job = match engine.store.get_job(&job.job_id).await {
         Ok(Some(j)) => j,
-        _ => return Err(Stop::Lost),
+        _ => return Err(Stop::Backoff),
     };
     if job.state.status != JobStatus::Running {
-        return Err(Stop::Lost);
+        return Err(Stop::Stale);
     }
     let failed: Vec<&str> = job
         .consumers
@@ -297,17 +279,17 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
 }
 
 /// Drops the previous value from every consumer that keeps one.
-/// What revoke and rollback steps hand a consumer: the job's versions, no fingerprints needed.
+/// What revoke and rollback steps hand a consumer.
 fn delivery_of<'a>(job: &'a Job, new: &'a SecretValue, vals: &'a JobValues) -> Delivery<'a> {
     Delivery {
         token: &job.token,
         job_id: &job.job_id,
         version: job.new_version.unwrap_or_default(),
         new,
-        new_fingerprint: "",
+        new_fingerprint: &vals.new_fingerprint,
         previous: vals.previous.as_ref(),
         previous_version: job.previous_version,
-        previous_fingerprint: None,
+        previous_fingerprint: vals.previous_fingerprint.as_deref(),
     }
 }
 

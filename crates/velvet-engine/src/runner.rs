@@ -83,12 +83,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Why a step stopped driving its job.
+/// Why a step stopped driving its job, which decides what happens to the lease.
 pub(crate) enum Stop {
-    /// Nothing more to do now (awaiting an operator, waiting, finished).
+    /// Nothing more to do now (awaiting an operator, waiting, finished): release the lease so
+    /// the job is claimed as soon as it has work again.
     Idle,
-    /// The lease went to another replica, or the job moved under us.
-    Lost,
+    /// The job moved under us (an operator acted, or another replica): release the lease so
+    /// whoever acts next is not held up by it.
+    Stale,
+    /// The store failed, or the engine asked for a transition the flow forbids: keep the lease,
+    /// so its expiry paces the next attempt instead of a hot reclaim loop.
+    Backoff,
 }
 
 pub(crate) type Step = Result<Job, Stop>;
@@ -191,26 +196,27 @@ impl Engine {
                 }
             })
         };
-        loop {
+        let stop = loop {
             if lost.load(Ordering::SeqCst) {
-                break;
+                break Stop::Stale;
             }
             match self.step(&job).await {
                 Ok(next) => {
                     let _ = self.bus.send(next.job_id.clone());
                     job = next;
                 }
-                Err(Stop::Idle) | Err(Stop::Lost) => break,
+                Err(stop) => break stop,
             }
-        }
+        };
         renew.abort();
-        if !job.state.status.is_terminal() {
+        // A terminal transition already cleared the lease; releasing one another replica took
+        // over matches no row.
+        if matches!(stop, Stop::Idle | Stop::Stale) && !job.state.status.is_terminal() {
             let _ = self
                 .store
                 .release_lease(&job.job_id, &self.opts.owner)
                 .await;
         }
-        let _ = self.bus.send(job.job_id.clone());
     }
 
     /// One step of the flow for `job`, as its state says.
@@ -269,7 +275,7 @@ impl Engine {
             Ok(to) => to,
             Err(e) => {
                 tracing::error!(job_id = %job.job_id, error = %e, "the engine asked for a transition the flow forbids");
-                return Err(Stop::Idle);
+                return Err(Stop::Backoff);
             }
         };
         let audit = AuditDraft::new(&format!("engine:{}", self.opts.owner), action, &job.token, if to.status == JobStatus::Failed { "failure" } else { "success" })
@@ -287,10 +293,10 @@ impl Engine {
             .await
         {
             Ok(j) => Ok(j),
-            Err(StoreError::StaleJob { .. }) => Err(Stop::Lost),
+            Err(StoreError::StaleJob { .. }) => Err(Stop::Stale),
             Err(e) => {
-                tracing::warn!(job_id = %job.job_id, error = %e, "persisting a step failed; the job resumes when claimed again");
-                Err(Stop::Lost)
+                tracing::warn!(job_id = %job.job_id, error = %e, "persisting a step failed; the job resumes when its lease expires");
+                Err(Stop::Backoff)
             }
         }
     }
@@ -459,7 +465,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return self.fail(job, e).await,
         };
-        let vals = match values::of_job(&self.store, &self.keyring, job).await {
+        let vals = match values::of_job(&*self.store, &self.keyring, job).await {
             Ok(v) => v,
             Err(e) => return self.fail(job, e).await,
         };
@@ -499,7 +505,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return self.fail(job, e).await,
         };
-        let vals = match values::of_job(&self.store, &self.keyring, job).await {
+        let vals = match values::of_job(&*self.store, &self.keyring, job).await {
             Ok(v) => v,
             Err(e) => return self.fail(job, e).await,
         };

@@ -1,6 +1,5 @@
 //! Reading a job's versions back out of the store, decrypted, for sources and consumers.
 
-use std::sync::Arc;
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::secret::SecretValue;
 use velvet_store::Store;
@@ -21,24 +20,41 @@ pub async fn open(
         .map_err(|e| format!("version {version}: {e}"))
 }
 
-/// The job's new and previous values.
+/// The job's new and previous values, with their fingerprints under the current key.
 pub struct JobValues {
     pub new: Option<SecretValue>,
+    pub new_fingerprint: String,
     pub previous: Option<SecretValue>,
+    pub previous_fingerprint: Option<String>,
 }
 
 pub async fn of_job(
-    store: &Arc<dyn Store>,
+    store: &dyn Store,
     keyring: &Keyring,
     job: &velvet_core::job::Job,
 ) -> Result<JobValues, String> {
-    let new = match job.new_version {
-        Some(v) => Some(open(&**store, keyring, &job.token, v).await?),
-        None => None,
+    let mut out = JobValues {
+        new: None,
+        new_fingerprint: String::new(),
+        previous: None,
+        previous_fingerprint: None,
     };
-    let previous = match job.previous_version {
-        Some(v) => Some(open(&**store, keyring, &job.token, v).await?),
-        None => None,
-    };
-    Ok(JobValues { new, previous })
+    let now = chrono::Utc::now();
+    if let Some(v) = job.new_version {
+        let value = open(store, keyring, &job.token, v).await?;
+        out.new_fingerprint = keyring
+            .fingerprint(&value, now)
+            .map_err(|e| e.to_string())?;
+        out.new = Some(value);
+    }
+    if let Some(v) = job.previous_version {
+        let value = open(store, keyring, &job.token, v).await?;
+        out.previous_fingerprint = Some(
+            keyring
+                .fingerprint(&value, now)
+                .map_err(|e| e.to_string())?,
+        );
+        out.previous = Some(value);
+    }
+    Ok(out)
 }

@@ -29,7 +29,7 @@ tokens:
     source: {{kind: random, bytes: 16}}
     consumers:
       - {{name: env, kind: file, path: {dir}/app.env, format: dotenv, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS}}
-      - {{name: hook, kind: exec, command: [sh, -c, 'cat > {dir}/hook.out']}}
+      - {{name: hook, kind: exec, command: [sh, -c, 'cat > {dir}/hook.out; echo \"$VELVET_ACTION $VELVET_FINGERPRINT\" > {dir}/hook.meta']}}
 {extra_consumer}",
         dir = dir.display()
     );
@@ -292,6 +292,15 @@ async fn a_failing_consumer_blocks_revoke_then_rollback_restores_everything() {
         "version-one"
     );
     assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
+    let previous_fp =
+        h.f.keyring
+            .fingerprint(&SecretValue::single("version-one".into()), Utc::now())
+            .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(h.f.dir.path().join("hook.meta")).unwrap(),
+        format!("rollback {previous_fp}\n"),
+        "the rollback step names the value it restores"
+    );
     assert!(
         j.consumers
             .iter()

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use velvet_core::config::gate_for;
 use velvet_core::job::{Job, is_job_id};
-use velvet_core::rotation::Action;
+use velvet_core::rotation::{Action, Awaiting};
 use velvet_engine::ActionError;
 
 pub fn router() -> Router<AppState> {
@@ -39,6 +39,7 @@ async fn show(
 #[serde(deny_unknown_fields)]
 struct StageBody {
     action: String,
+    /// Part of the contract; checked once operators and their TOTP exist (issue #5).
     #[allow(dead_code)]
     totp: Option<String>,
     reason: Option<String>,
@@ -81,7 +82,11 @@ async fn stage(
         .and_then(|t| gate_for(&config.revocation_gates, t))
     {
         Some(g) if g.require.totp || g.require.approvals > 0 => {
-            if action == Action::ProceedRevoke {
+            // Only a revoke the job is actually awaiting meets the gate; anything else is the
+            // state machine's to refuse (409).
+            if action == Action::ProceedRevoke
+                && job.state.awaiting == Some(Awaiting::ProceedRevoke)
+            {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "gate_required",

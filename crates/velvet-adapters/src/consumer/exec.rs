@@ -41,6 +41,7 @@ impl Exec {
         d: &Delivery<'_>,
         value: &SecretValue,
         version: i64,
+        fingerprint: &str,
     ) -> Result<()> {
         let input = super::value_text(value);
         let mut child = tokio::process::Command::new(&argv[0])
@@ -49,7 +50,7 @@ impl Exec {
             .env("VELVET_TOKEN", d.token)
             .env("VELVET_JOB_ID", d.job_id)
             .env("VELVET_VERSION", version.to_string())
-            .env("VELVET_FINGERPRINT", d.new_fingerprint)
+            .env("VELVET_FINGERPRINT", fingerprint)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -103,12 +104,23 @@ impl Exec {
 #[async_trait]
 impl Consumer for Exec {
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
-        self.run(&self.command, "apply", d, d.new, d.version).await
+        self.run(
+            &self.command,
+            "apply",
+            d,
+            d.new,
+            d.version,
+            d.new_fingerprint,
+        )
+        .await
     }
 
     async fn verify(&self, d: &Delivery<'_>) -> Result<()> {
         match &self.verify_command {
-            Some(v) => self.run(v, "verify", d, d.new, d.version).await,
+            Some(v) => {
+                self.run(v, "verify", d, d.new, d.version, d.new_fingerprint)
+                    .await
+            }
             // Without a verify command, a successful apply is all the evidence there is.
             None => Ok(()),
         }
@@ -120,7 +132,11 @@ impl Consumer for Exec {
 
     async fn rollback(&self, d: &Delivery<'_>) -> Result<()> {
         match (d.previous, d.previous_version) {
-            (Some(prev), Some(v)) => self.run(&self.command, "rollback", d, prev, v).await,
+            (Some(prev), Some(v)) => {
+                let fingerprint = d.previous_fingerprint.unwrap_or_default();
+                self.run(&self.command, "rollback", d, prev, v, fingerprint)
+                    .await
+            }
             _ => Ok(()),
         }
     }
