@@ -26,6 +26,9 @@ enum Bench {
     B2 {
         #[arg(long, default_value_t = 200)]
         roles: usize,
+        /// Only Velvet's figures, and with `random` tokens beside them (for profiling).
+        #[arg(long)]
+        velvet_only: bool,
     },
     /// B5: audit verify entries/s ÷ raw HMAC-SHA256 over the same bytes (target ≥ 0.5).
     B5 {
@@ -76,7 +79,10 @@ async fn main() {
     header();
     match cli.bench {
         Bench::B1 { consumers } => b1_fanout::run(consumers).await.iter().for_each(Row::print),
-        Bench::B2 { roles } => b2_postgres::run(roles).await.iter().for_each(Row::print),
+        Bench::B2 { roles, velvet_only } => b2_postgres::run(roles, velvet_only)
+            .await
+            .iter()
+            .for_each(Row::print),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
 }

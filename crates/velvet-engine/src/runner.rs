@@ -161,7 +161,9 @@ impl Engine {
                 tokio::select! {
                     _ = me.wake.notified() => {}
                     _ = tokio::time::sleep(me.opts.poll_interval) => {}
-                    _ = shutdown.changed() => {}
+                    // A dropped sender means nobody can ask us to stop any more: stop now
+                    // rather than spin on a channel that answers at once forever.
+                    changed = shutdown.changed() => if changed.is_err() { break; }
                 }
             }
             tracing::info!("engine stopped claiming work");

@@ -381,3 +381,23 @@ async fn abort_before_distribution_discards_the_new_value() {
         Err(ActionError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn the_claim_loop_stops_when_its_stop_channel_goes_away() {
+    let f = Fixture::new(Dialect::Sqlite).await;
+    let config = config(f.dir.path(), "", "auto");
+    let engine = Engine::new(
+        f.store.clone(),
+        f.keyring.clone(),
+        Arc::new(RwLock::new(Arc::new(config))),
+        EngineOptions::for_this_process(),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let claims = engine.start(rx);
+    drop(stop);
+    // It used to spin on the closed channel forever, claiming in a hot loop.
+    tokio::time::timeout(Duration::from_secs(5), claims)
+        .await
+        .expect("the claim loop ends")
+        .unwrap();
+}

@@ -10,6 +10,7 @@ mod reconcile;
 mod rows;
 mod sqlite;
 mod sqlite_jobs;
+mod sqlite_writer;
 
 pub use chain::{check_keyring, reseal_all};
 pub use migrate::{
@@ -58,6 +59,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("database error while {context}: {source}")]
+    Sqlite {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
 }
 
 /// Attaches what the store was doing to a database error.
@@ -68,6 +75,12 @@ pub(crate) trait Context<T> {
 impl<T> Context<T> for Result<T, sqlx::Error> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Database { context, source })
+    }
+}
+
+impl<T> Context<T> for Result<T, rusqlite::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { context, source })
     }
 }
 

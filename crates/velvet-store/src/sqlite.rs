@@ -5,6 +5,7 @@
 use crate::migrate::{self, AppliedMigration, Dialect, MigrationSet, MigrationState};
 use crate::reconcile::{self, Change};
 use crate::rows::*;
+use crate::sqlite_writer::Writer;
 use crate::{Context, Reseal, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,8 +37,10 @@ pub struct SqliteStore {
     path: PathBuf,
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    /// Job changes, on their own thread (`sqlite_writer`).
+    pub(crate) jobs: Writer,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
-    keyring: Option<Arc<Keyring>>,
+    pub(crate) keyring: Option<Arc<Keyring>>,
 }
 
 pub(crate) type Tx = Transaction<'static, Sqlite>;
@@ -79,10 +82,14 @@ impl SqliteStore {
             .connect_with(opts.read_only(true).row_buffer_size(READ_ROW_BUFFER))
             .await
             .map_err(open_err)?;
+        let jobs = Writer::open(path, BUSY_TIMEOUT).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             writer,
             reader,
+            jobs,
             keyring,
         })
     }

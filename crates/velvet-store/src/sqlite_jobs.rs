@@ -1,142 +1,247 @@
-//! Rotation jobs on SQLite. The single writer connection serialises every change, so claims
-//! and per-job event numbering need no further locking.
+//! Rotation jobs on SQLite. Every change runs on the writer thread (`sqlite_writer`) in one
+//! transaction with its audit record and events; that single writer serialises all changes, so
+//! claims and per-job event numbering need no further locking. Reads use sqlx's reader pool.
 
 use crate::rows::{EventRow, JOB_COLUMNS, JOB_CONSUMERS_SQL, JobConsumerRow, JobRow};
-use crate::sqlite::{SqliteStore, Tx};
+use crate::sqlite::SqliteStore;
 use crate::{ConsumerChange, Context, JobEvent, JobStore, NewJob, StoreError};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use sqlx::AssertSqlSafe;
 use velvet_core::audit::{AuditDraft, now_micros};
 use velvet_core::job::{Job, JobChanges, new_job_id};
-use velvet_core::keyring::Sealed;
+use velvet_core::keyring::{Keyring, Sealed};
 use velvet_core::rotation::JobState;
-
-const UNFINISHED: &str = "status NOT IN ('succeeded', 'aborted', 'rolled_back')";
 
 fn lease_until(lease: std::time::Duration) -> DateTime<Utc> {
     now_micros() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
-async fn load(tx: &mut sqlx::SqliteConnection, job_id: &str) -> Result<Option<Job>, StoreError> {
-    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1"
-    )))
-    .bind(job_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .ctx("reading a job")?;
+/// A time as sqlx writes it, so rows written here and there read and compare alike.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let Some(s) = row.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn required_time(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+    time_at(row, i)?.ok_or(rusqlite::Error::InvalidColumnType(
+        i,
+        "time".into(),
+        rusqlite::types::Type::Null,
+    ))
+}
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        flow_type: r.get(2)?,
+        stage: r.get(3)?,
+        status: r.get(4)?,
+        awaiting: r.get(5)?,
+        revoke_started: r.get(6)?,
+        reverting: r.get(7)?,
+        new_version: r.get(8)?,
+        previous_version: r.get(9)?,
+        requested_by: r.get(10)?,
+        reason: r.get(11)?,
+        error: r.get(12)?,
+        lease_owner: r.get(13)?,
+        lease_expires_at: time_at(r, 14)?,
+        wake_at: time_at(r, 15)?,
+        created_at: required_time(r, 16)?,
+        updated_at: required_time(r, 17)?,
+        finished_at: time_at(r, 18)?,
+    })
+}
+
+fn consumer_row(r: &Row<'_>) -> rusqlite::Result<JobConsumerRow> {
+    Ok(JobConsumerRow {
+        name: r.get(0)?,
+        kind: r.get(1)?,
+        lock_key: r.get(2)?,
+        status: r.get(3)?,
+        attempts: r.get(4)?,
+        last_error: r.get(5)?,
+        fingerprint: r.get(6)?,
+        next_attempt_at: time_at(r, 7)?,
+        started_at: time_at(r, 8)?,
+        updated_at: required_time(r, 9)?,
+    })
+}
+
+/// The job as it stands inside the writer's transaction.
+fn load(conn: &Connection, job_id: &str) -> Result<Option<Job>, StoreError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = ?1"
+    );
+    let row = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| st.query_row([job_id], job_row).optional())
+        .ctx("reading a job")?;
     let Some(row) = row else { return Ok(None) };
-    let consumers: Vec<JobConsumerRow> = sqlx::query_as(JOB_CONSUMERS_SQL)
-        .bind(job_id)
-        .fetch_all(&mut *tx)
-        .await
+    let consumers = conn
+        .prepare_cached(JOB_CONSUMERS_SQL)
+        .and_then(|mut st| {
+            st.query_map([job_id], consumer_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .ctx("reading a job's consumers")?;
     row.into_job(consumers).map(Some)
 }
 
-async fn event(
-    tx: &mut Tx,
-    job_id: &str,
-    kind: &str,
-    data: &serde_json::Value,
-) -> Result<(), StoreError> {
-    sqlx::query(
+fn event(conn: &Connection, job_id: &str, kind: &str, data: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
         "INSERT INTO rotation_events (job_id, seq, at, event, data)
-         VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rotation_events WHERE job_id = $1), $2, $3, $4)",
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rotation_events WHERE job_id = ?1), ?2, ?3, ?4)",
     )
-    .bind(job_id)
-    .bind(now_micros())
-    .bind(kind)
-    .bind(data.to_string())
-    .execute(&mut **tx)
-    .await
+    .and_then(|mut st| st.execute(params![job_id, ts(now_micros()), kind, data]))
     .ctx("appending a job event")?;
     Ok(())
 }
 
-fn job_json(job: &Job) -> serde_json::Value {
-    serde_json::to_value(job).expect("jobs serialise")
+fn job_json(job: &Job) -> String {
+    serde_json::to_string(job).expect("jobs serialise")
+}
+
+/// Appends audit records, reading the chain head once; the single writer keeps it linear.
+pub(crate) fn audit_many(
+    conn: &Connection,
+    keyring: Option<&Keyring>,
+    drafts: &[&AuditDraft],
+) -> Result<(), StoreError> {
+    if drafts.is_empty() {
+        return Ok(());
+    }
+    let keyring = keyring.ok_or_else(|| {
+        StoreError::AuditUnavailable("the store was opened without a keyring".into())
+    })?;
+    let unavailable = |e: rusqlite::Error| StoreError::AuditUnavailable(e.to_string());
+    let mut head: Option<(i64, String)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(unavailable)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(unavailable)?;
+    for draft in drafts {
+        let e = crate::reconcile::next_audit(keyring, head.take(), draft)?;
+        insert
+            .execute(params![
+                e.seq,
+                ts(e.at),
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome,
+                e.detail,
+                e.key_id,
+                e.prev_hash,
+                e.hash
+            ])
+            .map_err(unavailable)?;
+        head = Some((e.seq, e.hash));
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn create_job(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
-        let mut tx = self.begin().await?;
-        let token_id: i64 =
-            sqlx::query_scalar("SELECT id FROM tokens WHERE name = $1 AND status = 'active'")
-                .bind(new.token)
-                .fetch_optional(&mut *tx)
-                .await
+        let keyring = self.keyring.clone();
+        let (token, flow, requested_by) = (
+            new.token.to_string(),
+            new.flow,
+            new.requested_by.to_string(),
+        );
+        let reason = new.reason.map(str::to_string);
+        self.jobs.call("creating a job", move |conn| {
+            let token_id: i64 = conn
+                .prepare_cached("SELECT id FROM tokens WHERE name = ?1 AND status = 'active'")
+                .and_then(|mut st| st.query_row([&token], |r| r.get(0)).optional())
                 .ctx("finding a token")?
-                .ok_or_else(|| StoreError::NotFound(format!("token `{}`", new.token)))?;
-        let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM secret_versions WHERE token_id = $1 AND label = 'current'",
-        )
-        .bind(token_id)
-        .fetch_optional(&mut *tx)
+                .ok_or_else(|| StoreError::NotFound(format!("token `{token}`")))?;
+            let previous: Option<i64> = conn
+                .prepare_cached("SELECT version FROM secret_versions WHERE token_id = ?1 AND label = 'current'")
+                .and_then(|mut st| st.query_row([token_id], |r| r.get(0)).optional())
+                .ctx("finding the current version")?;
+            let id = new_job_id();
+            let now = ts(now_micros());
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'mint', 'pending', ?4, ?5, ?6, ?7, ?7)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![id, token_id, flow.as_str(), previous, requested_by, reason, now])
+                });
+            if let Err(rusqlite::Error::SqliteFailure(e, _)) = &inserted
+                && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            {
+                // I3, enforced by the partial unique index: report the job that holds the slot.
+                let active: String = conn
+                    .prepare_cached(
+                        "SELECT id FROM rotation_jobs WHERE token_id = ?1 AND status NOT IN ('succeeded', 'aborted', 'rolled_back')",
+                    )
+                    .and_then(|mut st| st.query_row([token_id], |r| r.get(0)))
+                    .ctx("finding the active job")?;
+                return Err(StoreError::JobActive(active));
+            }
+            inserted.ctx("creating a job")?;
+            conn.prepare_cached(
+                "INSERT INTO rotation_job_consumers (job_id, consumer_id, status, attempts, updated_at)
+                 SELECT ?1, id, 'pending', 0, ?2 FROM consumers WHERE token_id = ?3 AND status = 'active'",
+            )
+            .and_then(|mut st| st.execute(params![id, now, token_id]))
+            .ctx("creating a job's consumers")?;
+            audit_many(
+                conn,
+                keyring.as_deref(),
+                &[&AuditDraft::rotation_requested(
+                    &requested_by,
+                    &token,
+                    &id,
+                    flow.as_str(),
+                    reason.as_deref(),
+                )],
+            )?;
+            let job = load(conn, &id)?.expect("just inserted");
+            event(conn, &id, "job", &job_json(&job))?;
+            Ok(job)
+        })
         .await
-        .ctx("finding the current version")?;
-        let id = new_job_id();
-        let now = now_micros();
-        let inserted = sqlx::query(
-            "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at)
-             VALUES ($1, $2, $3, 'mint', 'pending', $4, $5, $6, $7, $7)",
-        )
-        .bind(&id)
-        .bind(token_id)
-        .bind(new.flow.as_str())
-        .bind(previous)
-        .bind(new.requested_by)
-        .bind(new.reason)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        if let Err(sqlx::Error::Database(e)) = &inserted
-            && e.is_unique_violation()
-        {
-            // I3, enforced by the partial unique index: report the job that holds the slot.
-            drop(tx);
-            let active: String = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT id FROM rotation_jobs WHERE token_id = $1 AND {UNFINISHED}"
-            )))
-            .bind(token_id)
-            .fetch_one(&self.reader)
-            .await
-            .ctx("finding the active job")?;
-            return Err(StoreError::JobActive(active));
-        }
-        inserted.ctx("creating a job")?;
-        sqlx::query(
-            "INSERT INTO rotation_job_consumers (job_id, consumer_id, status, attempts, updated_at)
-             SELECT $1, id, 'pending', 0, $2 FROM consumers WHERE token_id = $3 AND status = 'active'",
-        )
-        .bind(&id)
-        .bind(now)
-        .bind(token_id)
-        .execute(&mut *tx)
-        .await
-        .ctx("creating a job's consumers")?;
-        self.audit_in(
-            &mut tx,
-            &AuditDraft::rotation_requested(
-                new.requested_by,
-                new.token,
-                &id,
-                new.flow.as_str(),
-                new.reason,
-            ),
-        )
-        .await?;
-        let job = load(&mut tx, &id).await?.expect("just inserted");
-        event(&mut tx, &id, "job", &job_json(&job)).await?;
-        tx.commit().await.ctx("committing a new job")?;
-        Ok(job)
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
         let mut conn = self.reader.acquire().await.ctx("reading a job")?;
-        load(&mut conn, job_id).await
+        let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1"
+        )))
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .ctx("reading a job")?;
+        let Some(row) = row else { return Ok(None) };
+        let consumers: Vec<JobConsumerRow> = sqlx::query_as(JOB_CONSUMERS_SQL)
+            .bind(job_id)
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("reading a job's consumers")?;
+        row.into_job(consumers).map(Some)
     }
 
     async fn claim_job(
@@ -145,33 +250,31 @@ impl JobStore for SqliteStore {
         lease: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, StoreError> {
-        let mut tx = self.begin().await?;
-        // The status list comes first so the index narrows the scan to unfinished jobs (finished
-        // ones pile up forever); julianday() compares instants whatever digits the text has.
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM rotation_jobs
-             WHERE status IN ('pending', 'running', 'waiting')
-               AND (status <> 'waiting' OR julianday(wake_at) <= julianday($1))
-               AND (lease_expires_at IS NULL OR julianday(lease_expires_at) < julianday($1))
-             ORDER BY created_at LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .ctx("finding a job to claim")?;
-        let Some(id) = id else { return Ok(None) };
-        sqlx::query(
-            "UPDATE rotation_jobs SET lease_owner = $2, lease_expires_at = $3 WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(owner)
-        .bind(lease_until(lease))
-        .execute(&mut *tx)
-        .await
-        .ctx("claiming a job")?;
-        let job = load(&mut tx, &id).await?;
-        tx.commit().await.ctx("committing a claim")?;
-        Ok(job)
+        let owner = owner.to_string();
+        self.jobs
+            .call("claiming a job", move |conn| {
+                // The status list comes first so the index narrows the scan to unfinished jobs
+                // (finished ones pile up forever); julianday() compares instants whatever digits
+                // the text has.
+                let id: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT id FROM rotation_jobs
+                     WHERE status IN ('pending', 'running', 'waiting')
+                       AND (status <> 'waiting' OR julianday(wake_at) <= julianday(?1))
+                       AND (lease_expires_at IS NULL OR julianday(lease_expires_at) < julianday(?1))
+                     ORDER BY created_at LIMIT 1",
+                    )
+                    .and_then(|mut st| st.query_row([ts(now)], |r| r.get(0)).optional())
+                    .ctx("finding a job to claim")?;
+                let Some(id) = id else { return Ok(None) };
+                conn.prepare_cached(
+                "UPDATE rotation_jobs SET lease_owner = ?2, lease_expires_at = ?3 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, owner, ts(lease_until(lease))]))
+            .ctx("claiming a job")?;
+                load(conn, &id)
+            })
+            .await
     }
 
     async fn renew_lease(
@@ -180,31 +283,32 @@ impl JobStore for SqliteStore {
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "UPDATE rotation_jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(job_id)
-        .bind(owner)
-        .bind(lease_until(lease))
-        .execute(&mut *tx)
-        .await
-        .ctx("renewing a lease")?
-        .rows_affected();
-        tx.commit().await.ctx("committing a lease")?;
-        Ok(n == 1)
+        let (job_id, owner) = (job_id.to_string(), owner.to_string());
+        self.jobs
+            .call("renewing a lease", move |conn| {
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE rotation_jobs SET lease_expires_at = ?3 WHERE id = ?1 AND lease_owner = ?2",
+                    )
+                    .and_then(|mut st| st.execute(params![job_id, owner, ts(lease_until(lease))]))
+                    .ctx("renewing a lease")?;
+                Ok(n == 1)
+            })
+            .await
     }
 
     async fn release_lease(&self, job_id: &str, owner: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("UPDATE rotation_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2")
-            .bind(job_id)
-            .bind(owner)
-            .execute(&mut *tx)
+        let (job_id, owner) = (job_id.to_string(), owner.to_string());
+        self.jobs
+            .call("releasing a lease", move |conn| {
+                conn.prepare_cached(
+                    "UPDATE rotation_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2",
+                )
+                .and_then(|mut st| st.execute(params![job_id, owner]))
+                .ctx("releasing a lease")?;
+                Ok(())
+            })
             .await
-            .ctx("releasing a lease")?;
-        tx.commit().await.ctx("committing a lease")?;
-        Ok(())
     }
 
     async fn transition_job(
@@ -216,121 +320,122 @@ impl JobStore for SqliteStore {
         owner: Option<&str>,
         audit: &AuditDraft,
     ) -> Result<Job, StoreError> {
-        let mut tx = self.begin().await?;
-        let now = now_micros();
-        let terminal = to.status.is_terminal();
-        let n = sqlx::query(
-            "UPDATE rotation_jobs SET stage = $2, status = $3, awaiting = $4, revoke_started = $5, reverting = $6, updated_at = $7,
-                 error = CASE WHEN $8 THEN $9 ELSE error END,
-                 wake_at = CASE WHEN $10 THEN $11 ELSE wake_at END,
-                 finished_at = CASE WHEN $12 THEN $7 ELSE finished_at END,
-                 lease_owner = CASE WHEN $12 THEN NULL ELSE lease_owner END,
-                 lease_expires_at = CASE WHEN $12 THEN NULL ELSE lease_expires_at END
-             WHERE id = $1 AND stage = $13 AND status = $14 AND awaiting IS $15 AND reverting IS $16
-               AND ($17 IS NULL OR lease_owner = $17)",
-        )
-        .bind(job_id)
-        .bind(to.stage.as_str())
-        .bind(to.status.as_str())
-        .bind(to.awaiting.map(|a| a.as_str()))
-        .bind(to.revoke_started)
-        .bind(to.reverting.map(|r| r.as_str()))
-        .bind(now)
-        .bind(changes.error.is_some())
-        .bind(changes.error.clone().flatten())
-        .bind(changes.wake_at.is_some())
-        .bind(changes.wake_at.flatten())
-        .bind(terminal)
-        .bind(from.stage.as_str())
-        .bind(from.status.as_str())
-        .bind(from.awaiting.map(|a| a.as_str()))
-        .bind(from.reverting.map(|r| r.as_str()))
-        .bind(owner)
-        .execute(&mut *tx)
+        let keyring = self.keyring.clone();
+        let (job_id, changes, owner, audit) = (
+            job_id.to_string(),
+            changes.clone(),
+            owner.map(str::to_string),
+            audit.clone(),
+        );
+        self.jobs.call("moving a job on", move |conn| {
+            let now = ts(now_micros());
+            let terminal = to.status.is_terminal();
+            let n = conn
+                .prepare_cached(
+                    "UPDATE rotation_jobs SET stage = ?2, status = ?3, awaiting = ?4, revoke_started = ?5, reverting = ?6, updated_at = ?7,
+                         error = CASE WHEN ?8 THEN ?9 ELSE error END,
+                         wake_at = CASE WHEN ?10 THEN ?11 ELSE wake_at END,
+                         finished_at = CASE WHEN ?12 THEN ?7 ELSE finished_at END,
+                         lease_owner = CASE WHEN ?12 THEN NULL ELSE lease_owner END,
+                         lease_expires_at = CASE WHEN ?12 THEN NULL ELSE lease_expires_at END
+                     WHERE id = ?1 AND stage = ?13 AND status = ?14 AND awaiting IS ?15 AND reverting IS ?16
+                       AND (?17 IS NULL OR lease_owner = ?17)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        job_id,
+                        to.stage.as_str(),
+                        to.status.as_str(),
+                        to.awaiting.map(|a| a.as_str()),
+                        to.revoke_started,
+                        to.reverting.map(|r| r.as_str()),
+                        now,
+                        changes.error.is_some(),
+                        changes.error.clone().flatten(),
+                        changes.wake_at.is_some(),
+                        changes.wake_at.flatten().map(ts),
+                        terminal,
+                        from.stage.as_str(),
+                        from.status.as_str(),
+                        from.awaiting.map(|a| a.as_str()),
+                        from.reverting.map(|r| r.as_str()),
+                        owner,
+                    ])
+                })
+                .ctx("moving a job on")?;
+            if n == 0 {
+                let current = load(conn, &job_id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("job `{job_id}`")))?;
+                return Err(StoreError::StaleJob {
+                    stage: current.state.stage.as_str().into(),
+                    status: current.state.status.as_str().into(),
+                });
+            }
+            let token_of = "(SELECT token_id FROM rotation_jobs WHERE id = ?1)";
+            let version_of = |col: &str| format!("(SELECT {col} FROM rotation_jobs WHERE id = ?1)");
+            let mut statements: Vec<(String, &'static str)> = Vec::new();
+            if changes.promote {
+                for sql in [
+                    format!("UPDATE secret_versions SET label = 'previous' WHERE token_id = {token_of} AND label = 'current'"),
+                    format!(
+                        "UPDATE secret_versions SET label = 'current', activated_at = ?2 WHERE token_id = {token_of} AND version = {} AND label = 'pending'",
+                        version_of("new_version")
+                    ),
+                    format!("UPDATE tokens SET last_rotated_at = ?2, updated_at = ?2 WHERE id = {token_of}"),
+                ] {
+                    statements.push((sql, "promoting the new version"));
+                }
+            }
+            if changes.revoke_previous {
+                statements.push((
+                    format!(
+                        "UPDATE secret_versions SET label = 'revoked', revoked_at = ?2 WHERE token_id = {token_of} AND version = {} AND label = 'previous'",
+                        version_of("previous_version")
+                    ),
+                    "marking the previous version revoked",
+                ));
+            }
+            if changes.discard_new {
+                for sql in [
+                    format!(
+                        "UPDATE secret_versions SET label = 'discarded' WHERE token_id = {token_of} AND version = {}",
+                        version_of("new_version")
+                    ),
+                    format!(
+                        "UPDATE secret_versions SET label = 'current' WHERE token_id = {token_of} AND version = {} AND label = 'previous'",
+                        version_of("previous_version")
+                    ),
+                ] {
+                    statements.push((sql, "discarding the new version"));
+                }
+            }
+            if changes.clear_new_version {
+                statements.push((
+                    "UPDATE rotation_jobs SET new_version = NULL WHERE id = ?1".into(),
+                    "clearing the new version",
+                ));
+            }
+            if changes.reset_failed_consumers {
+                statements.push((
+                    "UPDATE rotation_job_consumers SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = NULL, updated_at = ?2 WHERE job_id = ?1 AND status = 'failed'".into(),
+                    "resetting failed consumers",
+                ));
+            }
+            let both: [&dyn rusqlite::ToSql; 2] = [&job_id, &now];
+            for (sql, what) in statements {
+                conn.prepare_cached(&sql)
+                    .and_then(|mut st| {
+                        let n = st.parameter_count();
+                        st.execute(&both[..n])
+                    })
+                    .ctx(what)?;
+            }
+            audit_many(conn, keyring.as_deref(), &[&audit])?;
+            let job = load(conn, &job_id)?.expect("updated above");
+            event(conn, &job_id, "job", &job_json(&job))?;
+            Ok(job)
+        })
         .await
-        .ctx("moving a job on")?
-        .rows_affected();
-        if n == 0 {
-            let current = load(&mut tx, job_id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("job `{job_id}`")))?;
-            return Err(StoreError::StaleJob {
-                stage: current.state.stage.as_str().into(),
-                status: current.state.status.as_str().into(),
-            });
-        }
-        let token_of = "(SELECT token_id FROM rotation_jobs WHERE id = $1)";
-        let version_of = |col: &str| format!("(SELECT {col} FROM rotation_jobs WHERE id = $1)");
-        if changes.promote {
-            for sql in [
-                format!(
-                    "UPDATE secret_versions SET label = 'previous' WHERE token_id = {token_of} AND label = 'current'"
-                ),
-                format!(
-                    "UPDATE secret_versions SET label = 'current', activated_at = $2 WHERE token_id = {token_of} AND version = {} AND label = 'pending'",
-                    version_of("new_version")
-                ),
-                format!(
-                    "UPDATE tokens SET last_rotated_at = $2, updated_at = $2 WHERE id = {token_of}"
-                ),
-            ] {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(job_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("promoting the new version")?;
-            }
-        }
-        if changes.revoke_previous {
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE secret_versions SET label = 'revoked', revoked_at = $2 WHERE token_id = {token_of} AND version = {} AND label = 'previous'",
-                version_of("previous_version")
-            )))
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("marking the previous version revoked")?;
-        }
-        if changes.discard_new {
-            for sql in [
-                format!(
-                    "UPDATE secret_versions SET label = 'discarded' WHERE token_id = {token_of} AND version = {}",
-                    version_of("new_version")
-                ),
-                format!(
-                    "UPDATE secret_versions SET label = 'current' WHERE token_id = {token_of} AND version = {} AND label = 'previous'",
-                    version_of("previous_version")
-                ),
-            ] {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(job_id)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("discarding the new version")?;
-            }
-        }
-        if changes.clear_new_version {
-            sqlx::query("UPDATE rotation_jobs SET new_version = NULL WHERE id = $1")
-                .bind(job_id)
-                .execute(&mut *tx)
-                .await
-                .ctx("clearing the new version")?;
-        }
-        if changes.reset_failed_consumers {
-            sqlx::query("UPDATE rotation_job_consumers SET status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = NULL, updated_at = $2 WHERE job_id = $1 AND status = 'failed'")
-                .bind(job_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .ctx("resetting failed consumers")?;
-        }
-        self.audit_in(&mut tx, audit).await?;
-        let job = load(&mut tx, job_id).await?.expect("updated above");
-        event(&mut tx, job_id, "job", &job_json(&job)).await?;
-        tx.commit().await.ctx("committing a job change")?;
-        Ok(job)
     }
 
     async fn next_version(&self, token: &str) -> Result<i64, StoreError> {
@@ -350,50 +455,46 @@ impl JobStore for SqliteStore {
         sealed: &Sealed,
         fingerprint: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.begin().await?;
-        let row: Option<(Option<i64>, i64, String)> = sqlx::query_as(
-            "SELECT j.new_version, j.token_id, t.name FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
+        let keyring = self.keyring.clone();
+        let (job_id, sealed, fingerprint) =
+            (job_id.to_string(), sealed.clone(), fingerprint.to_string());
+        self.jobs.call("storing the new version", move |conn| {
+            let row: Option<(Option<i64>, i64, String)> = conn
+                .prepare_cached(
+                    "SELECT j.new_version, j.token_id, t.name FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_row([&job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .ctx("reading a job")?;
+            let (existing, token_id, token) =
+                row.ok_or_else(|| StoreError::NotFound(format!("job `{job_id}`")))?;
+            if let Some(v) = existing {
+                return Ok(v); // already stored before a crash: the same value goes on
+            }
+            let now = ts(now_micros());
+            conn.prepare_cached(
+                "INSERT INTO secret_versions (token_id, version, label, key_id, ciphertext, fingerprint, job_id, created_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![token_id, version, sealed.key_id, sealed.ciphertext, fingerprint, job_id, now])
+            })
+            .ctx("storing the new version")?;
+            conn.prepare_cached("UPDATE rotation_jobs SET new_version = ?2, updated_at = ?3 WHERE id = ?1")
+                .and_then(|mut st| st.execute(params![job_id, version, now]))
+                .ctx("recording the new version on the job")?;
+            audit_many(
+                conn,
+                keyring.as_deref(),
+                &[&AuditDraft::version_minted(&token, &job_id, version, &fingerprint)],
+            )?;
+            let job = load(conn, &job_id)?.expect("exists");
+            event(conn, &job_id, "job", &job_json(&job))?;
+            Ok(version)
+        })
         .await
-        .ctx("reading a job")?;
-        let (existing, token_id, token) =
-            row.ok_or_else(|| StoreError::NotFound(format!("job `{job_id}`")))?;
-        if let Some(v) = existing {
-            return Ok(v); // already stored before a crash: the same value goes on
-        }
-        let now = now_micros();
-        sqlx::query(
-            "INSERT INTO secret_versions (token_id, version, label, key_id, ciphertext, fingerprint, job_id, created_at)
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
-        )
-        .bind(token_id)
-        .bind(version)
-        .bind(&sealed.key_id)
-        .bind(&sealed.ciphertext)
-        .bind(fingerprint)
-        .bind(job_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .ctx("storing the new version")?;
-        sqlx::query("UPDATE rotation_jobs SET new_version = $2, updated_at = $3 WHERE id = $1")
-            .bind(job_id)
-            .bind(version)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("recording the new version on the job")?;
-        self.audit_in(
-            &mut tx,
-            &AuditDraft::version_minted(&token, job_id, version, fingerprint),
-        )
-        .await?;
-        let job = load(&mut tx, job_id).await?.expect("exists");
-        event(&mut tx, job_id, "job", &job_json(&job)).await?;
-        tx.commit().await.ctx("committing the new version")?;
-        Ok(version)
     }
 
     async fn update_job_consumers(
@@ -404,78 +505,78 @@ impl JobStore for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
-        let now = now_micros();
-        // The job row first: on PostgreSQL its lock orders this job's events.
-        let n = sqlx::query("UPDATE rotation_jobs SET updated_at = $2 WHERE id = $1")
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("touching a job")?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("job `{job_id}`")));
-        }
-        // One lookup of the next event number per batch; the job row (locked above on
-        // PostgreSQL) keeps anyone else from numbering this job's events meanwhile.
-        let mut seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM rotation_events WHERE job_id = $1",
-        )
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("numbering job events")?;
-        for ch in changes {
-            let u = &ch.update;
-            let kind: Option<String> = sqlx::query_scalar(
-                "UPDATE rotation_job_consumers SET status = $3, attempts = $4, last_error = $5, fingerprint = $6, next_attempt_at = $7,
-                     updated_at = $8, started_at = COALESCE(started_at, CASE WHEN $3 = 'in_progress' THEN $8 END)
-                 WHERE job_id = $1 AND consumer_id = (SELECT c.id FROM consumers c
-                     WHERE c.token_id = (SELECT token_id FROM rotation_jobs WHERE id = $1) AND c.name = $2)
-                 RETURNING (SELECT kind FROM consumers WHERE id = consumer_id)",
-            )
-            .bind(job_id)
-            .bind(&ch.consumer)
-            .bind(u.status.as_str())
-            .bind(u.attempts)
-            .bind(&u.last_error)
-            .bind(&u.fingerprint)
-            .bind(u.next_attempt_at)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("updating a job consumer")?;
-            let Some(kind) = kind else {
-                return Err(StoreError::NotFound(format!(
-                    "consumer `{}` of job `{job_id}`",
-                    ch.consumer
-                )));
-            };
-            seq += 1;
-            let data = serde_json::json!({
-                "consumer": ch.consumer,
-                "kind": kind,
-                "status": u.status,
-                "attempts": u.attempts,
-                "last_error": u.last_error,
-                "fingerprint": u.fingerprint,
-                "updated_at": now,
-                "job_id": job_id,
-            });
-            sqlx::query("INSERT INTO rotation_events (job_id, seq, at, event, data) VALUES ($1, $2, $3, 'consumer', $4)")
-                .bind(job_id)
-                .bind(seq)
-                .bind(now)
-                .bind(data.to_string())
-                .execute(&mut *tx)
-                .await
+        let keyring = self.keyring.clone();
+        let (job_id, changes) = (job_id.to_string(), changes.to_vec());
+        self.jobs.call("updating a job's consumers", move |conn| {
+            let now = now_micros();
+            let n = conn
+                .prepare_cached("UPDATE rotation_jobs SET updated_at = ?2 WHERE id = ?1")
+                .and_then(|mut st| st.execute(params![job_id, ts(now)]))
+                .ctx("touching a job")?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("job `{job_id}`")));
+            }
+            // One lookup of the next event number per batch: the single writer keeps anyone
+            // else from numbering this job's events meanwhile.
+            let mut seq: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM rotation_events WHERE job_id = ?1")
+                .and_then(|mut st| st.query_row([&job_id], |r| r.get(0)))
+                .ctx("numbering job events")?;
+            let mut update = conn
+                .prepare_cached(
+                    "UPDATE rotation_job_consumers SET status = ?3, attempts = ?4, last_error = ?5, fingerprint = ?6, next_attempt_at = ?7,
+                         updated_at = ?8, started_at = COALESCE(started_at, CASE WHEN ?3 = 'in_progress' THEN ?8 END)
+                     WHERE job_id = ?1 AND consumer_id = (SELECT c.id FROM consumers c
+                         WHERE c.token_id = (SELECT token_id FROM rotation_jobs WHERE id = ?1) AND c.name = ?2)
+                     RETURNING (SELECT kind FROM consumers WHERE id = consumer_id)",
+                )
+                .ctx("updating a job consumer")?;
+            let mut insert = conn
+                .prepare_cached("INSERT INTO rotation_events (job_id, seq, at, event, data) VALUES (?1, ?2, ?3, 'consumer', ?4)")
                 .ctx("appending a job event")?;
-        }
-        let audits: Vec<&AuditDraft> = changes.iter().filter_map(|c| c.audit.as_ref()).collect();
-        self.audit_many(&mut tx, &audits).await?;
-        tx.commit().await.ctx("committing consumer updates")?;
-        Ok(())
+            for ch in &changes {
+                let u = &ch.update;
+                let kind: Option<String> = update
+                    .query_row(
+                        params![
+                            job_id,
+                            ch.consumer,
+                            u.status.as_str(),
+                            u.attempts,
+                            u.last_error,
+                            u.fingerprint,
+                            u.next_attempt_at.map(ts),
+                            ts(now)
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .ctx("updating a job consumer")?;
+                let Some(kind) = kind else {
+                    return Err(StoreError::NotFound(format!(
+                        "consumer `{}` of job `{job_id}`",
+                        ch.consumer
+                    )));
+                };
+                seq += 1;
+                let data = serde_json::json!({
+                    "consumer": ch.consumer,
+                    "kind": kind,
+                    "status": u.status,
+                    "attempts": u.attempts,
+                    "last_error": u.last_error,
+                    "fingerprint": u.fingerprint,
+                    "updated_at": now,
+                    "job_id": job_id,
+                });
+                insert
+                    .execute(params![job_id, seq, ts(now), data.to_string()])
+                    .ctx("appending a job event")?;
+            }
+            let audits: Vec<&AuditDraft> = changes.iter().filter_map(|c| c.audit.as_ref()).collect();
+            audit_many(conn, keyring.as_deref(), &audits)
+        })
+        .await
     }
 
     async fn job_events(

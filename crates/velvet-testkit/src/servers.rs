@@ -206,6 +206,19 @@ impl PasswordPostgres {
     }
 }
 
+impl PasswordPostgres {
+    /// The postmaster's process id; its children's CPU time adds up in it once they exit.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
 fn nix_is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -5,7 +5,7 @@
 //! `activate` (the source accepts the new value) → `verify` (a real login) →
 //! … distribute … → `revoke` (only the new value works), or `revert` (back to the previous).
 
-mod postgres;
+pub mod postgres;
 mod random;
 mod redis;
 

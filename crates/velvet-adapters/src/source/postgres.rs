@@ -13,9 +13,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{AssertSqlSafe, ConnectOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use velvet_core::config::PgStrategy;
 use velvet_core::secret::SecretValue;
@@ -23,8 +25,11 @@ use velvet_core::secret::SecretValue;
 const PASSWORD_LEN: usize = 40;
 const SCRAM_ITERATIONS: u32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections per server at most, shared by every rotation in this process.
+const ADMIN_CONNECTIONS: u32 = 4;
 
 pub struct PostgresRole {
+    admin_url: String,
     admin: PgConnectOptions,
     strategy: PgStrategy,
 }
@@ -65,6 +70,27 @@ pub fn scram_verifier(password: &str) -> String {
     )
 }
 
+/// Admin connection pools, one per admin URL, kept for the life of the process. Small and
+/// quick to let idle connections go, since they sit on someone else's database.
+fn admin_pool(url: &str, opts: &PgConnectOptions) -> PgPool {
+    static POOLS: LazyLock<Mutex<HashMap<String, PgPool>>> = LazyLock::new(Default::default);
+    // Keyed by the whole URL, password included, so a changed password gets a new pool; it
+    // only ever lives in memory, as the options do.
+    POOLS
+        .lock()
+        .expect("the pool map is never poisoned")
+        .entry(url.to_string())
+        .or_insert_with(|| {
+            PgPoolOptions::new()
+                .max_connections(ADMIN_CONNECTIONS)
+                .min_connections(0)
+                .idle_timeout(Some(Duration::from_secs(60)))
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .connect_lazy_with(opts.clone())
+        })
+        .clone()
+}
+
 fn db_error(what: &str, e: sqlx::Error) -> AdapterError {
     // Connection trouble is worth retrying; a refused statement is not.
     match e {
@@ -81,28 +107,36 @@ impl PostgresRole {
         let admin = PgConnectOptions::from_str(admin_url)
             .map_err(|_| AdapterError::permanent("the admin URL is not a valid PostgreSQL URL"))?
             .disable_statement_logging();
-        Ok(Self { admin, strategy })
+        Ok(Self {
+            admin_url: admin_url.to_string(),
+            admin,
+            strategy,
+        })
     }
 
-    async fn admin(&self) -> Result<PgConnection> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.admin.connect())
+    /// Runs `sql` as the admin over a pooled connection: a rotation should not pay for a new
+    /// backend and a SCRAM handshake each time it changes a password.
+    async fn as_admin(&self, sql: String, what: &str) -> Result<()> {
+        let pool = admin_pool(&self.admin_url, &self.admin);
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, pool.acquire())
             .await
             .map_err(|_| AdapterError::retryable("connecting to PostgreSQL as admin timed out"))?
-            .map_err(|e| db_error("connecting to PostgreSQL as admin", e))
+            .map_err(|e| db_error("connecting to PostgreSQL as admin", e))?;
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db_error(what, e))?;
+        Ok(())
     }
 
     async fn set_password(&self, role: &str, password: &str) -> Result<()> {
-        let mut conn = self.admin().await?;
         let sql = format!(
             "ALTER ROLE {} WITH LOGIN PASSWORD '{}'",
             ident(role),
             scram_verifier(password)
         );
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut conn)
+        self.as_admin(sql, &format!("setting the password of role {role}"))
             .await
-            .map_err(|e| db_error(&format!("setting the password of role {role}"), e))?;
-        Ok(())
     }
 
     /// The role a new value goes to.
@@ -121,6 +155,26 @@ impl PostgresRole {
     }
 }
 
+/// Logs in as `role`, runs a query, and says goodbye properly (a dropped socket makes the
+/// server log an unexpected EOF).
+async fn login(opts: PgConnectOptions, role: &str) -> Result<()> {
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect())
+        .await
+        .map_err(|_| AdapterError::retryable(format!("logging in as {role} timed out")))?
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) => {
+                AdapterError::permanent(format!("logging in as {role} failed: {}", d.message()))
+            }
+            other => db_error(&format!("logging in as {role}"), other),
+        })?;
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| db_error("querying as the new role", e))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 #[async_trait]
 impl Source for PostgresRole {
     fn generate(&self, previous: Option<&SecretValue>) -> Result<SecretValue> {
@@ -137,21 +191,9 @@ impl Source for PostgresRole {
 
     async fn verify(&self, new: &SecretValue) -> Result<()> {
         let (role, password) = credentials(new)?;
-        let opts = self.admin.clone().username(role).password(password);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| AdapterError::retryable(format!("logging in as {role} timed out")))?
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) => {
-                    AdapterError::permanent(format!("logging in as {role} failed: {}", d.message()))
-                }
-                other => db_error(&format!("logging in as {role}"), other),
-            })?;
-        sqlx::query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map_err(|e| db_error("querying as the new role", e))?;
-        Ok(())
+        let role = role.to_string();
+        let opts = self.admin.clone().username(&role).password(password);
+        login(opts, &role).await
     }
 
     async fn revoke(&self, current: &SecretValue, previous: &SecretValue) -> Result<()> {
