@@ -55,6 +55,26 @@ impl AuditDraft {
             .detail(serde_json::json!({"version": version, "fingerprint": fingerprint}))
     }
 
+    pub fn service_token_created(actor: &str, id: &str, name: &str, role: &str) -> Self {
+        Self::new(
+            actor,
+            "auth.token_created",
+            &format!("service_token:{id}"),
+            "success",
+        )
+        .detail(serde_json::json!({"name": name, "role": role}))
+    }
+
+    pub fn service_token_revoked(actor: &str, id: &str, name: &str) -> Self {
+        Self::new(
+            actor,
+            "auth.token_revoked",
+            &format!("service_token:{id}"),
+            "success",
+        )
+        .detail(serde_json::json!({"name": name}))
+    }
+
     pub fn rotation_requested(
         actor: &str,
         token: &str,

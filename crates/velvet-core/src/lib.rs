@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 pub mod duration;
 pub mod fs;
+pub mod identity;
 pub mod job;
 pub mod keyring;
 pub mod model;

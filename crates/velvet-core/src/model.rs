@@ -126,3 +126,26 @@ pub struct ReconcileReport {
     pub retired: Vec<String>,
     pub unchanged: usize,
 }
+
+/// A service token as stored: never the token itself, only its hash (kept in the store) and a
+/// display prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub prefix: String,
+    pub operator: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ServiceTokenRecord {
+    /// Usable now: not revoked and not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t > now)
+    }
+}

@@ -34,6 +34,8 @@ pub struct ApiError {
     /// Fields the contract adds for some codes (`job_id` for `job_active`; `stage`, `status`
     /// and `awaiting` for `invalid_transition`).
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u16>,
 }
 
 impl ApiError {
@@ -43,7 +45,14 @@ impl ApiError {
             code,
             message: message.into(),
             extra: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after: u16) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn with(mut self, key: &str, value: impl serde::Serialize) -> Self {
@@ -95,6 +104,12 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), self.code.into());
         body.insert("message".into(), self.message.into());
         body.extend(self.extra);
-        (self.status, Json(serde_json::Value::Object(body))).into_response()
+        let mut response = (self.status, Json(serde_json::Value::Object(body))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -7,6 +7,7 @@ mod error;
 mod health;
 mod metrics;
 mod rotations;
+mod service_tokens;
 mod startup;
 mod tokens;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The rotation engine, when this process runs one.
     pub engine: Option<Arc<velvet_engine::Engine>>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<auth::FailureLimiter>,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(metrics::router())
         .merge(tokens::router())
         .merge(rotations::router())
+        .merge(service_tokens::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,6 +1,6 @@
 //! `/api/v1/rotations/{id}`: a job, and the operator actions that move it.
 
-use crate::auth::Admin;
+use crate::auth::{Can, Stage, TokensRead};
 use crate::body::Body;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use velvet_core::config::gate_for;
+use velvet_core::identity::Permission;
 use velvet_core::job::{Job, is_job_id};
 use velvet_core::rotation::{Action, Awaiting};
 use velvet_engine::ActionError;
@@ -28,7 +29,7 @@ async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
 }
 
 async fn show(
-    _: Admin,
+    _: Can<TokensRead>,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -48,7 +49,7 @@ struct StageBody {
 }
 
 async fn stage(
-    admin: Admin,
+    Can(caller, ..): Can<Stage>,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     Body(body): Body<StageBody>,
@@ -62,6 +63,10 @@ async fn stage(
             names.join(", ")
         ))
     })?;
+    // `proceed_revoke` retires the old credential: it needs more than moving stages.
+    if action == Action::ProceedRevoke {
+        caller.require(Permission::RotationsRevoke)?;
+    }
     if body.force {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -105,7 +110,7 @@ async fn stage(
             &job_id,
             action,
             gate_passed,
-            &admin.actor,
+            &caller.actor,
             body.reason.as_deref(),
         )
         .await

@@ -85,6 +85,7 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
         config,
         metrics: Arc::new(Metrics::default()),
         engine: Some(engine),
+        auth_failures: Default::default(),
     };
     reconcile(&state).await?;
     Ok(Prepared { state })

@@ -1,6 +1,6 @@
 //! `/api/v1/tokens`: the tokens under management, and the kickoff of a rotation.
 
-use crate::auth::Admin;
+use crate::auth::{Can, Kickoff, TokensRead};
 use crate::body::OptionalBody;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
@@ -35,7 +35,7 @@ fn summary(t: &TokenRecord) -> Value {
     })
 }
 
-async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: Can<TokensRead>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let tokens = state.store.list_tokens().await?;
     let active: Vec<Value> = tokens
         .iter()
@@ -46,7 +46,7 @@ async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, Ap
 }
 
 async fn show(
-    _: Admin,
+    _: Can<TokensRead>,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -93,7 +93,7 @@ pub(crate) fn require_rotation_flag(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn rotate(
-    admin: Admin,
+    Can(caller, ..): Can<Kickoff>,
     State(state): State<AppState>,
     Path(name): Path<String>,
     OptionalBody(body): OptionalBody<RotateBody>,
@@ -116,7 +116,7 @@ async fn rotate(
         .create_job(&NewJob {
             token: &name,
             flow,
-            requested_by: &admin.actor,
+            requested_by: &caller.actor,
             reason: body.reason.as_deref(),
         })
         .await?;

@@ -2,6 +2,7 @@
 //! for PostgreSQL (several replicas). Each implementation owns its SQL; nothing branches on the
 //! dialect at run time.
 
+mod auth;
 mod chain;
 mod migrate;
 mod postgres;
@@ -12,6 +13,7 @@ mod sqlite;
 mod sqlite_jobs;
 mod sqlite_writer;
 
+pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
@@ -220,7 +222,7 @@ pub trait JobStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: JobStore + Send + Sync + std::fmt::Debug {
+pub trait Store: JobStore + AuthStore + Send + Sync + std::fmt::Debug {
     fn dialect(&self) -> Dialect;
 
     /// A trivial query: does the database answer?

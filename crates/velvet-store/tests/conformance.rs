@@ -42,6 +42,7 @@ conformance!(
     reseal_is_resumable_and_old_versions_still_open,
     keyring_check_refuses_the_wrong_keyring,
     one_unfinished_job_per_token_is_enforced_by_the_database,
+    service_tokens_keep_only_a_hash_and_revocation_is_seen_at_once,
 );
 
 fn specs(yaml: &str) -> Vec<TokenSpec> {
@@ -649,4 +650,88 @@ async fn concurrent_reconciles_agree(f: Fixture) {
     );
     assert_eq!(a.unchanged + b.unchanged, 2);
     assert!(f.store.verify_audit(&f.keyring, None).await.unwrap().ok);
+}
+
+async fn service_tokens_keep_only_a_hash_and_revocation_is_seen_at_once(f: Fixture) {
+    use velvet_core::identity::{hash_service_token, mint_service_token};
+    use velvet_store::NewServiceToken;
+    let minted = mint_service_token();
+    let expires = Utc::now() + chrono::Duration::days(90);
+    let new = NewServiceToken {
+        id: "st_1",
+        name: "ci deploy",
+        role: "operator",
+        prefix: &minted.prefix,
+        hash: &minted.hash,
+        operator: None,
+        created_by: "bootstrap-admin",
+        expires_at: Some(expires),
+    };
+    let created = f.store.create_service_token(&new).await.unwrap();
+    assert_eq!(created.role, "operator");
+    assert!(created.is_live(Utc::now()));
+    let found = f
+        .store
+        .service_token_by_hash(&hash_service_token(minted.token.expose()))
+        .await
+        .unwrap()
+        .expect("found by its hash");
+    assert_eq!(found.id, "st_1");
+    assert!(
+        (found.expires_at.unwrap() - expires)
+            .num_milliseconds()
+            .abs()
+            < 1,
+        "expiry kept"
+    );
+    assert!(
+        f.store
+            .service_token_by_hash(&hash_service_token("vlt_other"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        f.store
+            .create_service_token(&NewServiceToken {
+                id: "st_2",
+                ..new.clone()
+            })
+            .await
+            .is_err(),
+        "one row per hash"
+    );
+    f.store
+        .touch_service_token("st_1", Utc::now())
+        .await
+        .unwrap();
+    let listed = f.store.list_service_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].last_used_at.is_some());
+
+    // Another handle stands for another replica: it sees the revocation on its next lookup.
+    let other = f.another_handle().await;
+    let revoked = f.store.revoke_service_token("st_1", "admin").await.unwrap();
+    assert!(!revoked.is_live(Utc::now()));
+    let seen = other
+        .service_token_by_hash(&minted.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked_at.is_some());
+    // Revoking again changes nothing and adds no audit record; an unknown id is not found.
+    f.store.revoke_service_token("st_1", "admin").await.unwrap();
+    assert!(matches!(
+        f.store.revoke_service_token("st_9", "admin").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let actions: Vec<String> = f
+        .store
+        .audit_page(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, vec!["auth.token_created", "auth.token_revoked"]);
 }
