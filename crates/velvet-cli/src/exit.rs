@@ -8,6 +8,7 @@ pub enum Code {
     Usage = 2,
     NotFound = 3,
     Conflict = 4,
+    GateDenied = 5,
 }
 
 /// A command failure: what to print and how to exit.

@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Service tokens for the API (talks to the server at VELVET_ADDR with VELVET_TOKEN).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// The keyring that seals stored values.
     Keys {
         #[command(subcommand)]
@@ -102,6 +107,28 @@ enum AuditCommand {
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthCommand {
+    /// Create a service token; it is printed once and never again.
+    CreateToken {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, revoker, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// Lifetime such as 90d or 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// The operator who owns the token.
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// List service tokens (never their values).
+    List,
+    /// Revoke a service token at once, on every replica.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +196,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     expect_head,
                 },
         } => commands::store::audit_verify(&ctx, export_head, expect_head.as_deref()).await,
+        Command::Auth { command } => match command {
+            AuthCommand::CreateToken {
+                name,
+                role,
+                expires,
+                operator,
+            } => {
+                commands::auth::create_token(
+                    &ctx,
+                    &name,
+                    &role,
+                    expires.as_deref(),
+                    operator.as_deref(),
+                )
+                .await
+            }
+            AuthCommand::List => commands::auth::list(&ctx).await,
+            AuthCommand::Revoke { id } => commands::auth::revoke(&ctx, &id).await,
+        },
         Command::Keys {
             command: KeysCommand::Status,
         } => commands::store::keys_status(&ctx).await,

@@ -254,3 +254,82 @@ fn failed_authentication_is_rate_limited_per_address() {
     assert_eq!(body["error"], "rate_limited");
     assert!(s.logs().contains("rate_limited"));
 }
+
+#[test]
+fn the_cli_creates_lists_and_revokes_tokens_with_the_contract_exit_codes() {
+    let (w, s) = serve();
+    let addr = s.url("");
+    let admin = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+    let out = w.run(
+        &[
+            "auth",
+            "create-token",
+            "--name",
+            "deploy",
+            "--role",
+            "operator",
+            "--expires",
+            "30d",
+        ],
+        &admin,
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let token = out.stdout.trim().to_string();
+    assert!(
+        token.starts_with("vlt_"),
+        "the token alone on stdout: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("shown only this once"),
+        "{}",
+        out.stderr
+    );
+
+    let out = w.run(&["auth", "list", "--output", "json"], &admin, None);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let list: Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = list["tokens"][0]["id"].as_str().unwrap().to_string();
+    assert!(!out.stdout.contains(&token));
+    let out = w.run(&["auth", "list"], &admin, None);
+    assert!(
+        out.stdout.contains("PREFIX") && out.stdout.contains("deploy"),
+        "{}",
+        out.stdout
+    );
+
+    // The new token works as VELVET_TOKEN, and an operator cannot manage tokens.
+    let as_op = [
+        ("VELVET_ADDR", addr.as_str()),
+        ("VELVET_TOKEN", token.as_str()),
+    ];
+    let out = w.run(&["auth", "list"], &as_op, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("403"), "{}", out.stderr);
+
+    let out = w.run(&["auth", "revoke", &id], &admin, None);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let out = w.run(&["auth", "revoke", "st_0000000000000000"], &admin, None);
+    assert_eq!(out.code, 3, "not found: {}", out.all());
+    let out = w.run(&["auth", "revoke", "../tokens"], &admin, None);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let out = w.run(
+        &["auth", "create-token", "--name", "x", "--role", "root"],
+        &admin,
+        None,
+    );
+    assert_eq!(out.code, 2, "validation is a usage error: {}", out.all());
+    assert!(out.stderr.contains("role"), "{}", out.stderr);
+    let out = w.run(&["auth", "list"], &[("VELVET_ADDR", addr.as_str())], None);
+    assert_eq!(out.code, 2, "{}", out.all());
+    assert!(out.stderr.contains("VELVET_TOKEN"), "{}", out.stderr);
+    let out = w.run(
+        &["auth", "list"],
+        &[("VELVET_ADDR", "http://127.0.0.1:9"), ("VELVET_TOKEN", KEY)],
+        None,
+    );
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    assert!(!out.all().contains(KEY), "the bearer is never printed");
+}

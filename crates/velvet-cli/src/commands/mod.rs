@@ -1,5 +1,7 @@
 //! One module per command group; `Context` carries the global options.
 
+pub mod auth;
+pub mod client;
 pub mod init;
 pub mod serve;
 pub mod store;

@@ -1,0 +1,91 @@
+//! Talking to a running server, as `vault` does: `VELVET_ADDR` (default
+//! `http://127.0.0.1:8700`) and `VELVET_TOKEN`. API errors map onto the exit codes of §6.
+
+use crate::exit::{Code, Failure};
+use reqwest::Method;
+use serde_json::Value;
+use velvet_core::secret::SecretString;
+
+const DEFAULT_ADDR: &str = "http://127.0.0.1:8700";
+
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: SecretString,
+}
+
+impl Client {
+    pub fn from_env() -> Result<Self, Failure> {
+        let base = std::env::var("VELVET_ADDR")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_ADDR.into());
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "VELVET_ADDR: `{base}` is not a URL such as {DEFAULT_ADDR}"
+            )));
+        }
+        let token = std::env::var("VELVET_TOKEN")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Failure::usage(
+                    "VELVET_TOKEN is not set: export a service token (velvet auth create-token) or the bootstrap key",
+                )
+            })?;
+        Ok(Self {
+            base,
+            token: SecretString::new(token),
+        })
+    }
+
+    /// Sends a request and returns the JSON answer (`Null` for 204), or a failure whose exit
+    /// code follows the API error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
+        let mut req = velvet_adapters::http::client()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.map_err(|e| {
+            Failure::failed(format!(
+                "cannot reach the server at {}: {}; is `velvet serve` running there (VELVET_ADDR)?",
+                self.base,
+                e.without_url()
+            ))
+        })?;
+        let status = res.status();
+        let text = res
+            .text()
+            .await
+            .map_err(|e| Failure::failed(format!("reading the answer: {}", e.without_url())))?;
+        let json: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(json);
+        }
+        let code = json["error"].as_str().unwrap_or("");
+        let message = json["message"].as_str().unwrap_or(code);
+        let exit = match (status.as_u16(), code) {
+            (404, _) => Code::NotFound,
+            (409, _) => Code::Conflict,
+            (422, _) => Code::Usage,
+            (403, "gate_required" | "gate_denied") => Code::GateDenied,
+            _ => Code::Failed,
+        };
+        Err(Failure::new(
+            exit,
+            format!("{message} ({} {code})", status.as_u16()),
+        ))
+    }
+}
