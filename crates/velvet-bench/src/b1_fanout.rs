@@ -69,6 +69,7 @@ async fn distribute_seconds(n: usize, base: &str) -> f64 {
             flow: FlowType::Emergency,
             requested_by: "bench",
             reason: None,
+            idempotency: None,
         })
         .await
         .unwrap();

@@ -326,6 +326,7 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
                         flow: FlowType::Auto,
                         requested_by: "bench",
                         reason: None,
+                        idempotency: None,
                     })
                     .await
                     .unwrap();

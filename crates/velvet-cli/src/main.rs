@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Feature flags (talks to the server).
+    Flags {
+        #[command(subcommand)]
+        command: FlagsCommand,
+    },
     /// The keyring that seals stored values.
     Keys {
         #[command(subcommand)]
@@ -129,6 +134,24 @@ enum AuthCommand {
     List,
     /// Revoke a service token at once, on every replica.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum FlagsCommand {
+    /// Every flag, its value, and where the value comes from (default, file or override).
+    List,
+    /// Store an override over the file's value, on every replica.
+    Set {
+        name: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,6 +237,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             AuthCommand::List => commands::auth::list(&ctx).await,
             AuthCommand::Revoke { id } => commands::auth::revoke(&ctx, &id).await,
+        },
+        Command::Flags { command } => match command {
+            FlagsCommand::List => commands::flags::list(&ctx).await,
+            FlagsCommand::Set { name, state } => {
+                commands::flags::set(&ctx, &name, state == OnOff::On).await
+            }
         },
         Command::Keys {
             command: KeysCommand::Status,

@@ -110,3 +110,75 @@ fn readiness_fails_when_the_store_goes_away() {
     );
     admin_sql(&[format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")]);
 }
+
+/// Runs statements on the test's own database.
+fn db_sql(url: &str, sql: &str) -> Vec<i64> {
+    block(async {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let out: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        out
+    })
+}
+
+#[test]
+fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
+    const KEY: &str = "test-bootstrap-key-0123456789";
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    w.write_config(CONFIG);
+    let env = [
+        ("VELVET_DATABASE_URL", url.as_str()),
+        ("VELVET_API_KEY", KEY),
+    ];
+    let s = w.serve(&[], &env);
+    assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    let before = db_sql(&url, "SELECT COUNT(*) FROM audit_events")[0];
+    // The audit table turns unwritable, as a full disk or a revoked grant would make it.
+    block(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'audit_events is read-only'; END $$;
+             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+
+    let attempts = [
+        ("POST", "/api/v1/tokens/shared-token/rotate", None),
+        (
+            "POST",
+            "/api/v1/auth/tokens",
+            Some(serde_json::json!({"name": "ci", "role": "viewer"})),
+        ),
+        (
+            "PUT",
+            "/api/v1/flags/velvet_v2_rotation",
+            Some(serde_json::json!({"enabled": false})),
+        ),
+    ];
+    for (method, path, body) in attempts {
+        let (code, answer) = s.call(method, path, Some(KEY), body);
+        assert_eq!(code, 503, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "audit_unavailable");
+    }
+    assert_eq!(
+        db_sql(
+            &url,
+            "SELECT (SELECT COUNT(*) FROM rotation_jobs) + (SELECT COUNT(*) FROM service_tokens)
+                 + (SELECT COUNT(*) FROM feature_flags)"
+        ),
+        vec![0],
+        "no job, no token, no flag: the actions did not happen"
+    );
+    assert_eq!(db_sql(&url, "SELECT COUNT(*) FROM audit_events")[0], before);
+    assert!(s.logs().contains("audit_write_failed"), "{}", s.logs());
+}

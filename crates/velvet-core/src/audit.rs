@@ -75,6 +75,11 @@ impl AuditDraft {
         .detail(serde_json::json!({"name": name}))
     }
 
+    pub fn flag_set(actor: &str, name: &str, enabled: bool) -> Self {
+        Self::new(actor, "flag.set", &format!("flag:{name}"), "success")
+            .detail(serde_json::json!({"enabled": enabled}))
+    }
+
     pub fn rotation_requested(
         actor: &str,
         token: &str,

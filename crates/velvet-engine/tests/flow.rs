@@ -90,6 +90,7 @@ impl Harness {
                 flow,
                 requested_by: "test",
                 reason: None,
+                idempotency: None,
             })
             .await
             .unwrap();

@@ -50,6 +50,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
             flow: FlowType::Auto,
             requested_by: "t",
             reason: None,
+            idempotency: None,
         })
         .await
         .unwrap();

@@ -195,6 +195,7 @@ needs!(
     TokensRead => TokensRead,
     Kickoff => RotationsKickoff,
     Stage => RotationsStage,
+    AuditRead => AuditRead,
     AdminOnly => Admin,
 );
 

@@ -16,11 +16,17 @@ impl From<velvet_store::StoreError> for ApiError {
                 format!("the token already has an active rotation job {id}"),
             )
             .with("job_id", id),
-            S::AuditUnavailable(m) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                format!("the audit log cannot be written, so nothing was done: {m}"),
+            S::IdempotencyMismatch => Self::validation(
+                "Idempotency-Key: this key was used with a different request within 24 h; use a new key",
             ),
+            S::AuditUnavailable(m) => {
+                tracing::error!(event = "audit_write_failed", severity = "critical", error = %m, "an audited action was refused because its audit record could not be written");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    format!("the audit log cannot be written, so nothing was done: {m}"),
+                )
+            }
             other => Self::internal(&other),
         }
     }

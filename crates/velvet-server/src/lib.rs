@@ -1,9 +1,11 @@
 //! Velvet's HTTP server: routes, shared state, start-up (keyring, store, migrations, reconcile)
 //! and shutdown. Each resource has its own file with its own `router()`.
 
+mod audit;
 mod auth;
 mod body;
 mod error;
+mod flags;
 mod health;
 mod metrics;
 mod rotations;
@@ -54,6 +56,8 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(tokens::router())
         .merge(rotations::router())
         .merge(service_tokens::router())
+        .merge(audit::router())
+        .merge(flags::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -54,7 +54,7 @@ async fn stage(
     Path(job_id): Path<String>,
     Body(body): Body<StageBody>,
 ) -> Result<Json<Job>, ApiError> {
-    crate::tokens::require_rotation_flag(&state)?;
+    crate::flags::require_rotation(&state).await?;
     let action = Action::parse(&body.action).ok_or_else(|| {
         let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
         ApiError::validation(format!(

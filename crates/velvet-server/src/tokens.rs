@@ -4,15 +4,16 @@ use crate::auth::{Can, Kickoff, TokensRead};
 use crate::body::OptionalBody;
 use crate::{ApiError, AppState};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use velvet_core::config::FlowType;
 use velvet_core::model::{TokenRecord, TokenStatus};
-use velvet_store::NewJob;
+use velvet_store::{IdempotencyKey, NewJob};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -76,29 +77,28 @@ struct RotateBody {
     reason: Option<String>,
 }
 
-pub(crate) fn require_rotation_flag(state: &AppState) -> Result<(), ApiError> {
-    if state
-        .config()
-        .flags
-        .get("velvet_v2_rotation")
-        .copied()
-        .unwrap_or(true)
-    {
-        Ok(())
-    } else {
-        Err(ApiError::not_enabled(
-            "rotation is turned off by the velvet_v2_rotation flag",
-        ))
-    }
+/// The `Idempotency-Key` header, checked: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key: give 1 to 255 visible ASCII characters")
+        })
 }
 
 async fn rotate(
     Can(caller, ..): Can<Kickoff>,
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     OptionalBody(body): OptionalBody<RotateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_rotation_flag(&state)?;
+    crate::flags::require_rotation(&state).await?;
     let body = body.unwrap_or(RotateBody {
         flow_type: None,
         reason: None,
@@ -110,6 +110,13 @@ async fn rotate(
     if body.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::validation("reason: at most 1000 characters"));
     }
+    let key = idempotency_key(&headers)?;
+    // What makes two kickoffs "the same request": the token and the body as sent.
+    let request_hash = hex::encode(Sha256::digest(
+        json!({"token": name, "flow_type": body.flow_type, "reason": body.reason})
+            .to_string()
+            .as_bytes(),
+    ));
     let flow = body.flow_type.unwrap_or(spec.flow);
     let job = state
         .store
@@ -118,6 +125,11 @@ async fn rotate(
             flow,
             requested_by: &caller.actor,
             reason: body.reason.as_deref(),
+            idempotency: key.as_deref().map(|key| IdempotencyKey {
+                scope: &caller.actor,
+                key,
+                request_hash: &request_hash,
+            }),
         })
         .await?;
     if let Some(engine) = &state.engine {

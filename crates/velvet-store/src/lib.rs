@@ -4,6 +4,7 @@
 
 mod auth;
 mod chain;
+mod flags;
 mod migrate;
 mod postgres;
 mod postgres_jobs;
@@ -15,6 +16,7 @@ mod sqlite_writer;
 
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
+pub use flags::{FlagOverride, FlagStore};
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
 };
@@ -43,6 +45,9 @@ pub enum StoreError {
     /// I3: the token already has an unfinished job.
     #[error("token already has an active rotation job {0}")]
     JobActive(String),
+    /// An `Idempotency-Key` came back with a different request.
+    #[error("the Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
     /// The job moved on since it was read (another replica or request acted first).
     #[error("the job is no longer at stage {stage} with status {status}")]
     StaleJob { stage: String, status: String },
@@ -103,6 +108,19 @@ pub struct NewJob<'a> {
     pub flow: FlowType,
     pub requested_by: &'a str,
     pub reason: Option<&'a str>,
+    /// A client's `Idempotency-Key`, checked and recorded in the job's own transaction.
+    pub idempotency: Option<IdempotencyKey<'a>>,
+}
+
+/// How long an `Idempotency-Key` answers with the job it made.
+pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// An `Idempotency-Key` within its caller's scope, with a hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a str,
 }
 
 /// A consumer's new state within a job.
@@ -222,7 +240,7 @@ pub trait JobStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: JobStore + AuthStore + Send + Sync + std::fmt::Debug {
+pub trait Store: JobStore + AuthStore + FlagStore + Send + Sync + std::fmt::Debug {
     fn dialect(&self) -> Dialect;
 
     /// A trivial query: does the database answer?

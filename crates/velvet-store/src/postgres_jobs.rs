@@ -60,10 +60,41 @@ fn job_json(job: &Job) -> serde_json::Value {
     serde_json::to_value(job).expect("jobs serialise")
 }
 
+impl PostgresStore {
+    /// The job an unexpired `Idempotency-Key` already made, if the request matches;
+    /// `IdempotencyMismatch` if it does not.
+    async fn replayed(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        new: &NewJob<'_>,
+    ) -> Result<Option<Job>, StoreError> {
+        let Some(k) = &new.idempotency else {
+            return Ok(None);
+        };
+        let seen: Option<(String, String)> = sqlx::query_as(
+            "SELECT job_id, request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at > $3",
+        )
+        .bind(k.scope)
+        .bind(k.key)
+        .bind(now_micros() - crate::IDEMPOTENCY_WINDOW)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("reading an idempotency key")?;
+        match seen {
+            None => Ok(None),
+            Some((_, hash)) if hash != k.request_hash => Err(StoreError::IdempotencyMismatch),
+            Some((job_id, _)) => load(tx, &job_id).await,
+        }
+    }
+}
+
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn create_job(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
         let mut tx = self.begin().await?;
+        if let Some(job) = self.replayed(&mut tx, new).await? {
+            return Ok(job);
+        }
         let token_id: i64 =
             sqlx::query_scalar("SELECT id FROM tokens WHERE name = $1 AND status = 'active'")
                 .bind(new.token)
@@ -96,8 +127,19 @@ impl JobStore for PostgresStore {
         if let Err(sqlx::Error::Database(e)) = &inserted
             && e.is_unique_violation()
         {
-            // I3, enforced by the partial unique index: report the job that holds the slot.
+            // I3, enforced by the partial unique index: report the job that holds the slot,
+            // unless a concurrent request with our Idempotency-Key made it (it committed before
+            // the index let us fail), in which case it is our job too.
             drop(tx);
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .ctx("reading an idempotency key")?;
+            if let Some(job) = self.replayed(&mut conn, new).await? {
+                return Ok(job);
+            }
+            drop(conn);
             let active: String = sqlx::query_scalar(AssertSqlSafe(format!(
                 "SELECT id FROM rotation_jobs WHERE token_id = $1 AND {UNFINISHED}"
             )))
@@ -118,6 +160,21 @@ impl JobStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .ctx("creating a job's consumers")?;
+        if let Some(k) = &new.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, job_id, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
+                     job_id = excluded.job_id, created_at = excluded.created_at",
+            )
+            .bind(k.scope)
+            .bind(k.key)
+            .bind(k.request_hash)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("recording an idempotency key")?;
+        }
         self.audit_in(
             &mut tx,
             &AuditDraft::rotation_requested(

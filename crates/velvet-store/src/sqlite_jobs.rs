@@ -169,7 +169,34 @@ impl JobStore for SqliteStore {
             new.requested_by.to_string(),
         );
         let reason = new.reason.map(str::to_string);
+        let idem = new.idempotency.as_ref().map(|k| {
+            (
+                k.scope.to_string(),
+                k.key.to_string(),
+                k.request_hash.to_string(),
+            )
+        });
         self.jobs.call("creating a job", move |conn| {
+            if let Some((scope, key, hash)) = &idem {
+                let cutoff = ts(now_micros() - crate::IDEMPOTENCY_WINDOW);
+                let seen: Option<(String, String)> = conn
+                    .prepare_cached(
+                        "SELECT job_id, request_hash FROM idempotency_keys
+                         WHERE scope = ?1 AND key = ?2 AND julianday(created_at) > julianday(?3)",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(params![scope, key, cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
+                            .optional()
+                    })
+                    .ctx("reading an idempotency key")?;
+                if let Some((job_id, seen_hash)) = seen {
+                    if &seen_hash != hash {
+                        return Err(StoreError::IdempotencyMismatch);
+                    }
+                    return load(conn, &job_id)?
+                        .ok_or_else(|| StoreError::NotFound(format!("job `{job_id}`")));
+                }
+            }
             let token_id: i64 = conn
                 .prepare_cached("SELECT id FROM tokens WHERE name = ?1 AND status = 'active'")
                 .and_then(|mut st| st.query_row([&token], |r| r.get(0)).optional())
@@ -208,6 +235,15 @@ impl JobStore for SqliteStore {
             )
             .and_then(|mut st| st.execute(params![id, now, token_id]))
             .ctx("creating a job's consumers")?;
+            if let Some((scope, key, hash)) = &idem {
+                conn.prepare_cached(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, job_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash,
+                         job_id = excluded.job_id, created_at = excluded.created_at",
+                )
+                .and_then(|mut st| st.execute(params![scope, key, hash, id, now]))
+                .ctx("recording an idempotency key")?;
+            }
             audit_many(
                 conn,
                 keyring.as_deref(),

@@ -31,6 +31,7 @@ both!(
     a_full_rotation_moves_the_version_labels,
     rollback_discards_the_new_version,
     concurrent_consumer_updates_number_events_without_gaps,
+    an_idempotency_key_returns_the_same_job_even_under_concurrency,
 );
 
 const CONFIG: &str = "
@@ -71,6 +72,7 @@ fn new_job(flow: FlowType) -> NewJob<'static> {
         flow,
         requested_by: "tester",
         reason: Some("scheduled"),
+        idempotency: None,
     }
 }
 
@@ -548,4 +550,66 @@ async fn concurrent_consumer_updates_number_events_without_gaps(f: Fixture) {
             .is_err()
     );
     let _ = Dialect::Sqlite;
+}
+
+async fn an_idempotency_key_returns_the_same_job_even_under_concurrency(f: Fixture) {
+    use velvet_store::IdempotencyKey;
+    setup(&f).await;
+    let other = f.another_handle().await;
+    let keyed = |hash: &'static str| NewJob {
+        idempotency: Some(IdempotencyKey {
+            scope: "token:ci",
+            key: "deploy-42",
+            request_hash: hash,
+        }),
+        ..new_job(FlowType::Auto)
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { s.create_job(&keyed("h1")).await },
+        ));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(
+            t.await
+                .unwrap()
+                .expect("a retried kickoff is answered, not refused")
+                .job_id,
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every retry got the one job: {ids:?}");
+    assert!(matches!(
+        f.store.create_job(&keyed("h2")).await,
+        Err(StoreError::IdempotencyMismatch)
+    ));
+    // Another caller's key of the same name is its own; the token is busy for it (I3).
+    let theirs = NewJob {
+        idempotency: Some(IdempotencyKey {
+            scope: "token:other",
+            key: "deploy-42",
+            request_hash: "h1",
+        }),
+        ..new_job(FlowType::Auto)
+    };
+    assert!(matches!(
+        f.store.create_job(&theirs).await,
+        Err(StoreError::JobActive(id)) if id == ids[0]
+    ));
+    let created = f
+        .store
+        .audit_page(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "rotation.requested")
+        .count();
+    assert_eq!(created, 1, "a replay creates and audits nothing");
 }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod flags;
 pub mod init;
 pub mod serve;
 pub mod store;

@@ -10,7 +10,7 @@ pub use spec::*;
 
 use crate::secret::SecretString;
 use decode::{Cx, Map};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,8 @@ pub struct Config {
     /// `VELVET_API_KEY`, the bootstrap admin bearer.
     pub api_key: Option<SecretString>,
     pub flags: BTreeMap<String, bool>,
+    /// Flags the file sets (the rest keep their built-in default).
+    pub flags_in_file: BTreeSet<String>,
     pub defaults: Defaults,
     pub engine: EngineConfig,
     pub tokens: Vec<TokenSpec>,
@@ -370,7 +372,7 @@ fn decode_root(
         KeyringSource::File(resolve_against(&base_dir, Path::new(&p)))
     };
 
-    let flags = decode_flags(cx, &root);
+    let (flags, flags_in_file) = decode_flags(cx, &root);
     let defaults = declare::decode_defaults(cx, &root);
     let engine = declare::decode_engine(cx, &root);
     let tokens = declare::decode_tokens(cx, &root, &defaults, &base_dir);
@@ -386,6 +388,7 @@ fn decode_root(
             .filter(|v| !v.is_empty())
             .map(SecretString::new),
         flags,
+        flags_in_file,
         defaults,
         engine,
         token_index: tokens
@@ -398,11 +401,12 @@ fn decode_root(
     })
 }
 
-fn decode_flags(cx: &mut Cx, root: &Map) -> BTreeMap<String, bool> {
+fn decode_flags(cx: &mut Cx, root: &Map) -> (BTreeMap<String, bool>, BTreeSet<String>) {
     let mut flags: BTreeMap<String, bool> = KNOWN_FLAGS
         .iter()
         .map(|(n, d)| (n.to_string(), *d))
         .collect();
+    let mut in_file = BTreeSet::new();
     let names: Vec<&str> = KNOWN_FLAGS.iter().map(|(n, _)| *n).collect();
     if let Some(node) = root.get("flags")
         && let Some(map) = Map::new(cx, node, "flags", &names)
@@ -410,10 +414,11 @@ fn decode_flags(cx: &mut Cx, root: &Map) -> BTreeMap<String, bool> {
         for name in &names {
             if let Some(v) = map.bool(cx, name) {
                 flags.insert(name.to_string(), v);
+                in_file.insert(name.to_string());
             }
         }
     }
-    flags
+    (flags, in_file)
 }
 
 /// `sqlite://velvet.db` (relative to the config file), `sqlite:///abs.db`, `postgres://…`.
