@@ -238,3 +238,39 @@ fn an_idempotency_key_makes_a_retried_kickoff_safe() {
         (409, first["job_id"].clone())
     );
 }
+
+#[test]
+fn rotations_list_with_filters_and_checked_parameters() {
+    let (_w, s) = serve();
+    let viewer = token_for(&s, "viewer");
+    let (code, job) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202, "{job}");
+    let (code, list) = s.call("GET", "/api/v1/rotations", Some(&viewer), None);
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["rotations"][0]["job_id"], job["job_id"]);
+    assert!(
+        list["rotations"][0]["consumers"].is_array(),
+        "full job objects"
+    );
+    assert!(list["next_cursor"].is_null());
+    let (_, only) = s.call("GET", "/api/v1/rotations?token=other", Some(&viewer), None);
+    assert_eq!(only["rotations"].as_array().unwrap().len(), 0);
+    for (q, field) in [
+        ("status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("cursor=xyz", "cursor"),
+        ("order=asc", "order"),
+    ] {
+        let (code, body) = s.call(
+            "GET",
+            &format!("/api/v1/rotations?{q}"),
+            Some(&viewer),
+            None,
+        );
+        assert_eq!(code, 422, "{q}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{body}"
+        );
+    }
+}

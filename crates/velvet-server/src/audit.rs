@@ -51,6 +51,10 @@ impl Params {
                 }),
         }
     }
+
+    pub(crate) fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
 }
 
 async fn page(

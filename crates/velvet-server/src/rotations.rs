@@ -1,21 +1,26 @@
 //! `/api/v1/rotations/{id}`: a job, and the operator actions that move it.
 
+use crate::audit::Params;
 use crate::auth::{Can, Stage, TokensRead};
 use crate::body::Body;
 use crate::{ApiError, AppState};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
 use velvet_core::config::gate_for;
 use velvet_core::identity::Permission;
 use velvet_core::job::{Job, is_job_id};
-use velvet_core::rotation::{Action, Awaiting};
+use velvet_core::rotation::{Action, Awaiting, JobStatus};
 use velvet_engine::ActionError;
+use velvet_store::JobQuery;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/rotations", get(list))
         .route("/api/v1/rotations/{job_id}", get(show))
         .route("/api/v1/rotations/{job_id}/stage", post(stage))
 }
@@ -26,6 +31,56 @@ async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
         return Err(missing());
     }
     state.store.get_job(job_id).await?.ok_or_else(missing)
+}
+
+/// A page cursor: the last job's creation time (µs) and id; opaque to clients.
+fn cursor_of(job: &Job) -> String {
+    format!("{}.{}", job.created_at.timestamp_micros(), job.job_id)
+}
+
+fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
+    let (micros, id) = c.split_once('.')?;
+    let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    is_job_id(id).then_some((at, id))
+}
+
+async fn list(
+    _: Can<TokensRead>,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(q, &["token", "status", "limit", "cursor"])?;
+    let limit = p.int("limit", 50, 1, 500)?;
+    let status = p.str("status");
+    if let Some(s) = status
+        && JobStatus::parse(s).is_none()
+    {
+        let names: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::validation(format!(
+            "status: `{s}` is not one of {}",
+            names.join(", ")
+        )));
+    }
+    let after = match p.str("cursor") {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::validation("cursor: not a cursor this API gave out (use next_cursor)")
+        })?),
+    };
+    // One more than asked tells whether another page follows.
+    let mut jobs = state
+        .store
+        .list_jobs(&JobQuery {
+            token: p.str("token"),
+            status,
+            limit: limit + 1,
+            after,
+        })
+        .await?;
+    let more = jobs.len() as i64 > limit;
+    jobs.truncate(limit as usize);
+    let next = more.then(|| jobs.last().map(cursor_of)).flatten();
+    Ok(Json(json!({"rotations": jobs, "next_cursor": next})))
 }
 
 async fn show(

@@ -112,6 +112,16 @@ pub struct NewJob<'a> {
     pub idempotency: Option<IdempotencyKey<'a>>,
 }
 
+/// A page of jobs: filters, and the job the previous page ended with.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery<'a> {
+    pub token: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub limit: i64,
+    /// `created_at` and `job_id` of the last job already seen.
+    pub after: Option<(DateTime<Utc>, &'a str)>,
+}
+
 /// How long an `Idempotency-Key` answers with the job it made.
 pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
@@ -174,6 +184,10 @@ pub trait JobStore: Send + Sync {
     async fn create_job(&self, job: &NewJob<'_>) -> Result<Job, StoreError>;
 
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs newest first, filtered, starting after `query.after` (the last job of the previous
+    /// page), at most `query.limit`.
+    async fn list_jobs(&self, query: &JobQuery<'_>) -> Result<Vec<Job>, StoreError>;
 
     /// Takes the lease of one job that has work to do (pending, running, or waiting and due)
     /// and whose lease is free or expired.

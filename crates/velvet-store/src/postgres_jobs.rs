@@ -4,7 +4,7 @@
 
 use crate::postgres::{PostgresStore, Tx};
 use crate::rows::{EventRow, JOB_COLUMNS, JOB_CONSUMERS_SQL, JobConsumerRow, JobRow};
-use crate::{ConsumerChange, Context, JobEvent, JobStore, NewJob, StoreError};
+use crate::{ConsumerChange, Context, JobEvent, JobQuery, JobStore, NewJob, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -195,6 +195,29 @@ impl JobStore for PostgresStore {
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
         let mut conn = self.pool.acquire().await.ctx("reading a job")?;
         load(&mut conn, job_id).await
+    }
+
+    async fn list_jobs(&self, q: &JobQuery<'_>) -> Result<Vec<Job>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT j.id FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
+             WHERE ($1::text IS NULL OR t.name = $1) AND ($2::text IS NULL OR j.status = $2)
+               AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4))
+             ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
+        )
+        .bind(q.token)
+        .bind(q.status)
+        .bind(q.after.map(|(at, _)| at))
+        .bind(q.after.map(|(_, id)| id))
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("listing jobs")?;
+        let mut conn = self.pool.acquire().await.ctx("reading jobs")?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(load(&mut conn, &id).await?);
+        }
+        Ok(jobs)
     }
 
     async fn claim_job(

@@ -4,7 +4,7 @@
 
 use crate::rows::{EventRow, JOB_COLUMNS, JOB_CONSUMERS_SQL, JobConsumerRow, JobRow};
 use crate::sqlite::SqliteStore;
-use crate::{ConsumerChange, Context, JobEvent, JobStore, NewJob, StoreError};
+use crate::{ConsumerChange, Context, JobEvent, JobQuery, JobStore, NewJob, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -278,6 +278,29 @@ impl JobStore for SqliteStore {
             .await
             .ctx("reading a job's consumers")?;
         row.into_job(consumers).map(Some)
+    }
+
+    async fn list_jobs(&self, q: &JobQuery<'_>) -> Result<Vec<Job>, StoreError> {
+        // The single writer inserts jobs in creation order, so the rowid is that order exactly
+        // (stored times only compare to the millisecond in SQL); the cursor's id marks the spot.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT j.id FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
+             WHERE ($1 IS NULL OR t.name = $1) AND ($2 IS NULL OR j.status = $2)
+               AND ($3 IS NULL OR j.rowid < (SELECT rowid FROM rotation_jobs WHERE id = $3))
+             ORDER BY j.rowid DESC LIMIT $4",
+        )
+        .bind(q.token)
+        .bind(q.status)
+        .bind(q.after.map(|(_, id)| id))
+        .bind(q.limit)
+        .fetch_all(&self.reader)
+        .await
+        .ctx("listing jobs")?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(self.get_job(&id).await?);
+        }
+        Ok(jobs)
     }
 
     async fn claim_job(

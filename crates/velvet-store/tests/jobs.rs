@@ -32,6 +32,7 @@ both!(
     rollback_discards_the_new_version,
     concurrent_consumer_updates_number_events_without_gaps,
     an_idempotency_key_returns_the_same_job_even_under_concurrency,
+    jobs_list_newest_first_in_pages_with_filters,
 );
 
 const CONFIG: &str = "
@@ -612,4 +613,84 @@ async fn an_idempotency_key_returns_the_same_job_even_under_concurrency(f: Fixtu
         .filter(|e| e.action == "rotation.requested")
         .count();
     assert_eq!(created, 1, "a replay creates and audits nothing");
+}
+
+async fn jobs_list_newest_first_in_pages_with_filters(f: Fixture) {
+    use velvet_store::JobQuery;
+    let env = |_: &str| None;
+    let yaml: String = (0..5)
+        .map(|i| format!("  - {{name: t{i}, source: {{kind: random}}}}\n"))
+        .collect();
+    let c = Config::parse(
+        &format!("tokens:\n{yaml}"),
+        Path::new("/tmp/v.yaml"),
+        LoadOptions {
+            env: &env,
+            check_env: false,
+        },
+    )
+    .unwrap();
+    f.store.reconcile(&c.tokens, Utc::now()).await.unwrap();
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let token = format!("t{i}");
+        let job = f
+            .store
+            .create_job(&NewJob {
+                token: &token,
+                ..new_job(FlowType::Auto)
+            })
+            .await
+            .unwrap();
+        made.push(job.job_id);
+    }
+    made.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut after: Option<(chrono::DateTime<Utc>, String)> = None;
+    loop {
+        let page = f
+            .store
+            .list_jobs(&JobQuery {
+                limit: 2,
+                after: after.as_ref().map(|(t, id)| (*t, id.as_str())),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        let last = page.last().unwrap();
+        after = Some((last.created_at, last.job_id.clone()));
+        seen.extend(page.into_iter().map(|j| j.job_id));
+    }
+    assert_eq!(seen, made, "every job once, newest first");
+    let only = f
+        .store
+        .list_jobs(&JobQuery {
+            token: Some("t3"),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].token, "t3");
+    let count = |status: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .list_jobs(&JobQuery {
+                    status: Some(status),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(count("pending").await, 5);
+    assert_eq!(count("succeeded").await, 0);
 }
