@@ -182,3 +182,90 @@ fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
     assert_eq!(db_sql(&url, "SELECT COUNT(*) FROM audit_events")[0], before);
     assert!(s.logs().contains("audit_write_failed"), "{}", s.logs());
 }
+
+#[test]
+fn a_job_streams_the_same_from_every_replica() {
+    const KEY: &str = "test-bootstrap-key-0123456789";
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - name: shared-token
+    flow: staged
+    source: {kind: random}
+    consumers:
+      - {name: env, kind: file, path: app.env, format: dotenv, key: TOKEN}
+",
+    );
+    let env = [
+        ("VELVET_DATABASE_URL", url.as_str()),
+        ("VELVET_API_KEY", KEY),
+    ];
+    let a = w.serve(&[], &env);
+    let b = w.serve(&[], &env);
+    let (code, job) = a.call(
+        "POST",
+        "/api/v1/tokens/shared-token/rotate",
+        Some(KEY),
+        None,
+    );
+    assert_eq!(code, 202, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_string();
+    let awaiting = |what: &str| {
+        let start = std::time::Instant::now();
+        while a
+            .call("GET", &format!("/api/v1/rotations/{id}"), Some(KEY), None)
+            .1["awaiting"]
+            != what
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "waited for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    awaiting("proceed_distribute");
+    // Both replicas stream the job, whichever of them drives it.
+    let streams: Vec<_> = [&a, &b]
+        .iter()
+        .map(|s| {
+            let url = s.url(&format!("/api/v1/rotations/{id}/events"));
+            std::thread::spawn(move || {
+                http()
+                    .get(url)
+                    .bearer_auth(KEY)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let stage = format!("/api/v1/rotations/{id}/stage");
+    let body = serde_json::json!({"action": "proceed_distribute"});
+    assert_eq!(b.call("POST", &stage, Some(KEY), Some(body)).0, 200);
+    awaiting("proceed_revoke");
+    let body = serde_json::json!({"action": "proceed_revoke"});
+    assert_eq!(b.call("POST", &stage, Some(KEY), Some(body)).0, 200);
+    let texts: Vec<String> = streams.into_iter().map(|t| t.join().unwrap()).collect();
+    let ids = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("id:"))
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    for t in &texts {
+        assert!(t.contains("event: end") || t.contains("event:end"), "{t}");
+        assert!(t.contains("\"succeeded\""), "{t}");
+    }
+    assert_eq!(
+        ids(&texts[0]),
+        ids(&texts[1]),
+        "the same events, numbered alike"
+    );
+}

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod body;
 mod error;
+mod events;
 mod flags;
 mod health;
 mod metrics;

@@ -23,6 +23,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/rotations", get(list))
         .route("/api/v1/rotations/{job_id}", get(show))
         .route("/api/v1/rotations/{job_id}/stage", post(stage))
+        .route(
+            "/api/v1/rotations/{job_id}/events",
+            get(crate::events::stream),
+        )
 }
 
 async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {

@@ -244,6 +244,9 @@ pub trait JobStore: Send + Sync {
         updates: &[ConsumerChange],
     ) -> Result<(), StoreError>;
 
+    /// The seq of a job's latest event (0 before any).
+    async fn last_event_seq(&self, job_id: &str) -> Result<i64, StoreError>;
+
     /// Events of a job with `seq > after_seq`, oldest first.
     async fn job_events(
         &self,

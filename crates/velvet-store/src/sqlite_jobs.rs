@@ -638,6 +638,14 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn last_event_seq(&self, job_id: &str) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM rotation_events WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(&self.reader)
+            .await
+            .ctx("reading a job's last event")
+    }
+
     async fn job_events(
         &self,
         job_id: &str,
