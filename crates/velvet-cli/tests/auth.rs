@@ -333,3 +333,134 @@ fn the_cli_creates_lists_and_revokes_tokens_with_the_contract_exit_codes() {
     assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
     assert!(!out.all().contains(KEY), "the bearer is never printed");
 }
+
+#[test]
+fn decisions_and_security_events_are_kept_with_their_trace() {
+    use velvet_core::decision::{DecisionStep, trace_hash};
+    let (_w, s) = serve();
+    let (_, viewer) = token_for(&s, "dash", "viewer");
+    let (id, operator) = token_for(&s, "bot", "operator");
+    assert_eq!(s.call("GET", "/api/v1/tokens", Some(&viewer), None).0, 200);
+    assert_eq!(
+        s.call("POST", "/api/v1/tokens/api/rotate", Some(&viewer), None)
+            .0,
+        403
+    );
+    assert_eq!(
+        s.call("POST", "/api/v1/tokens/api/rotate", Some(&operator), None)
+            .0,
+        202
+    );
+    assert_eq!(s.call("GET", "/api/v1/tokens", Some("wrong"), None).0, 401);
+    let (code, _) = s.call(
+        "DELETE",
+        &format!("/api/v1/auth/tokens/{id}"),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(code, 204);
+
+    let (code, all) = s.call("GET", "/api/v1/audit/decisions", Some(KEY), None);
+    assert_eq!(code, 200, "{all}");
+    let all = all["decisions"].as_array().unwrap().clone();
+    assert!(
+        !all.iter()
+            .any(|d| d["resource"] == "GET /api/v1/tokens" && d["decision"] == "allow"),
+        "allowed reads are not recorded: {all:?}"
+    );
+    let allow = all
+        .iter()
+        .find(|d| d["subject"] == "token:bot" && d["permission"] == "velvet.rotations.kickoff")
+        .expect("the kickoff's decision");
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["resource"], "POST /api/v1/tokens/api/rotate");
+    let rules: Vec<&str> = allow["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["token_valid", "not_revoked", "permission"]);
+    // The stored hash is the hash of the stored trace.
+    let steps: Vec<DecisionStep> = allow["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| DecisionStep {
+            rule: s["rule"].as_str().unwrap().into(),
+            outcome: s["outcome"].as_str().unwrap().into(),
+            detail: s["detail"].as_str().unwrap().into(),
+        })
+        .collect();
+    assert_eq!(
+        allow["trace_hash"],
+        trace_hash(
+            "token:bot",
+            "velvet.rotations.kickoff",
+            "POST /api/v1/tokens/api/rotate",
+            &steps
+        )
+    );
+
+    let (_, denied) = s.call(
+        "GET",
+        "/api/v1/audit/decisions?decision=deny",
+        Some(KEY),
+        None,
+    );
+    let denied = denied["decisions"].as_array().unwrap().clone();
+    assert!(denied.iter().all(|d| d["decision"] == "deny"));
+    let viewer_deny = denied
+        .iter()
+        .find(|d| d["subject"] == "token:dash")
+        .unwrap();
+    assert_eq!(viewer_deny["steps"][2]["outcome"], "fail");
+    assert!(
+        denied
+            .iter()
+            .any(|d| d["subject"] == "anonymous" && d["steps"][0]["rule"] == "token_valid")
+    );
+    let (_, bots) = s.call(
+        "GET",
+        "/api/v1/audit/decisions?subject=token:bot",
+        Some(KEY),
+        None,
+    );
+    assert!(
+        bots["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["subject"] == "token:bot")
+    );
+    assert_eq!(
+        s.call(
+            "GET",
+            "/api/v1/audit/decisions?decision=maybe",
+            Some(KEY),
+            None
+        )
+        .0,
+        422
+    );
+
+    let (code, events) = s.call("GET", "/api/v1/audit/security-events", Some(KEY), None);
+    assert_eq!(code, 200, "{events}");
+    let events = events["security_events"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for k in ["auth_failed", "permission_denied", "token_revoked"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let failed = events.iter().find(|e| e["kind"] == "auth_failed").unwrap();
+    assert_eq!(failed["severity"], "warning");
+    let linked = failed["decision_id"].as_str().unwrap();
+    assert!(
+        denied.iter().any(|d| d["id"] == linked),
+        "linked to its decision"
+    );
+    assert_eq!(
+        s.call("GET", "/api/v1/audit/decisions", Some(&viewer), None)
+            .0,
+        403
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod decision;
 pub mod duration;
 pub mod fs;
 pub mod identity;

@@ -15,6 +15,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/audit", get(page))
         .route("/api/v1/audit/verify", get(verify))
+        .route("/api/v1/audit/decisions", get(decisions))
+        .route("/api/v1/audit/security-events", get(security_events))
 }
 
 /// Query parameters, each checked by name: unknown ones and bad numbers answer 422 naming them.
@@ -82,4 +84,38 @@ async fn verify(_: Can<AuditRead>, State(state): State<AppState>) -> Result<Json
         "first_bad_seq": report.first_bad_seq,
         "problem": report.problem,
     })))
+}
+
+async fn decisions(
+    _: Can<AuditRead>,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(q, &["subject", "decision", "limit"])?;
+    let limit = p.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
+    let decision = p.str("decision");
+    if let Some(d) = decision
+        && d != "allow"
+        && d != "deny"
+    {
+        return Err(ApiError::validation(format!(
+            "decision: `{d}` is not allow or deny"
+        )));
+    }
+    let found = state
+        .store
+        .list_decisions(p.str("subject"), decision, limit)
+        .await?;
+    Ok(Json(json!({"decisions": found})))
+}
+
+async fn security_events(
+    _: Can<AuditRead>,
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::new(q, &["limit"])?;
+    let limit = p.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
+    let events = state.store.list_security_events(limit).await?;
+    Ok(Json(json!({"security_events": events})))
 }

@@ -6,6 +6,7 @@
 
 use crate::{ApiError, AppState};
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::Method;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+use velvet_core::decision::{Decision, DecisionStep, SecurityEvent, Severity};
 use velvet_core::identity::{Permission, Role, hash_service_token, looks_like_service_token};
 
 /// Failed authentications allowed per client address per window.
@@ -29,6 +31,10 @@ pub struct Caller {
     /// As recorded in audit records: `token:<name>` or `bootstrap-admin`.
     pub actor: String,
     pub role: Role,
+    /// How the caller proved who it is, as decision steps.
+    pub steps: Vec<DecisionStep>,
+    /// The client's address.
+    pub client: String,
 }
 
 impl Caller {
@@ -89,17 +95,43 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ip = client_ip(parts);
         if let Some(secs) = state.auth_failures.blocked(ip) {
-            tracing::warn!(event = "rate_limited", client = %ip, "too many failed authentications");
+            let mut ev = SecurityEvent::new(
+                "rate_limited",
+                Severity::Warning,
+                format!(
+                    "too many failed authentications; {} {}",
+                    parts.method,
+                    parts.uri.path()
+                ),
+            );
+            ev.client = Some(ip.to_string());
+            security_event(state, ev).await;
             return Err(ApiError::rate_limited(
                 "too many failed authentications from this address; try again later",
                 secs,
             ));
         }
         match authenticate(parts, state).await {
-            Ok(caller) => Ok(caller),
-            Err(Failure::Rejected(message)) => {
+            Ok(mut caller) => {
+                caller.client = ip.to_string();
+                Ok(caller)
+            }
+            Err(Failure::Rejected {
+                message,
+                subject,
+                steps,
+            }) => {
                 state.auth_failures.record(ip);
-                tracing::warn!(event = "auth_failed", client = %ip, reason = message, "authentication failed");
+                // Every denial is a decision on record, and a security event.
+                let d = Decision::new(&subject, "authenticate", &resource(parts), steps);
+                if let Err(e) = state.store.record_decision(&d).await {
+                    tracing::warn!(error = %e, "recording a denial failed");
+                }
+                let mut ev = SecurityEvent::new("auth_failed", Severity::Warning, message);
+                ev.client = Some(ip.to_string());
+                ev.subject = Some(subject);
+                ev.decision_id = Some(d.id);
+                security_event(state, ev).await;
                 Err(ApiError::unauthorized(message))
             }
             Err(Failure::Store(e)) => Err(e),
@@ -108,17 +140,41 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 enum Failure {
-    Rejected(&'static str),
+    Rejected {
+        message: &'static str,
+        subject: String,
+        steps: Vec<DecisionStep>,
+    },
     Store(ApiError),
 }
 
+fn rejected(message: &'static str, subject: &str, steps: Vec<DecisionStep>) -> Failure {
+    Failure::Rejected {
+        message,
+        subject: subject.into(),
+        steps,
+    }
+}
+
+/// `METHOD /path`, what a decision is about.
+fn resource(parts: &Parts) -> String {
+    format!("{} {}", parts.method, parts.uri.path())
+}
+
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Failure> {
-    let presented = parts
+    let Some(presented) = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(Failure::Rejected("missing `Authorization: Bearer <token>`"))?;
+    else {
+        let message = "missing `Authorization: Bearer <token>`";
+        return Err(rejected(
+            message,
+            "anonymous",
+            vec![DecisionStep::new("token_valid", false, "no bearer token")],
+        ));
+    };
     if looks_like_service_token(presented) {
         return service_token(presented, state).await;
     }
@@ -131,9 +187,23 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Failure
         Ok(Caller {
             actor: "bootstrap-admin".into(),
             role: Role::Admin,
+            steps: vec![DecisionStep::new(
+                "token_valid",
+                true,
+                "the bootstrap key (VELVET_API_KEY)",
+            )],
+            client: String::new(),
         })
     } else {
-        Err(Failure::Rejected("the bearer token is not valid"))
+        Err(rejected(
+            "the bearer token is not valid",
+            "anonymous",
+            vec![DecisionStep::new(
+                "token_valid",
+                false,
+                "neither a known service token nor the bootstrap key",
+            )],
+        ))
     }
 }
 
@@ -145,14 +215,38 @@ async fn service_token(presented: &str, state: &AppState) -> Result<Caller, Fail
         .await
         .map_err(|e| Failure::Store(e.into()))?;
     let Some(t) = found else {
-        return Err(Failure::Rejected("the bearer token is not valid"));
+        return Err(rejected(
+            "the bearer token is not valid",
+            "anonymous",
+            vec![DecisionStep::new(
+                "token_valid",
+                false,
+                "no service token has this hash",
+            )],
+        ));
     };
+    let subject = format!("token:{}", t.name);
+    let valid = DecisionStep::new(
+        "token_valid",
+        true,
+        format!("service token {} ({})", t.id, t.prefix),
+    );
     let now = Utc::now();
     if t.revoked_at.is_some() {
-        return Err(Failure::Rejected("the service token was revoked"));
+        let step = DecisionStep::new("not_revoked", false, "revoked");
+        return Err(rejected(
+            "the service token was revoked",
+            &subject,
+            vec![valid, step],
+        ));
     }
     if !t.is_live(now) {
-        return Err(Failure::Rejected("the service token has expired"));
+        let step = DecisionStep::new("not_revoked", false, "expired");
+        return Err(rejected(
+            "the service token has expired",
+            &subject,
+            vec![valid, step],
+        ));
     }
     let role = Role::parse(&t.role).ok_or_else(|| {
         Failure::Store(ApiError::internal(&format!(
@@ -171,9 +265,75 @@ async fn service_token(presented: &str, state: &AppState) -> Result<Caller, Fail
         });
     }
     Ok(Caller {
-        actor: format!("token:{}", t.name),
+        actor: subject,
         role,
+        steps: vec![valid, DecisionStep::new("not_revoked", true, "live")],
+        client: String::new(),
     })
+}
+
+/// Logs a security event at its severity and stores it (best effort: the log has it anyway).
+pub(crate) async fn security_event(state: &AppState, ev: SecurityEvent) {
+    match ev.severity.as_str() {
+        "critical" => {
+            tracing::error!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, client = ?ev.client, detail = %ev.detail, "security event")
+        }
+        "warning" => {
+            tracing::warn!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, client = ?ev.client, detail = %ev.detail, "security event")
+        }
+        _ => {
+            tracing::info!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, detail = %ev.detail, "security event")
+        }
+    }
+    if let Err(e) = state.store.record_security_event(&ev).await {
+        tracing::warn!(error = %e, "storing a security event failed");
+    }
+}
+
+/// Checks `p` for `caller` on `resource` and keeps the decision: always for a mutating
+/// request or a denial. An allow that cannot be recorded does not go ahead (I6).
+pub(crate) async fn authorize(
+    state: &AppState,
+    caller: &Caller,
+    p: Permission,
+    resource: &str,
+    mutating: bool,
+) -> Result<(), ApiError> {
+    let granted = caller.role.grants(p);
+    let mut steps = caller.steps.clone();
+    steps.push(DecisionStep::new(
+        "permission",
+        granted,
+        format!(
+            "role {} {} {}",
+            caller.role.as_str(),
+            if granted { "grants" } else { "does not grant" },
+            p.as_str()
+        ),
+    ));
+    if mutating || !granted {
+        let d = Decision::new(&caller.actor, p.as_str(), resource, steps);
+        let recorded = state.store.record_decision(&d).await;
+        if !granted {
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "recording a denial failed");
+            }
+            let mut ev = SecurityEvent::new(
+                "permission_denied",
+                Severity::Warning,
+                format!("{} needs {}", resource, p.as_str()),
+            );
+            ev.subject = Some(caller.actor.clone());
+            ev.client = Some(caller.client.clone());
+            ev.decision_id = Some(d.id);
+            security_event(state, ev).await;
+        } else {
+            recorded.map_err(|e| {
+                velvet_store::StoreError::AuditUnavailable(format!("recording the decision: {e}"))
+            })?;
+        }
+    }
+    caller.require(p)
 }
 
 /// A permission a route needs, as a type.
@@ -208,7 +368,8 @@ impl<P: Need + Send + Sync> FromRequestParts<AppState> for Can<P> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require(P::PERMISSION)?;
+        let mutating = !matches!(parts.method, Method::GET | Method::HEAD);
+        authorize(state, &caller, P::PERMISSION, &resource(parts), mutating).await?;
         Ok(Can(caller, PhantomData))
     }
 }

@@ -124,9 +124,26 @@ async fn stage(
     })?;
     // `proceed_revoke` retires the old credential: it needs more than moving stages.
     if action == Action::ProceedRevoke {
-        caller.require(Permission::RotationsRevoke)?;
+        let resource = format!("POST /api/v1/rotations/{job_id}/stage proceed_revoke");
+        crate::auth::authorize(
+            &state,
+            &caller,
+            Permission::RotationsRevoke,
+            &resource,
+            true,
+        )
+        .await?;
     }
     if body.force {
+        let mut ev = velvet_core::decision::SecurityEvent::new(
+            "gate_denied",
+            velvet_core::decision::Severity::Warning,
+            "a forced revoke was refused: no operator can pass a gate yet",
+        );
+        ev.subject = Some(caller.actor.clone());
+        ev.client = Some(caller.client.clone());
+        ev.job_id = Some(job_id.clone());
+        crate::auth::security_event(&state, ev).await;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "gate_denied",

@@ -144,6 +144,13 @@ async fn revoke(
             }
             other => other.into(),
         })?;
-    tracing::warn!(event = "token_revoked", token_id = %record.id, name = %record.name, by = %caller.actor, "service token revoked");
+    let mut ev = velvet_core::decision::SecurityEvent::new(
+        "token_revoked",
+        velvet_core::decision::Severity::Info,
+        format!("service token {} ({}) revoked", record.id, record.name),
+    );
+    ev.subject = Some(caller.actor.clone());
+    ev.client = Some(caller.client.clone());
+    crate::auth::security_event(&state, ev).await;
     Ok(StatusCode::NO_CONTENT)
 }

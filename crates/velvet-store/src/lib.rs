@@ -4,6 +4,7 @@
 
 mod auth;
 mod chain;
+mod decisions;
 mod flags;
 mod migrate;
 mod postgres;
@@ -16,6 +17,7 @@ mod sqlite_writer;
 
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
+pub use decisions::DecisionStore;
 pub use flags::{FlagOverride, FlagStore};
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
@@ -257,7 +259,9 @@ pub trait JobStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: JobStore + AuthStore + FlagStore + Send + Sync + std::fmt::Debug {
+pub trait Store:
+    JobStore + AuthStore + FlagStore + DecisionStore + Send + Sync + std::fmt::Debug
+{
     fn dialect(&self) -> Dialect;
 
     /// A trivial query: does the database answer?

@@ -43,6 +43,7 @@ conformance!(
     keyring_check_refuses_the_wrong_keyring,
     one_unfinished_job_per_token_is_enforced_by_the_database,
     service_tokens_keep_only_a_hash_and_revocation_is_seen_at_once,
+    decisions_keep_their_ordered_steps_and_events_their_links,
 );
 
 fn specs(yaml: &str) -> Vec<TokenSpec> {
@@ -734,4 +735,54 @@ async fn service_tokens_keep_only_a_hash_and_revocation_is_seen_at_once(f: Fixtu
         .map(|e| e.action)
         .collect();
     assert_eq!(actions, vec!["auth.token_created", "auth.token_revoked"]);
+}
+
+async fn decisions_keep_their_ordered_steps_and_events_their_links(f: Fixture) {
+    use velvet_core::decision::{Decision, DecisionStep, SecurityEvent, Severity};
+    let steps = |last: bool| {
+        vec![
+            DecisionStep::new("token_valid", true, "st_1"),
+            DecisionStep::new("not_revoked", true, "live"),
+            DecisionStep::new("permission", last, "operator"),
+        ]
+    };
+    let allow = Decision::new(
+        "token:a",
+        "velvet.rotations.kickoff",
+        "POST /x",
+        steps(true),
+    );
+    let deny = Decision::new("token:b", "velvet.admin", "POST /y", steps(false));
+    f.store.record_decision(&allow).await.unwrap();
+    f.store.record_decision(&deny).await.unwrap();
+    let all = f.store.list_decisions(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let back = all.iter().find(|d| d.id == allow.id).unwrap();
+    assert_eq!(back.steps, allow.steps, "steps come back in order");
+    assert_eq!(back.trace_hash, allow.trace_hash);
+    assert_eq!(
+        f.store
+            .list_decisions(None, Some("deny"), 10)
+            .await
+            .unwrap(),
+        vec![Decision {
+            at: all.iter().find(|d| d.id == deny.id).unwrap().at,
+            ..deny.clone()
+        }]
+    );
+    assert_eq!(
+        f.store
+            .list_decisions(Some("token:a"), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut ev = SecurityEvent::new("permission_denied", Severity::Warning, "needs admin");
+    ev.decision_id = Some(deny.id.clone());
+    f.store.record_security_event(&ev).await.unwrap();
+    let events = f.store.list_security_events(10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].decision_id.as_deref(), Some(deny.id.as_str()));
+    assert_eq!(events[0].severity, "warning");
 }
