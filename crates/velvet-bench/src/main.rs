@@ -4,6 +4,7 @@
 
 mod b1_fanout;
 mod b2_postgres;
+mod b4_sse;
 mod b5_audit;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,11 @@ enum Bench {
         /// Only Velvet's figures, and with `random` tokens beside them (for profiling).
         #[arg(long)]
         velvet_only: bool,
+    },
+    /// B4: N SSE clients on one job: p99 delivery delay < 100 ms, RSS growth < 64 MiB.
+    B4 {
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
     },
     /// B5: audit verify entries/s ÷ raw HMAC-SHA256 over the same bytes (target ≥ 0.5).
     B5 {
@@ -83,6 +89,7 @@ async fn main() {
             .await
             .iter()
             .for_each(Row::print),
+        Bench::B4 { clients } => b4_sse::run(clients).await.iter().for_each(Row::print),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
 }

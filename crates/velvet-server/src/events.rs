@@ -1,36 +1,150 @@
 //! `GET /api/v1/rotations/{job_id}/events`: a job's changes as Server-Sent Events (design §5).
 //! A new client first gets the current state (one `job` event, one `consumer` event per
 //! consumer), then every change; a client reconnecting with `Last-Event-ID` gets exactly the
-//! events after it. The store's event table is the source, so a job driven by another replica
-//! streams the same; this replica's engine only wakes the stream early. Each stream has its own
-//! task and a small buffer: a slow client waits alone and never holds up the engine.
+//! events after it.
+//!
+//! One feed per followed job reads the store's event table (so a job driven by another replica
+//! streams the same) and broadcasts each event, serialised once, to every client of that job:
+//! a thousand clients cost one read per change, not a thousand. A client that falls behind the
+//! broadcast, or sees a gap, catches up from the table itself; a slow client only ever waits on
+//! its own buffer, never holding up the engine or the others.
 
 use crate::auth::{Can, TokensRead};
 use crate::{ApiError, AppState};
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
-use serde_json::Value;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use velvet_core::job::{Job, is_job_id};
+use tokio::sync::broadcast;
+use velvet_core::job::is_job_id;
 use velvet_core::rotation::JobStatus;
+use velvet_store::JobEvent;
 
-/// How often a stream looks for events written by other replicas.
+/// How often a feed looks for events written by other replicas.
 const POLL: Duration = Duration::from_millis(250);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const PAGE: i64 = 500;
-/// Events a stream holds for a slow client before its reader waits.
-const BUFFER: usize = 64;
+/// Events a feed holds for its slowest client before that client must catch up from the store.
+const FEED_BUFFER: usize = 1024;
+
+/// One stored event, encoded once as SSE bytes that every client shares.
+#[derive(Debug)]
+struct Item {
+    seq: i64,
+    bytes: Bytes,
+    /// A `job` event whose job has finished.
+    terminal: bool,
+}
+
+/// An SSE event: JSON has no raw newlines, so `data` is always one line.
+fn encode(name: &str, seq: i64, data: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\nid: {seq}\ndata: {data}\n\n"))
+}
+
+impl Item {
+    fn from_event(e: &JobEvent) -> Self {
+        Self {
+            seq: e.seq,
+            terminal: e.event == "job"
+                && e.data["status"]
+                    .as_str()
+                    .and_then(JobStatus::parse)
+                    .is_some_and(JobStatus::is_terminal),
+            bytes: encode(&e.event, e.seq, &e.data.to_string()),
+        }
+    }
+}
+
+/// The live feeds, one per followed job; a feed lives while someone follows it.
+#[derive(Debug, Default)]
+pub struct Feeds {
+    feeds: Mutex<HashMap<String, Weak<Feed>>>,
+}
+
+#[derive(Debug)]
+struct Feed {
+    tx: broadcast::Sender<Arc<Item>>,
+}
+
+impl Feeds {
+    fn follow(
+        &self,
+        state: &AppState,
+        job_id: &str,
+    ) -> (Arc<Feed>, broadcast::Receiver<Arc<Item>>) {
+        let mut feeds = self.feeds.lock().expect("never poisoned");
+        if let Some(feed) = feeds.get(job_id).and_then(Weak::upgrade) {
+            let rx = feed.tx.subscribe();
+            return (feed, rx);
+        }
+        feeds.retain(|_, f| f.strong_count() > 0);
+        let (tx, rx) = broadcast::channel(FEED_BUFFER);
+        let feed = Arc::new(Feed { tx });
+        feeds.insert(job_id.to_string(), Arc::downgrade(&feed));
+        tokio::spawn(run_feed(
+            state.clone(),
+            job_id.to_string(),
+            Arc::downgrade(&feed),
+        ));
+        (feed, rx)
+    }
+}
+
+/// Reads a job's new events from the store and broadcasts them, until nobody follows.
+async fn run_feed(state: AppState, job_id: String, feed: Weak<Feed>) {
+    let Ok(mut after) = state.store.last_event_seq(&job_id).await else {
+        return;
+    };
+    let mut bus = state.engine.as_ref().map(|e| e.subscribe());
+    loop {
+        let Some(f) = feed.upgrade() else { return };
+        match state.store.job_events(&job_id, after, PAGE).await {
+            Ok(events) => {
+                let full = events.len() as i64 == PAGE;
+                for e in &events {
+                    after = e.seq;
+                    let _ = f.tx.send(Arc::new(Item::from_event(e)));
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(job_id = %job_id, error = %e, "reading job events failed"),
+        }
+        drop(f);
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            changed = changed(&mut bus, &job_id) => if !changed { bus = None; }
+        }
+    }
+}
+
+/// Waits until this replica's engine says `job_id` changed (false: the bus is gone).
+async fn changed(bus: &mut Option<broadcast::Receiver<String>>, job_id: &str) -> bool {
+    let Some(b) = bus.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match b.recv().await {
+            Ok(id) if id == job_id => return true,
+            Ok(_) => {}
+            // Missed some: look now rather than risk waiting a poll.
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
 
 pub async fn stream(
     _: Can<TokensRead>,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let missing = || ApiError::not_found(format!("rotation job `{job_id}` not found"));
     if !is_job_id(&job_id) {
         return Err(missing());
@@ -47,124 +161,181 @@ pub async fn stream(
                 })?,
         ),
     };
-    let job = state.store.get_job(&job_id).await?.ok_or_else(missing)?;
-    let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(pump(state, job, resume, tx));
-    let body =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
-    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
-}
-
-fn event(name: &str, seq: i64, data: &Value) -> Event {
-    Event::default()
-        .event(name)
-        .id(seq.to_string())
-        .data(data.to_string())
-}
-
-fn consumer_data(job: &Job) -> Vec<Value> {
-    job.consumers
-        .iter()
-        .map(|c| {
-            let mut v = serde_json::to_value(c).expect("consumers serialise");
-            v["job_id"] = Value::String(job.job_id.clone());
-            v
-        })
-        .collect()
-}
-
-fn is_terminal_job_event(name: &str, data: &Value) -> bool {
-    name == "job"
-        && data["status"]
-            .as_str()
-            .and_then(JobStatus::parse)
-            .is_some_and(JobStatus::is_terminal)
-}
-
-/// Feeds one client until the job ends or the client goes away.
-async fn pump(state: AppState, job: Job, resume: Option<i64>, tx: mpsc::Sender<Event>) {
-    let send = |e: Event| {
-        let tx = tx.clone();
-        async move { tx.send(e).await.is_ok() }
+    if state.store.get_job(&job_id).await?.is_none() {
+        return Err(missing());
+    }
+    // Follow first, then read the state: whatever happens in between arrives twice at worst
+    // (and is skipped by its seq), never not at all.
+    let (feed, rx) = state.feeds.follow(&state, &job_id);
+    let client = Client {
+        state,
+        job_id,
+        rx,
+        _feed: feed,
+        resume,
+        started: false,
+        done: false,
+        last: 0,
+        queue: VecDeque::new(),
     };
-    let mut bus = state.engine.as_ref().map(|e| e.subscribe());
-    let mut after = match resume {
-        Some(n) => n,
-        None => {
-            // The seq first, then the state: a change racing the snapshot is sent again
-            // (harmless, it carries its full state) rather than lost.
-            let Ok(seq) = state.store.last_event_seq(&job.job_id).await else {
-                return;
-            };
-            let job = match state.store.get_job(&job.job_id).await {
-                Ok(Some(j)) => j,
-                _ => return,
-            };
-            let data = serde_json::to_value(&job).expect("jobs serialise");
-            if !send(event("job", seq, &data)).await {
-                return;
-            }
-            for c in consumer_data(&job) {
-                if !send(event("consumer", seq, &c)).await {
-                    return;
+    // The body pulls from the client only as fast as the connection drains: a slow client
+    // falls behind the feed's buffer and catches up from the store, holding up nobody.
+    let body = futures_util::stream::unfold(client, |mut c| async move {
+        c.next().await.map(|b| (Ok::<_, Infallible>(b), c))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// One client's stream.
+struct Client {
+    state: AppState,
+    job_id: String,
+    rx: broadcast::Receiver<Arc<Item>>,
+    /// Keeps the job's feed alive while this client follows it.
+    _feed: Arc<Feed>,
+    resume: Option<i64>,
+    started: bool,
+    done: bool,
+    /// The seq of the last event queued.
+    last: i64,
+    queue: VecDeque<Bytes>,
+}
+
+impl Client {
+    /// The next bytes to send, or `None` once `end` went out (or the store failed).
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            // Everything queued goes out as one write: a burst of changes costs each client one
+            // wake-up and one system call, not one per event.
+            match self.queue.len() {
+                0 => {}
+                1 => return self.queue.pop_front(),
+                _ => {
+                    let mut all = Vec::with_capacity(self.queue.iter().map(Bytes::len).sum());
+                    self.queue.drain(..).for_each(|b| all.extend_from_slice(&b));
+                    return Some(Bytes::from(all));
                 }
             }
-            if job.state.status.is_terminal() {
-                let _ = send(event("end", seq, &Value::Null)).await;
-                return;
+            if self.done {
+                return None;
             }
-            seq
+            if let Err(e) = self.fill().await {
+                tracing::warn!(job_id = %self.job_id, error = %e, "an event stream stopped");
+                return None;
+            }
         }
-    };
-    let mut checked_finished = false;
-    loop {
-        let events = match state.store.job_events(&job.job_id, after, PAGE).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(job_id = %job.job_id, error = %e, "reading job events failed; closing the stream");
-                return;
+    }
+
+    fn push(&mut self, seq: i64, bytes: Bytes) {
+        self.last = seq;
+        self.queue.push_back(bytes);
+    }
+
+    fn end(&mut self) {
+        self.queue.push_back(encode("end", self.last, "null"));
+        self.done = true;
+    }
+
+    /// Queues what comes next: the start, then each change, a keep-alive when idle.
+    async fn fill(&mut self) -> Result<(), velvet_store::StoreError> {
+        if !self.started {
+            self.started = true;
+            let finished = match self.resume {
+                Some(n) => {
+                    self.last = n;
+                    // Resumed at the very end of a finished job: nothing follows but `end`.
+                    self.catch_up(i64::MAX).await?
+                        || matches!(self.state.store.get_job(&self.job_id).await?,
+                            Some(j) if j.state.status.is_terminal())
+                }
+                None => self.snapshot().await?,
+            };
+            if finished {
+                self.end();
+            }
+            return Ok(());
+        }
+        let item = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+            Err(_) => {
+                self.queue
+                    .push_back(Bytes::from_static(b": keep-alive\n\n"));
+                return Ok(());
+            }
+            Ok(Ok(item)) => item,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                // Too slow for the feed's buffer: the table has everything.
+                if self.catch_up(i64::MAX).await? {
+                    self.end();
+                }
+                return Ok(());
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                self.done = true;
+                return Ok(());
             }
         };
-        let mut ended = false;
-        for e in &events {
-            after = e.seq;
-            ended |= is_terminal_job_event(&e.event, &e.data);
-            if !send(event(&e.event, e.seq, &e.data)).await {
-                return;
-            }
-        }
-        if events.len() as i64 == PAGE {
-            continue;
-        }
-        // A client resuming after the last event of a finished job is told it ended.
-        if events.is_empty() && !checked_finished {
-            checked_finished = true;
-            ended = matches!(state.store.get_job(&job.job_id).await, Ok(Some(j)) if j.state.status.is_terminal());
-        }
-        if ended {
-            let _ = send(event("end", after, &Value::Null)).await;
-            return;
-        }
-        tokio::select! {
-            _ = tx.closed() => return,
-            _ = tokio::time::sleep(POLL) => {}
-            changed = async {
-                match bus.as_mut() {
-                    Some(b) => loop {
-                        match b.recv().await {
-                            Ok(id) if id == job.job_id => break true,
-                            Ok(_) => {}
-                            // Missed some: look now rather than risk waiting a poll.
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break true,
-                            Err(_) => break false,
-                        }
-                    },
-                    None => std::future::pending().await,
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            if item.seq > self.last {
+                if item.seq > self.last + 1 && self.catch_up(item.seq - 1).await? {
+                    self.end();
+                    return Ok(());
                 }
-            } => if !changed { bus = None; }
+                self.push(item.seq, item.bytes.clone());
+                if item.terminal {
+                    self.end();
+                    return Ok(());
+                }
+            }
+            // Take whatever else the feed already holds, to send it together.
+            next = self.rx.try_recv().ok();
+        }
+        Ok(())
+    }
+
+    /// The current state, all at the current seq; true if the job has already finished.
+    async fn snapshot(&mut self) -> Result<bool, velvet_store::StoreError> {
+        // The seq first, then the state: a change racing the snapshot is sent again (it carries
+        // its full state) rather than lost.
+        let seq = self.state.store.last_event_seq(&self.job_id).await?;
+        let Some(job) = self.state.store.get_job(&self.job_id).await? else {
+            return Ok(true);
+        };
+        let data = serde_json::to_string(&job).expect("jobs serialise");
+        self.push(seq, encode("job", seq, &data));
+        for c in &job.consumers {
+            let mut v = serde_json::to_value(c).expect("consumers serialise");
+            v["job_id"] = serde_json::Value::String(job.job_id.clone());
+            self.push(seq, encode("consumer", seq, &v.to_string()));
+        }
+        Ok(job.state.status.is_terminal())
+    }
+
+    /// Queues stored events after `last` up to `until`; true once the job's end is queued.
+    async fn catch_up(&mut self, until: i64) -> Result<bool, velvet_store::StoreError> {
+        loop {
+            let events = self
+                .state
+                .store
+                .job_events(&self.job_id, self.last, PAGE)
+                .await?;
+            for e in events.iter().filter(|e| e.seq <= until) {
+                let item = Item::from_event(e);
+                self.push(item.seq, item.bytes);
+                if item.terminal {
+                    return Ok(true);
+                }
+            }
+            if (events.len() as i64) < PAGE || self.last >= until {
+                return Ok(false);
+            }
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub engine: Option<Arc<velvet_engine::Engine>>,
     /// Failed authentications per client address.
     pub auth_failures: Arc<auth::FailureLimiter>,
+    /// One event feed per job followed over SSE.
+    pub feeds: Arc<events::Feeds>,
 }
 
 impl AppState {

@@ -86,6 +86,7 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
         metrics: Arc::new(Metrics::default()),
         engine: Some(engine),
         auth_failures: Default::default(),
+        feeds: Default::default(),
     };
     reconcile(&state).await?;
     Ok(Prepared { state })

@@ -1,0 +1,284 @@
+//! B4: N clients follow one job over SSE from a real `velvet serve`; while the job distributes
+//! to 10 file consumers, each client notes how long every live event took from being stored
+//! (its `updated_at`) to reaching it. Reports the p99 delay and the server's resident memory
+//! growth from before the clients connected to when all were following.
+
+use crate::Row;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "bench-bootstrap-key-0123456789";
+const CONSUMERS: usize = 10;
+
+struct ServerProc {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn velvet_bin() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/velvet").to_string()
+}
+
+fn start_server() -> ServerProc {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let ok = Command::new(velvet_bin())
+        .args(["init", "--dir", &d])
+        .stdout(Stdio::null())
+        .status()
+        .expect("target/release/velvet exists (scripts/bench builds it)");
+    assert!(ok.success());
+    let mut yaml = String::from(
+        "defaults: {grace_period: 0s}\ntokens:\n  - name: api\n    flow: staged\n    source: {kind: random}\n    consumers:\n",
+    );
+    for i in 0..CONSUMERS {
+        yaml.push_str(&format!(
+            "      - {{name: f{i}, kind: file, path: f{i}.env, format: dotenv, key: TOKEN}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("velvet.yaml"), yaml).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(velvet_bin())
+        .args(["--config", &format!("{d}/velvet.yaml"), "serve"])
+        .env("VELVET_API_KEY", KEY)
+        .env("VELVET_LISTEN", format!("127.0.0.1:{port}"))
+        .env("VELVET_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "velvet serve did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ServerProc {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat` (100 ticks a second).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Value {
+    let mut req = http.request(method, url).bearer_auth(KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_awaiting(http: &reqwest::Client, url: &str, what: &str) {
+    let start = Instant::now();
+    while call(http, reqwest::Method::GET, url.to_string(), None).await["awaiting"] != what {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "waited for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The event's `updated_at` (a job's own comes before its consumers'), found without parsing
+/// the whole JSON: the clients share two cores with the server they measure.
+fn stored_at(data: &str) -> Option<DateTime<Utc>> {
+    let from = data.find("\"updated_at\":\"")? + 14;
+    let to = from + data[from..].find('"')?;
+    DateTime::parse_from_rfc3339(&data[from..to])
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Follows the stream to `end`: signals once the snapshot is in, returns live delays (ms).
+async fn follow(url: String, ready: tokio::sync::mpsc::Sender<()>) -> Vec<f64> {
+    let http = velvet_adapters::http::client().clone();
+    let mut res = http.get(url).bearer_auth(KEY).send().await.unwrap();
+    let mut buf = String::new();
+    let mut delays = Vec::new();
+    let mut snapshot_id: Option<i64> = None;
+    let mut signalled = false;
+    while let Ok(Some(chunk)) = res.chunk().await {
+        let now = Utc::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut name, mut at) = (None, "", None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    name = if v.trim() == "end" { "end" } else { "change" };
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    at = stored_at(v);
+                }
+            }
+            let Some(id) = id else { continue };
+            if name == "end" {
+                return delays;
+            }
+            match snapshot_id {
+                None => snapshot_id = Some(id),
+                Some(s) if id == s => {}
+                Some(_) => {
+                    if let Some(at) = at {
+                        delays.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    }
+                }
+            }
+            if !signalled && snapshot_id.is_some() {
+                signalled = true;
+                let _ = ready.send(()).await;
+            }
+        }
+    }
+    delays
+}
+
+pub async fn run(clients: usize) -> Vec<Row> {
+    let server = tokio::task::spawn_blocking(start_server).await.unwrap();
+    let http = velvet_adapters::http::client().clone();
+    let base = server.base.clone();
+    let job = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/api/v1/tokens/api/rotate"),
+        None,
+    )
+    .await;
+    let id = job["job_id"]
+        .as_str()
+        .expect("kickoff answers a job")
+        .to_string();
+    let job_url = format!("{base}/api/v1/rotations/{id}");
+    wait_awaiting(&http, &job_url, "proceed_distribute").await;
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    eprintln!(
+        "B4: {clients} clients connecting (server RSS {} MiB)…",
+        before / 1024
+    );
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(clients);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        tasks.spawn(follow(format!("{job_url}/events"), ready_tx.clone()));
+    }
+    drop(ready_tx);
+    for _ in 0..clients {
+        ready_rx
+            .recv()
+            .await
+            .expect("every client gets its snapshot");
+    }
+    let following = rss_kib(pid);
+    eprintln!(
+        "B4: all following (server RSS {} MiB); distributing to {CONSUMERS} consumers…",
+        following / 1024
+    );
+    let cpu0 = (cpu_secs(&pid.to_string()), cpu_secs("self"));
+    let started = Instant::now();
+    let stage = format!("{job_url}/stage");
+    call(
+        &http,
+        reqwest::Method::POST,
+        stage.clone(),
+        Some(json!({"action": "proceed_distribute"})),
+    )
+    .await;
+    wait_awaiting(&http, &job_url, "proceed_revoke").await;
+    call(
+        &http,
+        reqwest::Method::POST,
+        stage,
+        Some(json!({"action": "proceed_revoke"})),
+    )
+    .await;
+    let mut delays = Vec::new();
+    while let Some(d) = tasks.join_next().await {
+        delays.extend(d.unwrap());
+    }
+    let wall = started.elapsed().as_secs_f64();
+    eprintln!(
+        "B4: distribute to end took {wall:.2} s; CPU meanwhile: server {:.2} s, the {clients} clients {:.2} s",
+        cpu_secs(&pid.to_string()) - cpu0.0,
+        cpu_secs("self") - cpu0.1
+    );
+    let peak = rss_kib(pid).max(following);
+    delays.sort_by(f64::total_cmp);
+    let p99 = delays[(delays.len() * 99 / 100).min(delays.len() - 1)];
+    let p50 = delays[delays.len() / 2];
+    eprintln!(
+        "B4: {} deliveries, delay p50 {p50:.1} ms, p99 {p99:.1} ms; RSS growth {:.1} MiB (peak {:.1} MiB over the start)",
+        delays.len(),
+        (following.saturating_sub(before)) as f64 / 1024.0,
+        (peak.saturating_sub(before)) as f64 / 1024.0
+    );
+    let growth = (peak.saturating_sub(before)) as f64 / 1024.0;
+    // Bounds over measurements, as B1 does: a ratio ≥ 1 is within the bound.
+    vec![
+        Row {
+            id: "B4",
+            measure: format!("100 ms ÷ SSE p99 delivery delay, {clients} clients on one job"),
+            velvet: 100.0,
+            reference: p99,
+            unit: "ms / ms",
+            target: 1.0,
+        },
+        Row {
+            id: "B4mem",
+            measure: format!("64 MiB ÷ server RSS growth with {clients} clients"),
+            velvet: 64.0,
+            reference: growth.max(0.001),
+            unit: "MiB / MiB",
+            target: 1.0,
+        },
+    ]
+}
