@@ -274,3 +274,19 @@ fn rotations_list_with_filters_and_checked_parameters() {
         );
     }
 }
+
+#[test]
+fn an_oversized_body_is_refused_with_413() {
+    let (_w, s) = serve();
+    let big = "x".repeat(2 << 20);
+    let r = http()
+        .post(s.url("/api/v1/auth/tokens"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\": \"{big}\", \"role\": \"viewer\"}}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let (_, list) = s.call("GET", "/api/v1/auth/tokens", Some(KEY), None);
+    assert_eq!(list["tokens"].as_array().unwrap().len(), 0);
+}

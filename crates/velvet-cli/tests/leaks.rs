@@ -66,6 +66,7 @@ tokens:
     ];
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
+    let mut jobs = Vec::new();
     for token in ["db", "cache", "api", "db"] {
         let (code, body) = s.call(
             "POST",
@@ -75,6 +76,7 @@ tokens:
         );
         assert_eq!(code, 202, "{body}");
         let job = body["job_id"].as_str().unwrap().to_string();
+        jobs.push(job.clone());
         let start = Instant::now();
         loop {
             let (_, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
@@ -93,6 +95,30 @@ tokens:
     responses.push(list.to_string());
     let (_, metrics) = s.get("/metrics");
     responses.push(metrics);
+    // Every other view of the same runs: the event streams from their first event, the job
+    // list, the audit log, decisions and security events.
+    for job in &jobs {
+        let stream = http()
+            .get(s.url(&format!("/api/v1/rotations/{job}/events")))
+            .bearer_auth(KEY)
+            .header("Last-Event-ID", "0")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(stream.contains("event: end"), "{stream}");
+        responses.push(stream);
+    }
+    for path in [
+        "/api/v1/rotations",
+        "/api/v1/audit?limit=1000",
+        "/api/v1/audit/decisions",
+        "/api/v1/audit/security-events",
+    ] {
+        let (code, body) = s.call("GET", path, Some(KEY), None);
+        assert_eq!(code, 200, "{path}: {body}");
+        responses.push(body.to_string());
+    }
 
     let read = |f: &str| std::fs::read_to_string(w.path(f)).unwrap();
     let db_url = read("db.env")
