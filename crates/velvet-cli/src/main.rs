@@ -68,6 +68,26 @@ enum Command {
         #[arg(long)]
         skip_env: bool,
     },
+    /// Start a rotation (talks to the server at VELVET_ADDR with VELVET_TOKEN).
+    Rotate {
+        name: String,
+        /// staged, auto or emergency (default: the token's flow).
+        #[arg(long)]
+        flow: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Show live progress until the job ends.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow, run each awaited stage without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Rotation jobs (talks to the server).
+    Rotations {
+        #[command(subcommand)]
+        command: RotationsCommand,
+    },
     /// Manage tokens.
     Tokens {
         #[command(subcommand)]
@@ -99,6 +119,37 @@ enum Command {
 enum TokensCommand {
     /// Adopt a credential already in use as version 1; the value is read from stdin.
     Import { name: String },
+    /// Tokens under management (talks to the server).
+    List,
+    /// One token with its consumers and versions (fingerprints, never values).
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RotationsCommand {
+    /// Rotation jobs, newest first.
+    List {
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job with its consumers.
+    Show { id: String },
+    /// Act on a job: proceed_distribute, proceed_revoke, retry_failed, rollback or abort.
+    Stage {
+        id: String,
+        action: String,
+        /// A TOTP code, for a revocation gate that asks for one.
+        #[arg(long)]
+        totp: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Follow a job live until it ends.
+    Watch { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,9 +260,46 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo => commands::serve::demo(&ctx).await,
         Command::Migrate { list, dry_run } => commands::store::migrate(&ctx, list, dry_run).await,
         Command::Validate { skip_env } => commands::validate::run(&ctx, skip_env),
-        Command::Tokens {
-            command: TokensCommand::Import { name },
-        } => commands::store::import(&ctx, &name).await,
+        Command::Tokens { command } => match command {
+            TokensCommand::Import { name } => commands::store::import(&ctx, &name).await,
+            TokensCommand::List => commands::tokens::list(&ctx).await,
+            TokensCommand::Show { name } => commands::tokens::show(&ctx, &name).await,
+        },
+        Command::Rotate {
+            name,
+            flow,
+            reason,
+            follow,
+            yes,
+        } => {
+            commands::rotations::rotate(
+                &ctx,
+                &name,
+                flow.as_deref(),
+                reason.as_deref(),
+                follow,
+                yes,
+            )
+            .await
+        }
+        Command::Rotations { command } => match command {
+            RotationsCommand::List {
+                token,
+                status,
+                limit,
+            } => commands::rotations::list(&ctx, token.as_deref(), status.as_deref(), limit).await,
+            RotationsCommand::Show { id } => commands::rotations::show(&ctx, &id).await,
+            RotationsCommand::Stage {
+                id,
+                action,
+                totp,
+                reason,
+            } => {
+                commands::rotations::stage(&ctx, &id, &action, totp.as_deref(), reason.as_deref())
+                    .await
+            }
+            RotationsCommand::Watch { id } => commands::rotations::watch(&ctx, &id).await,
+        },
         Command::Audit {
             command:
                 AuditCommand::Verify {

@@ -40,6 +40,43 @@ impl Client {
         })
     }
 
+    /// Opens a job's event stream, resuming after `last_id` when given.
+    pub async fn events(&self, job_id: &str, last_id: Option<i64>) -> Result<EventStream, Failure> {
+        let mut req = velvet_adapters::http::client()
+            .get(format!("{}/api/v1/rotations/{job_id}/events", self.base))
+            .bearer_auth(self.token.expose());
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let res = req.send().await.map_err(|e| {
+            Failure::failed(format!(
+                "cannot reach the server at {}: {}",
+                self.base,
+                e.without_url()
+            ))
+        })?;
+        if !res.status().is_success() {
+            let code = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            let exit = if code == 404 {
+                Code::NotFound
+            } else {
+                Code::Failed
+            };
+            return Err(Failure::new(
+                exit,
+                format!(
+                    "{} ({code})",
+                    body["message"].as_str().unwrap_or("the stream was refused")
+                ),
+            ));
+        }
+        Ok(EventStream {
+            res,
+            buf: String::new(),
+        })
+    }
+
     /// Sends a request and returns the JSON answer (`Null` for 204), or a failure whose exit
     /// code follows the API error.
     pub async fn call(
@@ -87,5 +124,56 @@ impl Client {
             exit,
             format!("{message} ({} {code})", status.as_u16()),
         ))
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Events as they arrive; `None` once the server closes the stream.
+#[derive(Debug)]
+pub struct EventStream {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut e = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    // Lines starting with ':' are keep-alive comments.
+                    if let Some(v) = line.strip_prefix("id:") {
+                        e.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        e.event = v.trim().to_string();
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        e.data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(e);
+                }
+                continue;
+            }
+            match self.res.chunk().await {
+                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
     }
 }

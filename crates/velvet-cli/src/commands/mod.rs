@@ -4,8 +4,10 @@ pub mod auth;
 pub mod client;
 pub mod flags;
 pub mod init;
+pub mod rotations;
 pub mod serve;
 pub mod store;
+pub mod tokens;
 pub mod validate;
 
 use crate::Output;

@@ -1,0 +1,144 @@
+//! The CLI as a client of a running server: tokens, rotations with live progress, staged
+//! confirmation, and the exit codes of §6.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "test-bootstrap-key-0123456789";
+
+fn setup() -> (Workdir, Server, Vec<(&'static str, String)>) {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - name: api
+    flow: staged
+    source: {kind: random}
+    consumers:
+      - {name: env, kind: file, path: app.env, format: dotenv, key: API_TOKEN}
+      - {name: cfg, kind: file, path: app.json, format: json, key: token}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let env = vec![
+        ("VELVET_ADDR", s.url("")),
+        ("VELVET_TOKEN", KEY.to_string()),
+    ];
+    (w, s, env)
+}
+
+fn run(w: &Workdir, env: &[(&'static str, String)], args: &[&str]) -> Out {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    w.run(args, &env, None)
+}
+
+fn awaiting(w: &Workdir, env: &[(&'static str, String)], id: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let out = run(w, env, &["rotations", "show", id, "--output", "json"]);
+        let j: Value = serde_json::from_str(&out.stdout).unwrap();
+        if j["awaiting"] == what {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "waited for {what}: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rotate_follow_yes_runs_every_stage_and_shows_each_consumer() {
+    let (w, _s, env) = setup();
+    let out = run(
+        &w,
+        &env,
+        &["rotate", "api", "--follow", "--yes", "--reason", "drill"],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("consumer env: verified"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("consumer cfg: verified"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("end: succeeded"), "{}", out.stdout);
+
+    let out = run(&w, &env, &["tokens", "show", "api"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stdout.contains("FINGERPRINT") && out.stdout.contains("current"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&w, &env, &["tokens", "list"]);
+    assert!(
+        out.stdout.contains("api") && out.stdout.contains("SOURCE"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&w, &env, &["rotations", "list", "--output", "json"]);
+    let list: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(list["rotations"][0]["status"], "succeeded");
+}
+
+#[test]
+fn a_staged_rotation_waits_for_a_yes_and_the_stages_go_by_hand() {
+    let (w, _s, env) = setup();
+    // No terminal and no --yes: it stops at the first awaited stage and says how to go on.
+    let out = run(&w, &env, &["rotate", "api", "--follow"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("awaiting proceed_distribute"),
+        "{}",
+        out.stderr
+    );
+    let id = out
+        .stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("rot_"))
+        .unwrap()
+        .to_string();
+
+    let out = run(&w, &env, &["rotations", "stage", &id, "proceed_distribute"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    awaiting(&w, &env, &id, "proceed_revoke");
+    let out = run(&w, &env, &["rotations", "stage", &id, "retire"]);
+    assert_eq!(
+        out.code,
+        2,
+        "an unknown action is a usage error: {}",
+        out.all()
+    );
+    let out = run(&w, &env, &["rotations", "stage", &id, "proceed_distribute"]);
+    assert_eq!(out.code, 4, "not what the job awaits: {}", out.all());
+    let out = run(&w, &env, &["rotations", "stage", &id, "proceed_revoke"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let out = run(&w, &env, &["rotations", "watch", &id, "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let last: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "end", "{}", out.stdout);
+    let out = run(&w, &env, &["rotations", "show", &id]);
+    assert!(
+        out.stdout.contains("succeeded") && out.stdout.contains("CONSUMER"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        &w,
+        &env,
+        &["rotations", "show", "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa"],
+    );
+    assert_eq!(out.code, 3, "{}", out.all());
+    let out = run(&w, &env, &["rotate", "nope"]);
+    assert_eq!(out.code, 3, "{}", out.all());
+}
