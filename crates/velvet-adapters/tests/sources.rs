@@ -172,6 +172,17 @@ async fn redis_acl_overlaps_until_revoke() {
         user: user.clone(),
     };
     let s = source::build(&spec, &env_of("REDIS_ADMIN", url.clone())).unwrap();
+    assert!(s.probe().await.unwrap().contains(&user));
+    let nobody = SourceSpec::RedisAcl {
+        admin_url_env: "REDIS_ADMIN".into(),
+        user: velvet_testkit::unique_name("velvet_nobody"),
+    };
+    let e = source::build(&nobody, &env_of("REDIS_ADMIN", url.clone()))
+        .unwrap()
+        .probe()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
     let old = velvet_adapters_credential(&user, "before-velvet");
     let new = s.generate(Some(&old)).unwrap();
     let (_, pw) = creds(&new);

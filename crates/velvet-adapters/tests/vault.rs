@@ -107,12 +107,14 @@ async fn kv_v2_writes_only_its_fields_with_check_and_set() {
             previous_field: None,
         },
     };
-    let e = consumer::build(&bad_token, &|_: &str| Some("not-a-token".into()))
-        .unwrap()
-        .apply(&d)
-        .await
-        .unwrap_err();
+    let bad = consumer::build(&bad_token, &|_: &str| Some("not-a-token".into())).unwrap();
+    let e = bad.apply(&d).await.unwrap_err();
     assert!(!e.is_retryable() && e.to_string().contains("403"), "{e}");
+    // The doctor's probe reads, changing nothing: it tells a refused token from a missing path.
+    let e = bad.probe().await.unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    let found = vault(&bao, "secret", None).probe().await.unwrap();
+    assert_eq!(found, "the secret is readable");
     drop(bao);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

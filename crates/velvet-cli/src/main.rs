@@ -88,6 +88,8 @@ enum Command {
         #[command(subcommand)]
         command: RotationsCommand,
     },
+    /// Check the file, keyring, store, and that every source and consumer can be reached.
+    Doctor,
     /// Manage tokens.
     Tokens {
         #[command(subcommand)]
@@ -260,6 +262,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo => commands::serve::demo(&ctx).await,
         Command::Migrate { list, dry_run } => commands::store::migrate(&ctx, list, dry_run).await,
         Command::Validate { skip_env } => commands::validate::run(&ctx, skip_env),
+        Command::Doctor => commands::doctor::run(&ctx).await,
         Command::Tokens { command } => match command {
             TokensCommand::Import { name } => commands::store::import(&ctx, &name).await,
             TokensCommand::List => commands::tokens::list(&ctx).await,

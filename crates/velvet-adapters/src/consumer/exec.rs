@@ -103,6 +103,34 @@ impl Exec {
 
 #[async_trait]
 impl Consumer for Exec {
+    async fn probe(&self) -> Result<String> {
+        let mut found = Vec::new();
+        for cmd in std::iter::once(&self.command).chain(self.verify_command.as_ref()) {
+            let program = &cmd[0];
+            let path = if program.contains('/') {
+                Some(std::path::PathBuf::from(program))
+            } else {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join(program))
+                        .find(|p| p.is_file())
+                })
+            };
+            use std::os::unix::fs::PermissionsExt;
+            match path.and_then(|p| std::fs::metadata(&p).ok().map(|m| (p, m))) {
+                Some((p, m)) if m.permissions().mode() & 0o111 != 0 => {
+                    found.push(p.display().to_string())
+                }
+                _ => {
+                    return Err(AdapterError::permanent(format!(
+                        "`{program}` is not an executable on PATH"
+                    )));
+                }
+            }
+        }
+        Ok(format!("runs {}", found.join(" and ")))
+    }
+
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
         self.run(
             &self.command,

@@ -127,6 +127,31 @@ impl File {
 
 #[async_trait]
 impl Consumer for File {
+    async fn probe(&self) -> Result<String> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            AdapterError::permanent(format!("directory {} is not there: {e}", dir.display()))
+        })?;
+        if !meta.is_dir() || meta.permissions().readonly() {
+            return Err(AdapterError::permanent(format!(
+                "{} is not a writable directory",
+                dir.display()
+            )));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_file() => Ok(format!("{} exists", self.path.display())),
+            Ok(_) => Err(AdapterError::permanent(format!(
+                "{} is not a regular file",
+                self.path.display()
+            ))),
+            Err(_) => Ok(format!("{} will be created", self.path.display())),
+        }
+    }
+
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
         let new = self.renderer.render(d.new)?;
         let prev = match (&self.previous_key, d.previous) {

@@ -38,6 +38,9 @@ pub trait Consumer: Send + Sync + std::fmt::Debug {
 
     /// The resource this consumer writes, for the per-lock-key limit when none is declared.
     fn default_lock_key(&self) -> String;
+
+    /// Checks, changing nothing, that the consumer can be reached; says what was found.
+    async fn probe(&self) -> Result<String>;
 }
 
 /// Builds the consumer a token declares; `fields` are the fields of the source's values.

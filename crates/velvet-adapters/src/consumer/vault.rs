@@ -152,6 +152,25 @@ impl VaultKv {
 
 #[async_trait]
 impl Consumer for VaultKv {
+    async fn probe(&self) -> Result<String> {
+        // Reading the secret needs the token and changes nothing: it proves address, token
+        // and mount together.
+        let r = crate::http::client()
+            .get(&self.data_url)
+            .header("X-Vault-Token", self.token.expose())
+            .send()
+            .await
+            .map_err(|e| {
+                AdapterError::retryable(format!("cannot reach Vault: {}", e.without_url()))
+            })?;
+        match r.status().as_u16() {
+            200 => Ok("the secret is readable".into()),
+            404 => Ok("reachable; the secret will be created".into()),
+            403 => Err(AdapterError::permanent("Vault refused the token (403)")),
+            s => Err(AdapterError::retryable(format!("Vault answered {s}"))),
+        }
+    }
+
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
         let current = self.read().await?;
         let new = super::value_text(d.new);

@@ -110,6 +110,22 @@ impl Webhook {
 
 #[async_trait]
 impl Consumer for Webhook {
+    async fn probe(&self) -> Result<String> {
+        // A TCP connection only: a request could be taken for a delivery.
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|_| AdapterError::permanent("the URL does not parse"))?;
+        let host = url.host_str().unwrap_or("").to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| AdapterError::retryable(format!("{host}:{port} did not answer in time")))?
+        .map_err(|e| AdapterError::retryable(format!("cannot connect to {host}:{port}: {e}")))?;
+        Ok(format!("{host}:{port} accepts connections"))
+    }
+
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
         self.post(d, d.new, d.version, d.new_fingerprint, "apply")
             .await

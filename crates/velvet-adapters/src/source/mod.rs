@@ -34,6 +34,12 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 
     /// Undoes `activate`: `previous` works as before and `new` no longer does.
     async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()>;
+
+    /// Checks, changing nothing, that the source can be reached and holds what rotation needs;
+    /// says what was found (`velvet doctor`).
+    async fn probe(&self) -> Result<String> {
+        Ok("nothing to reach".into())
+    }
 }
 
 /// Builds the source a token declares. `env` resolves `*_env` fields; their values are read

@@ -211,6 +211,29 @@ impl Source for PostgresRole {
         }
     }
 
+    async fn probe(&self) -> Result<String> {
+        let roles: Vec<String> = match &self.strategy {
+            PgStrategy::Single { role } => vec![role.clone()],
+            PgStrategy::Alternating { roles } => roles.to_vec(),
+        };
+        let pool = admin_pool(&self.admin_url, &self.admin);
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+                .bind(&roles)
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| db_error("connecting to PostgreSQL as admin", e))?;
+        match roles.iter().find(|r| !found.contains(r)) {
+            Some(missing) => Err(AdapterError::permanent(format!(
+                "role {missing} does not exist; create it (with LOGIN and its grants) first"
+            ))),
+            None => Ok(format!(
+                "admin login works; role(s) {} exist",
+                roles.join(", ")
+            )),
+        }
+    }
+
     async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {
         let (new_role, _) = credentials(new)?;
         match (&self.strategy, previous) {

@@ -85,6 +85,23 @@ impl RedisAcl {
 
 #[async_trait]
 impl Source for RedisAcl {
+    async fn probe(&self) -> Result<String> {
+        let mut conn = self.admin().await?;
+        let exists: Option<redis::Value> = redis::cmd("ACL")
+            .arg("GETUSER")
+            .arg(&self.user)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error("reading the ACL user", e))?;
+        if exists.is_none() || exists == Some(redis::Value::Nil) {
+            return Err(AdapterError::permanent(format!(
+                "Redis ACL user `{}` does not exist; create it with its permissions first",
+                self.user
+            )));
+        }
+        Ok(format!("admin login works; ACL user {} exists", self.user))
+    }
+
     fn generate(&self, _: Option<&SecretValue>) -> Result<SecretValue> {
         Ok(credential_value(
             &self.user,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod doctor;
 pub mod flags;
 pub mod init;
 pub mod rotations;
