@@ -165,6 +165,13 @@ enum AuditCommand {
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Option<String>,
     },
+    /// The latest records, through the server (audit.read); `--follow` keeps printing new ones.
+    Tail {
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,13 +310,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             RotationsCommand::Watch { id } => commands::rotations::watch(&ctx, &id).await,
         },
-        Command::Audit {
-            command:
-                AuditCommand::Verify {
-                    export_head,
-                    expect_head,
-                },
-        } => commands::store::audit_verify(&ctx, export_head, expect_head.as_deref()).await,
+        Command::Audit { command } => match command {
+            AuditCommand::Verify {
+                export_head,
+                expect_head,
+            } => commands::store::audit_verify(&ctx, export_head, expect_head.as_deref()).await,
+            AuditCommand::Tail { lines, follow } => {
+                commands::audit_tail::run(&ctx, lines, follow).await
+            }
+        },
         Command::Auth { command } => match command {
             AuthCommand::CreateToken {
                 name,

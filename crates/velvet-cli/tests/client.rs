@@ -89,6 +89,23 @@ fn rotate_follow_yes_runs_every_stage_and_shows_each_consumer() {
     let out = run(&w, &env, &["rotations", "list", "--output", "json"]);
     let list: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(list["rotations"][0]["status"], "succeeded");
+
+    let out = run(&w, &env, &["audit", "tail", "-n", "3", "--output", "json"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let tail: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tail.len(), 3);
+    let seqs: Vec<i64> = tail.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(
+        tail[2]["action"], "rotation.revoked",
+        "the newest last: {tail:?}"
+    );
+    let out = run(&w, &env, &["audit", "tail"]);
+    assert!(out.stdout.contains("rotation.requested"), "{}", out.stdout);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! One module per command group; `Context` carries the global options.
 
+pub mod audit_tail;
 pub mod auth;
 pub mod client;
 pub mod doctor;

@@ -1,0 +1,71 @@
+//! `velvet audit tail [-n N] [-f]`: the latest audit records through the API.
+
+use super::Context;
+use super::client::Client;
+use crate::Output;
+use crate::exit::Failure;
+use reqwest::Method;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+const PAGE: usize = 1000;
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+fn print(output: Output, e: &Value) {
+    match output {
+        Output::Json => println!("{e}"),
+        Output::Text => println!(
+            "{:>6}  {}  {:<24} {:<28} {:<30} {}",
+            e["seq"],
+            e["at"].as_str().unwrap_or(""),
+            e["actor"].as_str().unwrap_or(""),
+            e["action"].as_str().unwrap_or(""),
+            e["target"].as_str().unwrap_or(""),
+            e["outcome"].as_str().unwrap_or(""),
+        ),
+    }
+}
+
+/// Records after `after`, page by page to the end; returns the last seq seen.
+async fn read_after(
+    client: &Client,
+    mut after: i64,
+    mut each: impl FnMut(Value),
+) -> Result<i64, Failure> {
+    loop {
+        let page = client
+            .call(
+                Method::GET,
+                &format!("/api/v1/audit?after_seq={after}&limit={PAGE}"),
+                None,
+            )
+            .await?;
+        for e in page["events"].as_array().into_iter().flatten() {
+            after = e["seq"].as_i64().unwrap_or(after);
+            each(e.clone());
+        }
+        if page["next_after_seq"].is_null() {
+            return Ok(after);
+        }
+    }
+}
+
+pub async fn run(ctx: &Context, lines: usize, follow: bool) -> Result<(), Failure> {
+    let client = Client::from_env()?;
+    // The API pages forward from a seq: walk to the end, keeping the last `lines`.
+    let mut last = VecDeque::with_capacity(lines + 1);
+    let mut after = read_after(&client, 0, |e| {
+        last.push_back(e);
+        if last.len() > lines {
+            last.pop_front();
+        }
+    })
+    .await?;
+    last.iter().for_each(|e| print(ctx.output, e));
+    while follow {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        after = read_after(&client, after, |e| print(ctx.output, &e)).await?;
+    }
+    Ok(())
+}
