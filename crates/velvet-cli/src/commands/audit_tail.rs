@@ -63,9 +63,11 @@ pub async fn run(ctx: &Context, lines: usize, follow: bool) -> Result<(), Failur
     })
     .await?;
     last.iter().for_each(|e| print(ctx.output, e));
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         after = read_after(&client, after, |e| print(ctx.output, &e)).await?;
     }
-    Ok(())
 }
