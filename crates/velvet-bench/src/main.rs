@@ -4,6 +4,7 @@
 
 mod b1_fanout;
 mod b2_postgres;
+mod b3_read;
 mod b4_sse;
 mod b5_audit;
 
@@ -31,6 +32,8 @@ enum Bench {
         #[arg(long)]
         velvet_only: bool,
     },
+    /// B3: GET a token at 64 connections (wrk) ÷ OpenBao static-role read (target ≥ 2.0, p99 < 10 ms).
+    B3,
     /// B4: N SSE clients on one job: p99 delivery delay < 100 ms, RSS growth < 64 MiB.
     B4 {
         #[arg(long, default_value_t = 2000)]
@@ -89,6 +92,7 @@ async fn main() {
             .await
             .iter()
             .for_each(Row::print),
+        Bench::B3 => b3_read::run().await.iter().for_each(Row::print),
         Bench::B4 { clients } => b4_sse::run(clients).await.iter().for_each(Row::print),
         Bench::B5 { entries } => b5_audit::run(entries).await.print(),
     }
