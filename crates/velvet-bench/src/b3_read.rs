@@ -3,7 +3,7 @@
 //! `GET /v1/database/static-roles/{name}` on the same machine, same run; and Velvet's p99.
 
 use crate::Row;
-use crate::b2_postgres::{create_roles, start_bao};
+use crate::b2_postgres::bao_with_static_roles;
 use crate::b4_sse::{KEY, start_server_with};
 use serde_json::json;
 use std::process::Command;
@@ -55,31 +55,8 @@ pub async fn run() -> Vec<Row> {
     let pg = tokio::task::spawn_blocking(PasswordPostgres::start)
         .await
         .unwrap();
-    create_roles(&pg.admin_url, "b3", 1);
-    let b = tokio::task::spawn_blocking(start_bao).await.unwrap();
+    let b = bao_with_static_roles(&pg, "b3", 1).await;
     let http = velvet_adapters::http::client();
-    let (user_pw, host) = pg
-        .admin_url
-        .strip_prefix("postgres://")
-        .unwrap()
-        .split_once('@')
-        .unwrap();
-    let (user, pw) = user_pw.split_once(':').unwrap();
-    let put = |path: &str, body: serde_json::Value| {
-        http.post(format!("{}/v1/{path}", b.addr))
-            .header("X-Vault-Token", &b.token)
-            .json(&body)
-            .send()
-    };
-    let r = put("database/config/pg", json!({"plugin_name": "postgresql-database-plugin", "allowed_roles": "*", "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@{host}?sslmode=disable"), "username": user, "password": pw})).await.unwrap();
-    assert!(r.status().is_success());
-    let r = put(
-        "database/static-roles/b3_0",
-        json!({"db_name": "pg", "username": "b3_0", "rotation_period": "24h"}),
-    )
-    .await
-    .unwrap();
-    assert!(r.status().is_success());
     let bao_url = format!("{}/v1/database/static-roles/b3_0", b.addr);
     let bao_header = format!("X-Vault-Token: {}", b.token);
     let (bao_rps, bao_p99) = tokio::task::spawn_blocking(move || wrk(&bao_url, &bao_header))

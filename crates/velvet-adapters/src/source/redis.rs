@@ -56,12 +56,12 @@ impl RedisAcl {
             .map_err(|e| redis_error("connecting to Redis as admin", e))
     }
 
-    async fn setuser(&self, rules: &[String]) -> Result<()> {
-        let mut conn = self.admin().await?;
+    /// Velvet manages an existing user's password; it never creates users or their grants.
+    async fn require_user(&self, conn: &mut MultiplexedConnection) -> Result<()> {
         let exists: Option<redis::Value> = redis::cmd("ACL")
             .arg("GETUSER")
             .arg(&self.user)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .map_err(|e| redis_error("reading the ACL user", e))?;
         if exists.is_none() || exists == Some(redis::Value::Nil) {
@@ -70,6 +70,12 @@ impl RedisAcl {
                 self.user
             )));
         }
+        Ok(())
+    }
+
+    async fn setuser(&self, rules: &[String]) -> Result<()> {
+        let mut conn = self.admin().await?;
+        self.require_user(&mut conn).await?;
         let mut cmd = redis::cmd("ACL");
         cmd.arg("SETUSER").arg(&self.user);
         for r in rules {
@@ -87,18 +93,7 @@ impl RedisAcl {
 impl Source for RedisAcl {
     async fn probe(&self) -> Result<String> {
         let mut conn = self.admin().await?;
-        let exists: Option<redis::Value> = redis::cmd("ACL")
-            .arg("GETUSER")
-            .arg(&self.user)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error("reading the ACL user", e))?;
-        if exists.is_none() || exists == Some(redis::Value::Nil) {
-            return Err(AdapterError::permanent(format!(
-                "Redis ACL user `{}` does not exist; create it with its permissions first",
-                self.user
-            )));
-        }
+        self.require_user(&mut conn).await?;
         Ok(format!("admin login works; ACL user {} exists", self.user))
     }
 
