@@ -250,10 +250,18 @@ impl Client {
             let finished = match self.resume {
                 Some(n) => {
                     self.last = n;
-                    // Resumed at the very end of a finished job: nothing follows but `end`.
-                    self.catch_up(i64::MAX).await?
-                        || matches!(self.state.store.get_job(&self.job_id).await?,
-                            Some(j) if j.state.status.is_terminal())
+                    if self.catch_up(i64::MAX).await? {
+                        true
+                    } else if matches!(self.state.store.get_job(&self.job_id).await?,
+                        Some(j) if j.state.status.is_terminal())
+                    {
+                        // Finished: either we resumed at its very end, or it finished since the
+                        // catch-up; its last events commit with that state, so send them first.
+                        self.catch_up(i64::MAX).await?;
+                        true
+                    } else {
+                        false
+                    }
                 }
                 None => self.snapshot().await?,
             };

@@ -591,6 +591,14 @@ async fn an_idempotency_key_returns_the_same_job_even_under_concurrency(f: Fixtu
         f.store.create_job(&keyed("h2")).await,
         Err(StoreError::IdempotencyMismatch)
     ));
+    // Past its 24 hours a key means nothing: the request is new (and meets the busy token).
+    f.raw
+        .exec("UPDATE idempotency_keys SET created_at = '2000-01-01T00:00:00+00:00'")
+        .await;
+    assert!(matches!(
+        f.store.create_job(&keyed("h2")).await,
+        Err(StoreError::JobActive(_))
+    ));
     // Another caller's key of the same name is its own; the token is busy for it (I3).
     let theirs = NewJob {
         idempotency: Some(IdempotencyKey {
