@@ -214,6 +214,16 @@ fn bad_token_requests_name_the_field() {
             "expires_in",
         ),
         (
+            json!({"name": "x", "role": "viewer", "expires_in": "3651d"}),
+            "expires_in",
+        ),
+        (
+            json!({"name": "x", "role": "viewer", "expires_in": "27m325928424s24234089d"}),
+            "expires_in",
+        ),
+        (json!({"name": "\u{7}bell", "role": "viewer"}), "name"),
+        (json!({"name": "x".repeat(101), "role": "viewer"}), "name"),
+        (
             json!({"name": "x", "role": "viewer", "colour": "red"}),
             "colour",
         ),
@@ -231,6 +241,11 @@ fn bad_token_requests_name_the_field() {
 #[test]
 fn failed_authentication_is_rate_limited_per_address() {
     let (_w, s) = serve();
+    // A request without a credential guesses nothing: it is refused, never limited.
+    for _ in 0..20 {
+        assert_eq!(s.call("GET", "/api/v1/tokens", None, None).0, 401);
+    }
+    assert_eq!(s.call("GET", "/api/v1/tokens", Some(KEY), None).0, 200);
     for _ in 0..10 {
         assert_eq!(s.call("GET", "/api/v1/tokens", Some("wrong"), None).0, 401);
     }

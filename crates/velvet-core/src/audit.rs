@@ -104,7 +104,7 @@ impl AuditDraft {
 }
 
 /// One stored record of the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at: DateTime<Utc>,

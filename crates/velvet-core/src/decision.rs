@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// One rule checked on the way to a decision: `token_valid`, `not_revoked`, `permission`…
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DecisionStep {
     pub rule: String,
     /// `pass` or `fail`.
@@ -28,7 +28,7 @@ impl DecisionStep {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     pub id: String,
     pub at: DateTime<Utc>,
@@ -105,7 +105,7 @@ impl Severity {
 
 /// A normalised security event: `auth_failed`, `rate_limited`, `token_revoked`,
 /// `audit_write_failed`, `gate_denied`…
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SecurityEvent {
     pub id: String,
     pub at: DateTime<Utc>,

@@ -29,7 +29,8 @@ impl Permission {
 }
 
 /// A named set of permissions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
 pub enum Role {
     Viewer,
     Operator,

@@ -31,7 +31,7 @@ pub fn is_job_id(s: &str) -> bool {
 macro_rules! consumer_status {
     ($($variant:ident = $word:literal),* $(,)?) => {
         /// Where one consumer is in a job.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum ConsumerStatus { $($variant),* }
 
@@ -57,7 +57,7 @@ consumer_status!(
 );
 
 /// One consumer's state in a job: the `consumers[]` entries of the job object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobConsumer {
     pub consumer: String,
     pub kind: String,
@@ -77,7 +77,7 @@ pub struct JobConsumer {
 }
 
 /// A rotation job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub job_id: String,
     pub token: String,
@@ -93,6 +93,7 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     /// Filled by the API from the revocation gate that applies (a later issue).
+    #[schema(value_type = Option<Object>)]
     pub gate: Option<serde_json::Value>,
     pub consumers: Vec<JobConsumer>,
     #[serde(skip)]
@@ -104,7 +105,7 @@ pub struct Job {
 }
 
 /// The state as the API shows it: `stage`, `status`, `awaiting`; the internals are skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobStateView {
     pub stage: crate::rotation::Stage,
     pub status: crate::rotation::JobStatus,

@@ -1,22 +1,27 @@
 //! `/api/v1/audit`: the tamper-evident log, page by page, and a walk of the whole chain.
 
 use crate::auth::{AuditRead, Can};
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::collections::HashMap;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use velvet_core::audit::AuditEntry;
+use velvet_core::decision::{Decision, SecurityEvent};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/audit", get(page))
-        .route("/api/v1/audit/verify", get(verify))
-        .route("/api/v1/audit/decisions", get(decisions))
-        .route("/api/v1/audit/security-events", get(security_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(verify))
+        .routes(routes!(decisions))
+        .routes(routes!(security_events))
 }
 
 /// Query parameters, each checked by name: unknown ones and bad numbers answer 422 naming them.
@@ -59,11 +64,33 @@ impl Params {
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// In chain order.
+    events: Vec<AuditEntry>,
+    /// Pass as `after_seq` for the next page; null when this page was the end for now.
+    next_after_seq: Option<i64>,
+}
+
+/// The audit chain, a page at a time.
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "listAudit", tag = "audit", security(("bearer" = [])),
+    params(
+        ("after_seq" = Option<i64>, Query, minimum = 0, description = "Records after this sequence number (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of records", body = AuditPage),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn page(
     _: Can<AuditRead>,
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let p = Params::new(q, &["after_seq", "limit"])?;
     let after = p.int("after_seq", 0, 0, i64::MAX)?;
     let limit = p.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
@@ -72,25 +99,74 @@ async fn page(
     let next = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.seq))
         .flatten();
-    Ok(Json(json!({"events": events, "next_after_seq": next})))
+    Ok(Json(AuditPage {
+        events,
+        next_after_seq: next,
+    }))
 }
 
-async fn verify(_: Can<AuditRead>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The walk of the whole chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verification {
+    /// Every record's hash and link hold.
+    ok: bool,
+    entries: u64,
+    /// `{seq}:{hash}` of the last record, to keep off the machine.
+    head: Option<String>,
+    first_bad_seq: Option<i64>,
+    /// Why the first bad record is bad.
+    problem: Option<String>,
+}
+
+/// Walk the whole audit chain and check every hash and link.
+#[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verifyAudit", tag = "audit", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The result of the walk (`ok` false names the first bad record)", body = Verification),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
+async fn verify(
+    _: Can<AuditRead>,
+    State(state): State<AppState>,
+) -> Result<Json<Verification>, ApiError> {
     let report = state.store.verify_audit(&state.keyring, None).await?;
-    Ok(Json(json!({
-        "ok": report.ok,
-        "entries": report.entries,
-        "head": report.head,
-        "first_bad_seq": report.first_bad_seq,
-        "problem": report.problem,
-    })))
+    Ok(Json(Verification {
+        ok: report.ok,
+        entries: report.entries,
+        head: report.head,
+        first_bad_seq: report.first_bad_seq,
+        problem: report.problem,
+    }))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionList {
+    /// Newest first.
+    decisions: Vec<Decision>,
+}
+
+/// Authorization decisions with their ordered trace, newest first.
+#[utoipa::path(get, path = "/api/v1/audit/decisions", operation_id = "listDecisions", tag = "audit", security(("bearer" = [])),
+    params(
+        ("subject" = Option<String>, Query, description = "Only this subject's (`token:NAME`, `bootstrap-admin`, `anonymous`)"),
+        ("decision" = Option<String>, Query, pattern = "^(allow|deny)$", description = "`allow` or `deny`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Decisions", body = DecisionList),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn decisions(
     _: Can<AuditRead>,
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionList>, ApiError> {
     let p = Params::new(q, &["subject", "decision", "limit"])?;
     let limit = p.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let decision = p.str("decision");
@@ -106,16 +182,36 @@ async fn decisions(
         .store
         .list_decisions(p.str("subject"), decision, limit)
         .await?;
-    Ok(Json(json!({"decisions": found})))
+    Ok(Json(DecisionList { decisions: found }))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecurityEventList {
+    /// Newest first.
+    security_events: Vec<SecurityEvent>,
+}
+
+/// Security events (failed authentication, rate limiting, denials, revocations, gate refusals),
+/// newest first.
+#[utoipa::path(get, path = "/api/v1/audit/security-events", operation_id = "listSecurityEvents", tag = "audit", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many (default 100)")),
+    responses(
+        (status = 200, description = "Security events", body = SecurityEventList),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn security_events(
     _: Can<AuditRead>,
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecurityEventList>, ApiError> {
     let p = Params::new(q, &["limit"])?;
     let limit = p.int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
     let events = state.store.list_security_events(limit).await?;
-    Ok(Json(json!({"security_events": events})))
+    Ok(Json(SecurityEventList {
+        security_events: events,
+    }))
 }

@@ -1,8 +1,8 @@
 //! Authentication and authorization (design §7). A bearer is either a service token
 //! (`vlt_…`, looked up by its SHA-256 on every request, so a revocation holds at once on every
 //! replica) or the bootstrap `VELVET_API_KEY`. Handlers state what they need in their signature:
-//! `Can<TokensRead>`, `Can<Kickoff>`…; deny by default. Failed attempts are limited per client
-//! address.
+//! `Can<TokensRead>`, `Can<Kickoff>`…; deny by default. Failed attempts with a credential are
+//! limited per client address.
 
 use crate::{ApiError, AppState};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -121,7 +121,15 @@ impl FromRequestParts<AppState> for Caller {
                 subject,
                 steps,
             }) => {
-                state.auth_failures.record(ip);
+                // Only a presented credential is a guess worth limiting; a request without one
+                // guesses nothing (and clients probing for auth would otherwise lock a shared
+                // address out).
+                if parts
+                    .headers
+                    .contains_key(axum::http::header::AUTHORIZATION)
+                {
+                    state.auth_failures.record(ip);
+                }
                 // Every denial is a decision on record, and a security event.
                 let d = Decision::new(&subject, "authenticate", &resource(parts), steps);
                 if let Err(e) = state.store.record_decision(&d).await {

@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use utoipa::openapi::{Ref, RefOr, Schema};
 use velvet_core::job::is_job_id;
 use velvet_core::rotation::JobStatus;
 use velvet_store::JobEvent;
@@ -38,6 +39,70 @@ struct Item {
     bytes: Bytes,
     /// A `job` event whose job has finished.
     terminal: bool,
+}
+
+/// The `data` of a `consumer` event: the consumer's state in the job, and the job.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ConsumerEvent<'a> {
+    pub job_id: &'a str,
+    #[serde(flatten)]
+    pub consumer: &'a velvet_core::job::JobConsumer,
+}
+
+/// One event of the stream, as OpenAPI 3.1 describes an event-stream item: its `event` name,
+/// `id` (the sequence number) and `data`, a JSON document whose schema depends on the name.
+#[derive(Debug)]
+pub struct StreamEvent;
+
+impl utoipa::PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let event = |name: &str, data: RefOr<Schema>| {
+            ObjectBuilder::new()
+                .property(
+                    "event",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([name])),
+                )
+                .required("event")
+                .property(
+                    "id",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some("^[0-9]+$")),
+                )
+                .required("id")
+                .property(
+                    "data",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type("application/json")
+                        .content_schema(Some(data)),
+                )
+                .required("data")
+        };
+        let null = ObjectBuilder::new().schema_type(Type::Null).build();
+        OneOfBuilder::new()
+            .item(event("job", Ref::from_schema_name("Job").into()))
+            .item(event(
+                "consumer",
+                Ref::from_schema_name("ConsumerEvent").into(),
+            ))
+            .item(event("end", Schema::Object(null).into()))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for StreamEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use utoipa::PartialSchema;
+        use velvet_core::job::Job;
+        schemas.push(("Job".into(), Job::schema()));
+        Job::schemas(schemas);
+        schemas.push(("ConsumerEvent".into(), ConsumerEvent::schema()));
+        ConsumerEvent::schemas(schemas);
+    }
 }
 
 /// An SSE event: JSON has no raw newlines, so `data` is always one line.
@@ -139,6 +204,23 @@ async fn changed(bus: &mut Option<broadcast::Receiver<String>>, job_id: &str) ->
     }
 }
 
+/// The job's changes as Server-Sent Events: first its current state (one `job` event, one
+/// `consumer` event per consumer), then each change, then `end` once the job is terminal.
+/// Each event's `id` is its sequence number; reconnect with `Last-Event-ID` to resume.
+#[utoipa::path(get, path = "/api/v1/rotations/{job_id}/events", operation_id = "streamRotationEvents", tag = "rotations", security(("bearer" = [])),
+    params(
+        ("job_id" = String, Path, description = "`rot_` and 26 base32 characters"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "Events `job` (data: the job), `consumer` (data: the consumer's state and `job_id`) and `end` (data: null), each with its `id`", content_type = "text/event-stream", body = StreamEvent),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = crate::openapi::ErrorBody),
+        (status = 422, description = "`validation_failed`: Last-Event-ID is not an id this stream gave out", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = crate::openapi::ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 pub async fn stream(
     _: Can<TokensRead>,
     State(state): State<AppState>,
@@ -319,9 +401,12 @@ impl Client {
         let data = serde_json::to_string(&job).expect("jobs serialise");
         self.push(seq, encode("job", seq, &data));
         for c in &job.consumers {
-            let mut v = serde_json::to_value(c).expect("consumers serialise");
-            v["job_id"] = serde_json::Value::String(job.job_id.clone());
-            self.push(seq, encode("consumer", seq, &v.to_string()));
+            let v = ConsumerEvent {
+                job_id: &job.job_id,
+                consumer: c,
+            };
+            let data = serde_json::to_string(&v).expect("consumers serialise");
+            self.push(seq, encode("consumer", seq, &data));
         }
         Ok(job.state.status.is_terminal())
     }

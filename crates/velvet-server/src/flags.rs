@@ -4,17 +4,34 @@
 
 use crate::auth::{AdminOnly, Can, TokensRead};
 use crate::body::Body;
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::{get, put};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flags", get(list))
-        .route("/api/v1/flags/{name}", put(set))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(set))
+}
+
+/// A flag's effective value.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Flag {
+    name: String,
+    enabled: bool,
+    /// `default` (built in), `file` (velvet.yaml) or `override` (set through the API).
+    #[schema(pattern = "^(default|file|override)$")]
+    source: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FlagList {
+    flags: Vec<Flag>,
 }
 
 /// Every known flag with its effective value and where that value comes from.
@@ -53,27 +70,58 @@ pub(crate) async fn require_rotation(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-async fn list(_: Can<TokensRead>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let flags: Vec<Value> = effective(&state)
+/// Every feature flag, its value and where the value comes from.
+#[utoipa::path(get, path = "/api/v1/flags", operation_id = "listFlags", tag = "flags", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The flags", body = FlagList),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
+async fn list(
+    _: Can<TokensRead>,
+    State(state): State<AppState>,
+) -> Result<Json<FlagList>, ApiError> {
+    let flags = effective(&state)
         .await?
         .into_iter()
-        .map(|(name, enabled, source)| json!({"name": name, "enabled": enabled, "source": source}))
+        .map(|(name, enabled, source)| Flag {
+            name,
+            enabled,
+            source,
+        })
         .collect();
-    Ok(Json(json!({"flags": flags})))
+    Ok(Json(FlagList { flags }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetBody {
+pub struct SetBody {
     enabled: bool,
 }
 
+/// Override a flag's value on every replica (audited).
+#[utoipa::path(put, path = "/api/v1/flags/{name}", operation_id = "setFlag", tag = "flags", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The flag, e.g. `velvet_v2_rotation`")),
+    request_body(content = SetBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The flag's new value", body = Flag),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only admin may set flags", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such flag", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
+    ))]
 async fn set(
     Can(caller, ..): Can<AdminOnly>,
     State(state): State<AppState>,
     Path(name): Path<String>,
     Body(body): Body<SetBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Flag>, ApiError> {
     if !state.config().flags.contains_key(&name) {
         let known: Vec<String> = state.config().flags.keys().cloned().collect();
         return Err(ApiError::not_found(format!(
@@ -86,7 +134,9 @@ async fn set(
         .set_flag(&name, body.enabled, &caller.actor)
         .await?;
     tracing::info!(flag = %o.name, enabled = o.enabled, by = %caller.actor, "feature flag set");
-    Ok(Json(
-        json!({"name": o.name, "enabled": o.enabled, "source": "override"}),
-    ))
+    Ok(Json(Flag {
+        name: o.name,
+        enabled: o.enabled,
+        source: "override",
+    }))
 }

@@ -9,6 +9,7 @@ mod events;
 mod flags;
 mod health;
 mod metrics;
+mod openapi;
 mod rotations;
 mod service_tokens;
 mod startup;
@@ -16,6 +17,7 @@ mod tokens;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::document_json as openapi_json;
 pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve};
 
 use std::sync::{Arc, RwLock};
@@ -53,14 +55,8 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The full router.
 pub fn router(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .merge(health::router())
-        .merge(metrics::router())
-        .merge(tokens::router())
-        .merge(rotations::router())
-        .merge(service_tokens::router())
-        .merge(audit::router())
-        .merge(flags::router())
+    let (routes, _) = openapi::routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

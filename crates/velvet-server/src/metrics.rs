@@ -2,12 +2,10 @@
 //! `/metrics` answers loopback clients only, since it is unauthenticated.
 
 use crate::{ApiError, AppState};
-use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -118,10 +116,16 @@ impl Metrics {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(metrics))
 }
 
+/// Prometheus metrics (OpenMetrics text), for loopback clients only.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 403, description = "`forbidden`: the client is not on loopback", body = crate::openapi::ErrorBody),
+    ))]
 async fn metrics(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

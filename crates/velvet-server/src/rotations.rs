@@ -3,14 +3,16 @@
 use crate::audit::Params;
 use crate::auth::{Can, Stage, TokensRead};
 use crate::body::Body;
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use velvet_core::config::gate_for;
 use velvet_core::identity::Permission;
 use velvet_core::job::{Job, is_job_id};
@@ -18,15 +20,12 @@ use velvet_core::rotation::{Action, Awaiting, JobStatus};
 use velvet_engine::ActionError;
 use velvet_store::JobQuery;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/rotations", get(list))
-        .route("/api/v1/rotations/{job_id}", get(show))
-        .route("/api/v1/rotations/{job_id}/stage", post(stage))
-        .route(
-            "/api/v1/rotations/{job_id}/events",
-            get(crate::events::stream),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(stage))
+        .routes(routes!(crate::events::stream))
 }
 
 async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
@@ -48,11 +47,35 @@ fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
     is_job_id(id).then_some((at, id))
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotationPage {
+    /// Newest first.
+    rotations: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+/// Rotation jobs, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/rotations", operation_id = "listRotations", tag = "rotations", security(("bearer" = [])),
+    params(
+        ("token" = Option<String>, Query, description = "Only this token's jobs"),
+        ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = RotationPage),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn list(
     _: Can<TokensRead>,
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RotationPage>, ApiError> {
     let p = Params::new(q, &["token", "status", "limit", "cursor"])?;
     let limit = p.int("limit", 50, 1, 500)?;
     let status = p.str("status");
@@ -84,9 +107,23 @@ async fn list(
     let more = jobs.len() as i64 > limit;
     jobs.truncate(limit as usize);
     let next = more.then(|| jobs.last().map(cursor_of)).flatten();
-    Ok(Json(json!({"rotations": jobs, "next_cursor": next})))
+    Ok(Json(RotationPage {
+        rotations: jobs,
+        next_cursor: next,
+    }))
 }
 
+/// One rotation job.
+#[utoipa::path(get, path = "/api/v1/rotations/{job_id}", operation_id = "getRotation", tag = "rotations", security(("bearer" = [])),
+    params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn show(
     _: Can<TokensRead>,
     State(state): State<AppState>,
@@ -95,18 +132,39 @@ async fn show(
     Ok(Json(load(&state, &job_id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StageBody {
+pub struct StageBody {
+    /// `proceed_distribute`, `proceed_revoke`, `retry_failed`, `rollback` or `abort`.
+    #[schema(value_type = Action)]
     action: String,
-    /// Part of the contract; checked once operators and their TOTP exist (issue #5).
+    /// A TOTP code for a revocation gate's step-up (checked once operators exist, issue #5).
     #[allow(dead_code)]
     totp: Option<String>,
+    /// Why, for the audit log.
     reason: Option<String>,
+    /// Pass a gate that allows forcing (refused until operators exist).
     #[serde(default)]
     force: bool,
 }
 
+/// An operator action that moves a job: proceed, retry, roll back or abort.
+#[utoipa::path(post, path = "/api/v1/rotations/{job_id}/stage", operation_id = "stageRotation", tag = "rotations", security(("bearer" = [])),
+    params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
+    request_body(content = StageBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job after the action", body = Job),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the role lacks rotations.stage, or rotations.revoke for proceed_revoke), `gate_required` or `gate_denied`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: the job cannot take this action now (`stage`, `status`, `awaiting`)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off, or this server runs no engine", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
+    ))]
 async fn stage(
     Can(caller, ..): Can<Stage>,
     State(state): State<AppState>,

@@ -3,52 +3,108 @@
 
 use crate::auth::{AdminOnly, Can};
 use crate::body::Body;
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use velvet_core::identity::{Role, mint_service_token, new_service_token_id};
+
 use velvet_core::model::ServiceTokenRecord;
 use velvet_store::NewServiceToken;
 
 const MAX_NAME: usize = 100;
+/// Ten years: further than that is "never", which is what leaving `expires_in` out says.
+const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/tokens", get(list).post(create))
-        .route("/api/v1/auth/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub struct CreateBody {
+    /// 1 to 100 characters, no control character, not all blank.
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
+    #[schema(value_type = Role)]
     role: String,
-    /// A duration such as `90d` or `12h`.
+    /// A positive duration up to `3650d`, such as `90d`, `12h` or `30m`; no expiry when left
+    /// out.
+    #[schema(pattern = "^([0-9]+(ms|s|m|h|d|w))+$")]
     expires_in: Option<String>,
     /// The operator who owns the token (used for TOTP step-up).
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     operator: Option<String>,
 }
 
-fn view(t: &ServiceTokenRecord) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "role": t.role,
-        "prefix": t.prefix,
-        "operator": t.operator,
-        "created_at": t.created_at,
-        "expires_at": t.expires_at,
-        "last_used_at": t.last_used_at,
-        "revoked_at": t.revoked_at,
-    })
+/// A service token as listed: never the token itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceTokenView {
+    /// `st_` and 16 hex characters.
+    id: String,
+    name: String,
+    role: String,
+    /// The first characters of the token, to recognise it.
+    prefix: String,
+    operator: Option<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ServiceTokenRecord> for ServiceTokenView {
+    fn from(t: ServiceTokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            role: t.role,
+            prefix: t.prefix,
+            operator: t.operator,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceTokenList {
+    tokens: Vec<ServiceTokenView>,
+}
+
+/// A new service token: the only time `token` is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedServiceToken {
+    id: String,
+    name: String,
+    role: String,
+    prefix: String,
+    /// `vlt_` and 43 base62 characters. Store it now: Velvet keeps only its SHA-256.
+    token: String,
+    expires_at: Option<DateTime<Utc>>,
 }
 
 fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.len() > MAX_NAME || value.chars().any(char::is_control) {
+    if value.trim().is_empty()
+        || value.chars().count() > MAX_NAME
+        || value.chars().any(char::is_control)
+    {
         return Err(ApiError::validation(format!(
             "{field}: give 1 to {MAX_NAME} printable characters"
         )));
@@ -56,11 +112,24 @@ fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Create a service token.
+#[utoipa::path(post, path = "/api/v1/auth/tokens", operation_id = "createServiceToken", tag = "auth", security(("bearer" = [])),
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = CreatedServiceToken),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field is wrong or unknown", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was created", body = ErrorBody),
+    ))]
 async fn create(
     Can(caller, ..): Can<AdminOnly>,
     State(state): State<AppState>,
     Body(body): Body<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedServiceToken>), ApiError> {
     checked_name("name", &body.name)?;
     let role = Role::parse(&body.role).ok_or_else(|| {
         let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
@@ -84,13 +153,13 @@ async fn create(
                         "expires_in: `{text}` is not a positive duration such as 90d, 12h or 30m"
                     ))
                 })?;
-            let d = chrono::Duration::from_std(d)
-                .map_err(|_| ApiError::validation("expires_in: too long"))?;
-            Some(
-                chrono::Utc::now()
-                    .checked_add_signed(d)
-                    .ok_or_else(|| ApiError::validation("expires_in: too long"))?,
-            )
+            if d > MAX_EXPIRY {
+                return Err(ApiError::validation(
+                    "expires_in: at most 3650d; leave it out for a token that does not expire",
+                ));
+            }
+            let d = chrono::Duration::from_std(d).expect("at most ten years");
+            Some(chrono::Utc::now() + d)
         }
     };
     let minted = mint_service_token();
@@ -111,24 +180,48 @@ async fn create(
     tracing::info!(token_id = %record.id, name = %record.name, role = %record.role, by = %caller.actor, "service token created");
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": record.id,
-            "name": record.name,
-            "role": record.role,
-            "prefix": record.prefix,
-            "token": minted.token.expose(),
-            "expires_at": record.expires_at,
-        })),
+        Json(CreatedServiceToken {
+            id: record.id,
+            name: record.name,
+            role: record.role,
+            prefix: record.prefix,
+            token: minted.token.expose().to_string(),
+            expires_at: record.expires_at,
+        }),
     ))
 }
 
-async fn list(_: Can<AdminOnly>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every service token, revoked and expired ones included.
+#[utoipa::path(get, path = "/api/v1/auth/tokens", operation_id = "listServiceTokens", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The service tokens", body = ServiceTokenList),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
+async fn list(
+    _: Can<AdminOnly>,
+    State(state): State<AppState>,
+) -> Result<Json<ServiceTokenList>, ApiError> {
     let tokens = state.store.list_service_tokens().await?;
-    Ok(Json(
-        json!({"tokens": tokens.iter().map(view).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ServiceTokenList {
+        tokens: tokens.into_iter().map(ServiceTokenView::from).collect(),
+    }))
 }
 
+/// Revoke a service token: refused on every replica from the next request on.
+#[utoipa::path(delete, path = "/api/v1/auth/tokens/{id}", operation_id = "revokeServiceToken", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The service token's id (`st_…`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such service token", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was revoked", body = ErrorBody),
+    ))]
 async fn revoke(
     Can(caller, ..): Can<AdminOnly>,
     State(state): State<AppState>,

@@ -2,55 +2,126 @@
 
 use crate::auth::{Can, Kickoff, TokensRead};
 use crate::body::OptionalBody;
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use velvet_core::config::FlowType;
-use velvet_core::model::{TokenRecord, TokenStatus};
+use velvet_core::model::{TokenRecord, TokenStatus, VersionRecord};
+use velvet_core::rotation::{JobStatus, Stage};
 use velvet_store::{IdempotencyKey, NewJob};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tokens", get(list))
-        .route("/api/v1/tokens/{name}", get(show))
-        .route("/api/v1/tokens/{name}/rotate", post(rotate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(rotate))
 }
 
-fn summary(t: &TokenRecord) -> Value {
-    json!({
-        "name": t.name,
-        "description": t.description,
-        "tags": t.tags,
-        "source_kind": t.source_kind,
-        "current_version": t.current_version,
-        "last_rotated_at": t.last_rotated_at,
-        "next_rotation_at": t.next_rotation_at,
-        "consumer_count": t.consumer_count,
-        "active_job_id": t.active_job_id,
-    })
+/// A token as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenSummary {
+    name: String,
+    description: String,
+    tags: Vec<String>,
+    /// The source kind: `random`, `postgres_role`, `redis_acl`…
+    source_kind: String,
+    current_version: Option<i64>,
+    last_rotated_at: Option<DateTime<Utc>>,
+    next_rotation_at: Option<DateTime<Utc>>,
+    consumer_count: i64,
+    /// The token's unfinished rotation job, if any.
+    active_job_id: Option<String>,
 }
 
-async fn list(_: Can<TokensRead>, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+impl From<TokenRecord> for TokenSummary {
+    fn from(t: TokenRecord) -> Self {
+        Self {
+            name: t.name,
+            description: t.description,
+            tags: t.tags,
+            source_kind: t.source_kind,
+            current_version: t.current_version,
+            last_rotated_at: t.last_rotated_at,
+            next_rotation_at: t.next_rotation_at,
+            consumer_count: t.consumer_count,
+            active_job_id: t.active_job_id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    /// Declared tokens (retired ones are kept in the store, not listed).
+    tokens: Vec<TokenSummary>,
+}
+
+/// A consumer of a token, as declared.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerView {
+    name: String,
+    kind: String,
+    /// Consumers sharing a lock key are written one at a time.
+    lock_key: Option<String>,
+}
+
+/// A token with its consumers and versions (never a value: versions carry fingerprints).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenDetail {
+    #[serde(flatten)]
+    summary: TokenSummary,
+    status: TokenStatus,
+    consumers: Vec<ConsumerView>,
+    versions: Vec<VersionRecord>,
+}
+
+/// Tokens declared in `velvet.yaml`.
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "listTokens", tag = "tokens", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every declared token", body = TokenList),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
+async fn list(
+    _: Can<TokensRead>,
+    State(state): State<AppState>,
+) -> Result<Json<TokenList>, ApiError> {
     let tokens = state.store.list_tokens().await?;
-    let active: Vec<Value> = tokens
-        .iter()
+    let tokens = tokens
+        .into_iter()
         .filter(|t| t.status == TokenStatus::Active)
-        .map(summary)
+        .map(TokenSummary::from)
         .collect();
-    Ok(Json(json!({"tokens": active})))
+    Ok(Json(TokenList { tokens }))
 }
 
+/// One token with its consumers and versions.
+#[utoipa::path(get, path = "/api/v1/tokens/{name}", operation_id = "getToken", tag = "tokens", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, description = "The token", body = TokenDetail),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such token", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+    ))]
 async fn show(
     _: Can<TokensRead>,
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenDetail>, ApiError> {
     let token = state
         .store
         .get_token(&name)
@@ -58,23 +129,39 @@ async fn show(
         .ok_or_else(|| ApiError::not_found(format!("token `{name}` not found")))?;
     let consumers = state.store.list_consumers(&name).await?;
     let versions = state.store.list_versions(&name).await?;
-    let mut body = summary(&token);
-    body["status"] = json!(token.status);
-    body["consumers"] = json!(
-        consumers
-            .iter()
-            .map(|c| json!({"name": c.name, "kind": c.kind, "lock_key": c.lock_key}))
-            .collect::<Vec<_>>()
-    );
-    body["versions"] = json!(versions);
-    Ok(Json(body))
+    let status = token.status;
+    Ok(Json(TokenDetail {
+        summary: token.into(),
+        status,
+        consumers: consumers
+            .into_iter()
+            .map(|c| ConsumerView {
+                name: c.name,
+                kind: c.kind,
+                lock_key: c.lock_key,
+            })
+            .collect(),
+        versions,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateBody {
+pub struct RotateBody {
+    /// Overrides the token's declared flow for this job.
     flow_type: Option<FlowType>,
+    /// Why, for the audit log (at most 1000 characters).
+    #[schema(max_length = 1000)]
     reason: Option<String>,
+}
+
+/// The job a kickoff created (or found, for a repeated `Idempotency-Key`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KickoffAccepted {
+    job_id: String,
+    status: JobStatus,
+    stage: Stage,
+    flow_type: FlowType,
 }
 
 /// The `Idempotency-Key` header, checked: 1 to 255 visible ASCII characters.
@@ -91,6 +178,33 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
+/// Start a rotation of the token.
+#[utoipa::path(post, path = "/api/v1/tokens/{name}/rotate", operation_id = "rotateToken", tag = "tokens", security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The token's name"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "The same key with the same body within 24 h returns the same job"),
+    ),
+    request_body(content = Option<RotateBody>, description = "Optional; every field may be left out", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The job is queued", body = KickoffAccepted,
+            headers(("Location" = String, description = "The job: /api/v1/rotations/{job_id}")),
+            links(
+                ("GetRotation" = (operation_id = "getRotation", parameters(("job_id" = "$response.body#/job_id")))),
+                ("StageRotation" = (operation_id = "stageRotation", parameters(("job_id" = "$response.body#/job_id")))),
+                ("StreamRotationEvents" = (operation_id = "streamRotationEvents", parameters(("job_id" = "$response.body#/job_id")))),
+            )),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the role lacks rotations.kickoff", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such token", body = ErrorBody),
+        (status = 409, description = "`job_active`: the token already has an unfinished job (`job_id`)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field is wrong, or the Idempotency-Key was used with another body", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
+    ))]
 async fn rotate(
     Can(caller, ..): Can<Kickoff>,
     State(state): State<AppState>,
@@ -139,8 +253,11 @@ async fn rotate(
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
-        Json(
-            json!({"job_id": job.job_id, "status": job.state.status, "stage": job.state.stage, "flow_type": job.flow_type}),
-        ),
+        Json(KickoffAccepted {
+            job_id: job.job_id,
+            status: job.state.status,
+            stage: job.state.stage,
+            flow_type: job.flow_type,
+        }),
     ))
 }
