@@ -1,17 +1,21 @@
-//! I5: a full rotation of every source kind through the binary, then every log line, API
-//! response and the store's files are searched for the values: zero hits.
+//! I5: a full rotation of every source kind to every consumer kind through the binary, then
+//! every log line, API response, event stream, the audit export, `/metrics` and the store's
+//! files are searched for the values (and for the credentials Velvet holds): zero hits.
 
 mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use velvet_testkit::servers::PasswordPostgres;
+use velvet_testkit::servers::{OpenBao, PasswordPostgres};
 
 const KEY: &str = "leak-test-key-0123456789abcdef";
 
 #[test]
-fn no_value_of_any_source_leaks() {
+fn no_value_of_any_source_or_consumer_leaks() {
     let pg = PasswordPostgres::start();
+    let bao = OpenBao::start();
+    let (hook, hook_url) = receiver::start(Duration::ZERO);
+    const HOOK_SECRET: &str = "hook-signing-secret-0123456789";
     let out = std::process::Command::new("psql")
         .arg(&pg.admin_url)
         .args([
@@ -56,18 +60,25 @@ tokens:
     source: {{kind: random}}
     consumers:
       - {{name: raw, kind: file, path: api.token}}
+      - {{name: hook, kind: webhook, url: '{hook_url}', signing_secret_env: HOOK_SECRET}}
+      - {{name: kv, kind: vault_kv, address: '{bao}', token_env: BAO_TOKEN, path: leak/api, field: TOKEN, previous_field: TOKEN_PREVIOUS}}
+      - {{name: cmd, kind: exec, command: [sh, -c, 'cat > {exec_out}']}}
 ",
-        port = pg.port
+        port = pg.port,
+        bao = bao.address,
+        exec_out = w.path("api.exec").display(),
     ));
     let env = [
         ("VELVET_API_KEY", KEY),
         ("PG_ADMIN", pg.admin_url.as_str()),
         ("REDIS_ADMIN", redis_url.as_str()),
+        ("HOOK_SECRET", HOOK_SECRET),
+        ("BAO_TOKEN", bao.token.as_str()),
     ];
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
     let mut jobs = Vec::new();
-    for token in ["db", "cache", "api", "db"] {
+    for token in ["db", "cache", "api", "db", "api"] {
         let (code, body) = s.call(
             "POST",
             &format!("/api/v1/tokens/{token}/rotate"),
@@ -134,7 +145,7 @@ tokens:
         .next()
         .unwrap()
         .to_string();
-    let secrets = [
+    let mut secrets = vec![
         db_password,
         read("cache.env")
             .trim()
@@ -151,6 +162,22 @@ tokens:
             .unwrap()
             .to_string(),
     ];
+    // Every consumer of `api` holds the value of its second rotation; the revoke dropped the
+    // first from vault's previous field.
+    let api = read("api.token");
+    assert_eq!(read("api.exec"), api);
+    assert_eq!(hook.last_value("api").as_deref(), Some(api.as_str()));
+    let first_api = hook.received.lock().unwrap()[0].2.clone();
+    assert_ne!(first_api, api);
+    let kv = bao.cli(&["kv", "get", "-format=json", "secret/leak/api"]);
+    let kv: serde_json::Value = serde_json::from_slice(&kv.stdout).unwrap();
+    assert_eq!(kv["data"]["data"]["TOKEN"], api.as_str(), "{kv}");
+    assert!(kv["data"]["data"]["TOKEN_PREVIOUS"].is_null(), "{kv}");
+    secrets.extend([
+        first_api,
+        HOOK_SECRET.to_string(),
+        bao.token.clone(),
+    ]);
     assert!(secrets.iter().all(|v| v.len() >= 16), "{secrets:?}");
     // The rotated credential logs in; the second rotation moved to the other role.
     let login = std::process::Command::new("psql")
