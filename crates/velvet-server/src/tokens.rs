@@ -122,13 +122,15 @@ async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<TokenDetail>, ApiError> {
-    let token = state
+    let velvet_store::TokenView {
+        token,
+        consumers,
+        versions,
+    } = state
         .store
-        .get_token(&name)
+        .token_view(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("token `{name}` not found")))?;
-    let consumers = state.store.list_consumers(&name).await?;
-    let versions = state.store.list_versions(&name).await?;
     let status = token.status;
     Ok(Json(TokenDetail {
         summary: token.into(),

@@ -138,14 +138,7 @@ macro_rules! impl_auth_store {
                 &self,
                 hash: &str,
             ) -> Result<Option<velvet_core::model::ServiceTokenRecord>, $crate::StoreError> {
-                use $crate::Context;
-                let row: Option<$crate::auth::ServiceTokenRow> =
-                    sqlx::query_as($crate::auth::BY_HASH)
-                        .bind(hash)
-                        .fetch_optional(&self.$reader)
-                        .await
-                        .ctx("looking up a service token")?;
-                Ok(row.map(Into::into))
+                self.lookup_service_token(hash).await
             }
 
             async fn list_service_tokens(
@@ -218,3 +211,30 @@ macro_rules! impl_auth_store {
 }
 impl_auth_store!(crate::sqlite::SqliteStore, reader);
 impl_auth_store!(crate::postgres::PostgresStore, pool);
+
+impl crate::sqlite::SqliteStore {
+    /// Per request, so on rusqlite (`sqlite_reader`).
+    async fn lookup_service_token(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ServiceTokenRecord>, StoreError> {
+        self.reads.read("looking up a service token", |c| {
+            crate::sqlite_reader::service_token_by_hash(c, hash)
+        })
+    }
+}
+
+impl crate::postgres::PostgresStore {
+    async fn lookup_service_token(
+        &self,
+        hash: &str,
+    ) -> Result<Option<ServiceTokenRecord>, StoreError> {
+        use crate::Context;
+        let row: Option<ServiceTokenRow> = sqlx::query_as(BY_HASH)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("looking up a service token")?;
+        Ok(row.map(Into::into))
+    }
+}

@@ -13,6 +13,7 @@ mod reconcile;
 mod rows;
 mod sqlite;
 mod sqlite_jobs;
+mod sqlite_reader;
 mod sqlite_writer;
 
 pub use auth::{AuthStore, NewServiceToken};
@@ -258,6 +259,14 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<JobEvent>, StoreError>;
 }
 
+/// A token with its consumers and versions.
+#[derive(Debug, Clone)]
+pub struct TokenView {
+    pub token: TokenRecord,
+    pub consumers: Vec<ConsumerRecord>,
+    pub versions: Vec<VersionRecord>,
+}
+
 #[async_trait]
 pub trait Store:
     JobStore + AuthStore + FlagStore + DecisionStore + Send + Sync + std::fmt::Debug
@@ -290,6 +299,18 @@ pub trait Store:
     async fn get_token(&self, name: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn list_consumers(&self, token: &str) -> Result<Vec<ConsumerRecord>, StoreError>;
     async fn list_versions(&self, token: &str) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// A token with its consumers and versions (what `GET /api/v1/tokens/{name}` shows).
+    async fn token_view(&self, name: &str) -> Result<Option<TokenView>, StoreError> {
+        let Some(token) = self.get_token(name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(TokenView {
+            token,
+            consumers: self.list_consumers(name).await?,
+            versions: self.list_versions(name).await?,
+        }))
+    }
 
     /// Stores an existing credential as version 1, `current`, sealed with the associated data
     /// of `(token, 1)`. Refused if the token already has versions.

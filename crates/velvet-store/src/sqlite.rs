@@ -5,6 +5,7 @@
 use crate::migrate::{self, AppliedMigration, Dialect, MigrationSet, MigrationState};
 use crate::reconcile::{self, Change};
 use crate::rows::*;
+use crate::sqlite_reader::Readers;
 use crate::sqlite_writer::Writer;
 use crate::{Context, Reseal, Store, StoreError};
 use async_trait::async_trait;
@@ -39,6 +40,8 @@ pub struct SqliteStore {
     pub(crate) reader: SqlitePool,
     /// Job changes, on their own thread (`sqlite_writer`).
     pub(crate) jobs: Writer,
+    /// The hot reads, on rusqlite (`sqlite_reader`).
+    pub(crate) reads: Readers,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     pub(crate) keyring: Option<Arc<Keyring>>,
 }
@@ -86,6 +89,7 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
         })?;
         Ok(Self {
+            reads: Readers::new(path, BUSY_TIMEOUT),
             path: path.to_path_buf(),
             writer,
             reader,
@@ -512,6 +516,12 @@ impl Store for SqliteStore {
                 .await
                 .ctx("reading a token")?;
         row.map(TryInto::try_into).transpose()
+    }
+
+    async fn token_view(&self, name: &str) -> Result<Option<crate::TokenView>, StoreError> {
+        self.reads
+            .read("reading a token", |c| crate::sqlite_reader::token_view(c, name))?
+            .transpose()
     }
 
     async fn list_consumers(&self, token: &str) -> Result<Vec<ConsumerRecord>, StoreError> {

@@ -1,0 +1,202 @@
+//! Hot SQLite reads (a service token by hash, a token's whole view) on rusqlite connections
+//! kept in a small pool and run on the calling thread. Each is a few indexed point lookups that
+//! take microseconds in WAL mode, where readers never wait on the writer; through sqlx every
+//! statement was a hop to a driver thread and back, which cost more than the lookup itself
+//! (docs/adr/0008-hot-reads-on-rusqlite.md).
+
+use crate::StoreError;
+use crate::rows::{ConsumerRow, TokenRow, VersionRow};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use velvet_core::model::ServiceTokenRecord;
+
+/// Idle connections kept; more may be open at once under load, and are closed after use.
+const KEEP: usize = 8;
+
+#[derive(Debug)]
+pub(crate) struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: &Path, busy_timeout: Duration) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            busy_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(self.busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(16);
+        Ok(conn)
+    }
+
+    /// Runs `f` in one read transaction (one consistent snapshot) on a pooled connection.
+    pub(crate) fn read<R>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        let fail = |source: rusqlite::Error| StoreError::Sqlite {
+            context: what,
+            source,
+        };
+        let pooled = self.idle.lock().expect("never poisoned").pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect().map_err(fail)?,
+        };
+        conn.execute_batch("BEGIN").map_err(fail)?;
+        let out = f(&conn);
+        // A read transaction has nothing to keep; ending it cannot lose anything.
+        let ended = conn.execute_batch("COMMIT");
+        if ended.is_ok() {
+            let mut idle = self.idle.lock().expect("never poisoned");
+            if idle.len() < KEEP {
+                idle.push(conn);
+            }
+        }
+        out.map_err(fail)
+    }
+}
+
+fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let Some(s) = row.get_ref(i)?.as_str_or_null()? else {
+        return Ok(None);
+    };
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn time_req(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+    time_at(row, i)?.ok_or(rusqlite::Error::InvalidColumnType(
+        i,
+        "time".into(),
+        rusqlite::types::Type::Null,
+    ))
+}
+
+pub(crate) fn service_token_by_hash(
+    conn: &Connection,
+    hash: &str,
+) -> rusqlite::Result<Option<ServiceTokenRecord>> {
+    conn.prepare_cached(
+        "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
+         FROM service_tokens WHERE token_hash = ?1",
+    )?
+    .query_row([hash], |r| {
+        Ok(ServiceTokenRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            role: r.get(2)?,
+            prefix: r.get(3)?,
+            operator: r.get(4)?,
+            created_by: r.get(5)?,
+            created_at: time_req(r, 6)?,
+            expires_at: time_at(r, 7)?,
+            last_used_at: time_at(r, 8)?,
+            revoked_at: time_at(r, 9)?,
+        })
+    })
+    .optional()
+}
+
+use crate::TokenView;
+
+pub(crate) fn token_view(
+    conn: &Connection,
+    name: &str,
+) -> rusqlite::Result<Option<Result<TokenView, StoreError>>> {
+    let token = conn
+        .prepare_cached(
+            "SELECT t.id, t.name, t.description, t.tags, t.source_kind, t.status, t.spec,
+                t.last_rotated_at, t.next_rotation_at, t.created_at, t.updated_at,
+                (SELECT v.version FROM secret_versions v WHERE v.token_id = t.id AND v.label = 'current'),
+                (SELECT COUNT(*) FROM consumers c WHERE c.token_id = t.id AND c.status = 'active'),
+                (SELECT j.id FROM rotation_jobs j WHERE j.token_id = t.id
+                   AND j.status NOT IN ('succeeded', 'aborted', 'rolled_back'))
+             FROM tokens t WHERE t.name = ?1",
+        )?
+        .query_row([name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                TokenRow {
+                    name: r.get(1)?,
+                    description: r.get(2)?,
+                    tags: r.get(3)?,
+                    source_kind: r.get(4)?,
+                    status: r.get(5)?,
+                    spec: r.get(6)?,
+                    last_rotated_at: time_at(r, 7)?,
+                    next_rotation_at: time_at(r, 8)?,
+                    created_at: time_req(r, 9)?,
+                    updated_at: time_req(r, 10)?,
+                    current_version: r.get(11)?,
+                    consumer_count: r.get(12)?,
+                    active_job_id: r.get(13)?,
+                },
+            ))
+        })
+        .optional()?;
+    let Some((id, token)) = token else {
+        return Ok(None);
+    };
+    let consumers: Vec<ConsumerRow> = conn
+        .prepare_cached(
+            "SELECT name, kind, lock_key, spec FROM consumers
+             WHERE token_id = ?1 AND status = 'active' ORDER BY id",
+        )?
+        .query_map([id], |r| {
+            Ok(ConsumerRow {
+                name: r.get(0)?,
+                kind: r.get(1)?,
+                lock_key: r.get(2)?,
+                spec: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let versions: Vec<VersionRow> = conn
+        .prepare_cached(
+            "SELECT version, label, fingerprint, created_at, activated_at, revoked_at
+             FROM secret_versions WHERE token_id = ?1 ORDER BY version DESC",
+        )?
+        .query_map([id], |r| {
+            Ok(VersionRow {
+                version: r.get(0)?,
+                label: r.get(1)?,
+                fingerprint: r.get(2)?,
+                created_at: time_req(r, 3)?,
+                activated_at: time_at(r, 4)?,
+                revoked_at: time_at(r, 5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let view = || -> Result<TokenView, StoreError> {
+        Ok(TokenView {
+            token: token.try_into()?,
+            consumers: consumers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            versions: versions
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+        })
+    };
+    Ok(Some(view()))
+}
