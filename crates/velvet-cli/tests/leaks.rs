@@ -173,11 +173,7 @@ tokens:
     let kv: serde_json::Value = serde_json::from_slice(&kv.stdout).unwrap();
     assert_eq!(kv["data"]["data"]["TOKEN"], api.as_str(), "{kv}");
     assert!(kv["data"]["data"]["TOKEN_PREVIOUS"].is_null(), "{kv}");
-    secrets.extend([
-        first_api,
-        HOOK_SECRET.to_string(),
-        bao.token.clone(),
-    ]);
+    secrets.extend([first_api, HOOK_SECRET.to_string(), bao.token.clone()]);
     assert!(secrets.iter().all(|v| v.len() >= 16), "{secrets:?}");
     // The rotated credential logs in; the second rotation moved to the other role.
     let login = std::process::Command::new("psql")

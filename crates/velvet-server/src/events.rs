@@ -29,8 +29,14 @@ use velvet_store::JobEvent;
 const POLL: Duration = Duration::from_millis(250);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const PAGE: i64 = 500;
-/// Events a feed holds for its slowest client before that client must catch up from the store.
-const FEED_BUFFER: usize = 1024;
+/// Batches a feed holds for its slowest client before that client must catch up from the store.
+const FEED_BUFFER: usize = 256;
+/// How long a feed lets a burst of changes gather after its engine's first nudge, per client
+/// following it, and at most: one batch wakes each client once instead of once per change.
+/// Sending a batch to N clients costs N writes, so the more clients, the more a wait pays; a
+/// lone follower waits 10 µs, 2,000 wait 20 ms.
+const GATHER_PER_CLIENT: Duration = Duration::from_micros(10);
+const GATHER_MAX: Duration = Duration::from_millis(25);
 
 /// One stored event, encoded once as SSE bytes that every client shares.
 #[derive(Debug)]
@@ -39,6 +45,31 @@ struct Item {
     bytes: Bytes,
     /// A `job` event whose job has finished.
     terminal: bool,
+}
+
+/// The events of one store read, in seq order, with their bytes joined once for the clients
+/// that are exactly in step (nearly all of them).
+#[derive(Debug)]
+struct Batch {
+    items: Vec<Item>,
+    joined: Bytes,
+}
+
+impl Batch {
+    fn new(items: Vec<Item>) -> Self {
+        let mut joined = Vec::with_capacity(items.iter().map(|i| i.bytes.len()).sum());
+        for i in &items {
+            joined.extend_from_slice(&i.bytes);
+            // Nothing after the end goes out.
+            if i.terminal {
+                break;
+            }
+        }
+        Self {
+            items,
+            joined: Bytes::from(joined),
+        }
+    }
 }
 
 /// The `data` of a `consumer` event: the consumer's state in the job, and the job.
@@ -132,7 +163,7 @@ pub struct Feeds {
 
 #[derive(Debug)]
 struct Feed {
-    tx: broadcast::Sender<Arc<Item>>,
+    tx: broadcast::Sender<Arc<Batch>>,
 }
 
 impl Feeds {
@@ -140,7 +171,7 @@ impl Feeds {
         &self,
         state: &AppState,
         job_id: &str,
-    ) -> (Arc<Feed>, broadcast::Receiver<Arc<Item>>) {
+    ) -> (Arc<Feed>, broadcast::Receiver<Arc<Batch>>) {
         let mut feeds = self.feeds.lock().expect("never poisoned");
         if let Some(feed) = feeds.get(job_id).and_then(Weak::upgrade) {
             let rx = feed.tx.subscribe();
@@ -170,9 +201,11 @@ async fn run_feed(state: AppState, job_id: String, feed: Weak<Feed>) {
         match state.store.job_events(&job_id, after, PAGE).await {
             Ok(events) => {
                 let full = events.len() as i64 == PAGE;
-                for e in &events {
-                    after = e.seq;
-                    let _ = f.tx.send(Arc::new(Item::from_event(e)));
+                if let Some(last) = events.last() {
+                    after = last.seq;
+                    let _ = f.tx.send(Arc::new(Batch::new(
+                        events.iter().map(Item::from_event).collect(),
+                    )));
                 }
                 if full {
                     continue;
@@ -180,10 +213,17 @@ async fn run_feed(state: AppState, job_id: String, feed: Weak<Feed>) {
             }
             Err(e) => tracing::warn!(job_id = %job_id, error = %e, "reading job events failed"),
         }
+        let clients = f.tx.receiver_count() as u32;
         drop(f);
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            changed = changed(&mut bus, &job_id) => if !changed { bus = None; }
+            changed = changed(&mut bus, &job_id) => {
+                if changed {
+                    tokio::time::sleep((GATHER_PER_CLIENT * clients).min(GATHER_MAX)).await;
+                } else {
+                    bus = None;
+                }
+            }
         }
     }
 }
@@ -279,7 +319,7 @@ pub async fn stream(
 struct Client {
     state: AppState,
     job_id: String,
-    rx: broadcast::Receiver<Arc<Item>>,
+    rx: broadcast::Receiver<Arc<Batch>>,
     /// Keeps the job's feed alive while this client follows it.
     _feed: Arc<Feed>,
     resume: Option<i64>,
@@ -352,13 +392,13 @@ impl Client {
             }
             return Ok(());
         }
-        let item = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
+        let batch = match tokio::time::timeout(KEEP_ALIVE, self.rx.recv()).await {
             Err(_) => {
                 self.queue
                     .push_back(Bytes::from_static(b": keep-alive\n\n"));
                 return Ok(());
             }
-            Ok(Ok(item)) => item,
+            Ok(Ok(batch)) => batch,
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                 // Too slow for the feed's buffer: the table has everything.
                 if self.catch_up(i64::MAX).await? {
@@ -371,23 +411,42 @@ impl Client {
                 return Ok(());
             }
         };
-        let mut next = Some(item);
-        while let Some(item) = next.take() {
-            if item.seq > self.last {
-                if item.seq > self.last + 1 && self.catch_up(item.seq - 1).await? {
-                    self.end();
-                    return Ok(());
-                }
-                self.push(item.seq, item.bytes.clone());
-                if item.terminal {
-                    self.end();
-                    return Ok(());
-                }
+        let mut next = Some(batch);
+        while let Some(batch) = next.take() {
+            if self.take(&batch).await? {
+                self.end();
+                return Ok(());
             }
             // Take whatever else the feed already holds, to send it together.
             next = self.rx.try_recv().ok();
         }
         Ok(())
+    }
+
+    /// Queues what `batch` holds after `last`; true once the job's end is queued.
+    async fn take(&mut self, batch: &Batch) -> Result<bool, velvet_store::StoreError> {
+        let (Some(first), Some(last)) = (batch.items.first(), batch.items.last()) else {
+            return Ok(false);
+        };
+        // In step: the whole batch, as joined once for everybody.
+        if first.seq == self.last + 1 {
+            let end = batch.items.iter().find(|i| i.terminal);
+            self.push(end.unwrap_or(last).seq, batch.joined.clone());
+            return Ok(end.is_some());
+        }
+        for item in &batch.items {
+            if item.seq <= self.last {
+                continue;
+            }
+            if item.seq > self.last + 1 && self.catch_up(item.seq - 1).await? {
+                return Ok(true);
+            }
+            self.push(item.seq, item.bytes.clone());
+            if item.terminal {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The current state, all at the current seq; true if the job has already finished.

@@ -187,6 +187,13 @@ pub async fn serve(
         engine.start(engine_stopped);
     }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Event streams write small frames: without TCP_NODELAY a frame can wait on the client's
+    // delayed ACK (tens of milliseconds).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -520,7 +520,9 @@ impl Store for SqliteStore {
 
     async fn token_view(&self, name: &str) -> Result<Option<crate::TokenView>, StoreError> {
         self.reads
-            .read("reading a token", |c| crate::sqlite_reader::token_view(c, name))?
+            .read("reading a token", |c| {
+                crate::sqlite_reader::token_view(c, name)
+            })?
             .transpose()
     }
 
