@@ -159,3 +159,43 @@ fn a_staged_rotation_waits_for_a_yes_and_the_stages_go_by_hand() {
     let out = run(&w, &env, &["rotate", "nope"]);
     assert_eq!(out.code, 3, "{}", out.all());
 }
+
+#[test]
+fn on_a_terminal_follow_draws_a_bar_and_asks_before_each_stage() {
+    let (w, _s, env) = setup();
+    // `script` gives the command a pseudo-terminal, as a person at a shell has.
+    let line = format!("{BIN} --config {} rotate api --follow", w.config());
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("TERM", "xterm")
+        .current_dir(w.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    {
+        use std::io::Write;
+        // Both answers wait in the terminal's line buffer until each question reads one.
+        child.stdin.take().unwrap().write_all(b"y\ny\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Distribute the new value to every consumer? [y/N]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Revoke the previous value now? [y/N]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2/2 verified"),
+        "the bar counts verified consumers: {text}"
+    );
+    assert!(text.contains("— succeeded"), "{text}");
+    // The bar, not the line-per-event output of a pipe.
+    assert!(!text.contains("consumer env: verified"), "{text}");
+}

@@ -184,6 +184,53 @@ fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
 }
 
 #[test]
+fn an_allow_that_cannot_be_recorded_does_not_proceed() {
+    const KEY: &str = "test-bootstrap-key-0123456789";
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    w.write_config(CONFIG);
+    let env = [
+        ("VELVET_DATABASE_URL", url.as_str()),
+        ("VELVET_API_KEY", KEY),
+    ];
+    let s = w.serve(&[], &env);
+    assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    // Decisions turn unwritable; the audit log itself still works.
+    db_sql(
+        &url,
+        "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'policy_decisions is read-only'; END $$",
+    );
+    db_sql(
+        &url,
+        "CREATE TRIGGER refuse_decisions BEFORE INSERT ON policy_decisions
+             FOR EACH ROW EXECUTE FUNCTION refuse_decisions()",
+    );
+    for (method, path, body) in [
+        ("POST", "/api/v1/tokens/shared-token/rotate", None),
+        (
+            "POST",
+            "/api/v1/auth/tokens",
+            Some(serde_json::json!({"name": "ci", "role": "viewer"})),
+        ),
+    ] {
+        let (code, answer) = s.call(method, path, Some(KEY), body);
+        assert_eq!(code, 503, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "audit_unavailable");
+    }
+    assert_eq!(
+        db_sql(
+            &url,
+            "SELECT (SELECT COUNT(*) FROM rotation_jobs) + (SELECT COUNT(*) FROM service_tokens)"
+        ),
+        vec![0],
+        "neither ran"
+    );
+    // Reads record no decision, so they still answer.
+    assert_eq!(s.call("GET", "/api/v1/tokens", Some(KEY), None).0, 200);
+}
+
+#[test]
 fn a_job_streams_the_same_from_every_replica() {
     const KEY: &str = "test-bootstrap-key-0123456789";
     let url = block(velvet_testkit::fresh_postgres_db());
