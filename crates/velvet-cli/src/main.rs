@@ -115,6 +115,32 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Operators: people who pass revocation gates with TOTP (directly on the store).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Print the current TOTP code of a secret, as an authenticator app would.
+    Totp {
+        /// The base32 secret `operator add` printed.
+        #[arg(long, env = "VELVET_TOTP_SECRET")]
+        secret: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Add an operator; prints, once, a password, the TOTP enrolment and ten backup codes.
+    Add {
+        name: String,
+        /// viewer, operator, revoker, auditor or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Operators and how many backup codes each has left.
+    List,
+    /// Give an operator a new TOTP secret and new backup codes (the old ones stop working).
+    ResetTotp { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +373,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Keys {
             command: KeysCommand::Status,
         } => commands::store::keys_status(&ctx).await,
+        Command::Operator { command } => match command {
+            OperatorCommand::Add { name, role } => {
+                commands::operators::add(&ctx, &name, &role).await
+            }
+            OperatorCommand::List => commands::operators::list(&ctx).await,
+            OperatorCommand::ResetTotp { name } => {
+                commands::operators::reset_totp(&ctx, &name).await
+            }
+        },
+        Command::Totp { secret } => commands::operators::code(&ctx, &secret),
         Command::Keys {
             command: KeysCommand::Rotate { batch },
         } => {

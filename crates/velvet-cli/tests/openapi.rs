@@ -74,6 +74,7 @@ fn the_document_covers_every_route_of_the_contract_with_its_errors() {
         ("get", "/api/v1/rotations/{job_id}"),
         ("post", "/api/v1/rotations/{job_id}/stage"),
         ("get", "/api/v1/rotations/{job_id}/events"),
+        ("post", "/api/v1/rotations/{job_id}/approvals"),
         ("get", "/api/v1/audit"),
         ("get", "/api/v1/audit/verify"),
         ("get", "/api/v1/audit/decisions"),

@@ -373,7 +373,7 @@ fn kill_9_during_distribute_and_after_revoking_the_source_then_restart_finishes(
 /// A gate that needs TOTP cannot be passed with the bootstrap key: 403 `gate_required`, the
 /// previous value stays live (I2), and a revoke the job is not awaiting is still a 409.
 #[test]
-fn a_totp_gate_stops_revoke_until_operators_exist() {
+fn a_totp_gate_stops_a_revoke_by_a_caller_who_is_no_operator() {
     let (_, url) = receiver::start(Duration::ZERO);
     let gated = format!(
         "{}revocation_gates:\n  - name: production\n    match: {{tokens: [api]}}\n    require: {{totp: true, roles: [revoker, admin]}}\n",

@@ -75,6 +75,30 @@ impl AuditDraft {
         .detail(serde_json::json!({"name": name}))
     }
 
+    pub fn operator_added(actor: &str, name: &str, role: &str) -> Self {
+        Self::new(
+            actor,
+            "operator.added",
+            &format!("operator:{name}"),
+            "success",
+        )
+        .detail(serde_json::json!({"role": role}))
+    }
+
+    pub fn operator_totp_reset(actor: &str, name: &str) -> Self {
+        Self::new(
+            actor,
+            "operator.totp_reset",
+            &format!("operator:{name}"),
+            "success",
+        )
+    }
+
+    pub fn revoke_approved(actor: &str, job_id: &str, operator: &str) -> Self {
+        Self::new(actor, "rotation.revoke_approved", job_id, "success")
+            .detail(serde_json::json!({"operator": operator}))
+    }
+
     pub fn flag_set(actor: &str, name: &str, enabled: bool) -> Self {
         Self::new(actor, "flag.set", &format!("flag:{name}"), "success")
             .detail(serde_json::json!({"enabled": enabled}))

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod job;
 pub mod keyring;
 pub mod model;
+pub mod operator;
 pub mod rotation;
 pub mod secret;
 pub mod template;

@@ -35,6 +35,8 @@ pub struct Caller {
     pub steps: Vec<DecisionStep>,
     /// The client's address.
     pub client: String,
+    /// The operator who owns the service token, if one does (the one who can answer TOTP).
+    pub operator: Option<String>,
 }
 
 impl Caller {
@@ -201,6 +203,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Failure
                 "the bootstrap key (VELVET_API_KEY)",
             )],
             client: String::new(),
+            operator: None,
         })
     } else {
         Err(rejected(
@@ -277,6 +280,7 @@ async fn service_token(presented: &str, state: &AppState) -> Result<Caller, Fail
         role,
         steps: vec![valid, DecisionStep::new("not_revoked", true, "live")],
         client: String::new(),
+        operator: t.operator.clone(),
     })
 }
 
@@ -364,6 +368,7 @@ needs!(
     Kickoff => RotationsKickoff,
     Stage => RotationsStage,
     AuditRead => AuditRead,
+    Revoke => RotationsRevoke,
     AdminOnly => Admin,
 );
 

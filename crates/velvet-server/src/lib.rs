@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod events;
 mod flags;
+mod gate;
 mod health;
 mod metrics;
 mod openapi;

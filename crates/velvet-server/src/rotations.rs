@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use velvet_core::config::gate_for;
 use velvet_core::identity::Permission;
 use velvet_core::job::{Job, is_job_id};
 use velvet_core::rotation::{Action, Awaiting, JobStatus};
@@ -25,10 +24,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(show))
         .routes(routes!(stage))
+        .routes(routes!(crate::gate::approve))
         .routes(routes!(crate::events::stream))
 }
 
-async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
+pub(crate) async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
     let missing = || ApiError::not_found(format!("rotation job `{job_id}` not found"));
     if !is_job_id(job_id) {
         return Err(missing());
@@ -129,7 +129,9 @@ async fn show(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(load(&state, &job_id).await?))
+    Ok(Json(
+        crate::gate::show(&state, load(&state, &job_id).await?).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -138,8 +140,8 @@ pub struct StageBody {
     /// `proceed_distribute`, `proceed_revoke`, `retry_failed`, `rollback` or `abort`.
     #[schema(value_type = Action)]
     action: String,
-    /// A TOTP code for a revocation gate's step-up (checked once operators exist, issue #5).
-    #[allow(dead_code)]
+    /// The current TOTP code of the operator who owns the caller's token, for a revocation
+    /// gate that asks for one.
     totp: Option<String>,
     /// Why, for the audit log.
     reason: Option<String>,
@@ -196,7 +198,7 @@ async fn stage(
         let mut ev = velvet_core::decision::SecurityEvent::new(
             "gate_denied",
             velvet_core::decision::Severity::Warning,
-            "a forced revoke was refused: no operator can pass a gate yet",
+            "a forced revoke was refused: forcing is not supported yet",
         );
         ev.subject = Some(caller.actor.clone());
         ev.client = Some(caller.client.clone());
@@ -205,7 +207,7 @@ async fn stage(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "gate_denied",
-            "force needs a revocation gate with allow_force and an operator (not available yet)",
+            "forcing a revoke is not supported yet: pass the revocation gate instead",
         ));
     }
     let job = load(&state, &job_id).await?;
@@ -213,31 +215,18 @@ async fn stage(
         .engine
         .as_ref()
         .ok_or_else(|| ApiError::not_enabled("this server runs no rotation engine"))?;
-    // Revocation gates with TOTP or approvals need operators, which come later: until then such
-    // a gate cannot be passed through the bootstrap key.
-    let config = state.config();
-    let gate_passed = match config
-        .token(&job.token)
-        .and_then(|t| gate_for(&config.revocation_gates, t))
-    {
-        Some(g) if g.require.totp || g.require.approvals > 0 => {
-            // Only a revoke the job is actually awaiting meets the gate; anything else is the
-            // state machine's to refuse (409).
+    // Only a revoke the job is actually awaiting meets the gate; anything else is the state
+    // machine's to refuse (409).
+    let gate_passed = match crate::gate::of(&state, &job) {
+        Some(g)
             if action == Action::ProceedRevoke
-                && job.state.awaiting == Some(Awaiting::ProceedRevoke)
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "gate_required",
-                    format!(
-                        "the revocation gate `{}` requires TOTP step-up or approvals",
-                        g.name
-                    ),
-                ));
-            }
-            false
+                && job.state.awaiting == Some(Awaiting::ProceedRevoke) =>
+        {
+            crate::gate::pass(&state, &caller, &job, &g, body.totp.as_deref()).await?;
+            true
         }
-        _ => true,
+        Some(_) => false,
+        None => true,
     };
     match engine
         .act(
@@ -249,7 +238,7 @@ async fn stage(
         )
         .await
     {
-        Ok(job) => Ok(Json(job)),
+        Ok(job) => Ok(Json(crate::gate::show(&state, job).await?)),
         Err(ActionError::NotFound(_)) => Err(ApiError::not_found(format!(
             "rotation job `{job_id}` not found"
         ))),

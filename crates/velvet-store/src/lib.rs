@@ -7,6 +7,7 @@ mod chain;
 mod decisions;
 mod flags;
 mod migrate;
+mod operators;
 mod postgres;
 mod postgres_jobs;
 mod reconcile;
@@ -23,6 +24,7 @@ pub use flags::{FlagOverride, FlagStore};
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
 };
+pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -269,7 +271,7 @@ pub struct TokenView {
 
 #[async_trait]
 pub trait Store:
-    JobStore + AuthStore + FlagStore + DecisionStore + Send + Sync + std::fmt::Debug
+    JobStore + AuthStore + FlagStore + DecisionStore + OperatorStore + Send + Sync + std::fmt::Debug
 {
     fn dialect(&self) -> Dialect;
 

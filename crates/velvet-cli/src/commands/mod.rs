@@ -6,6 +6,7 @@ pub mod client;
 pub mod doctor;
 pub mod flags;
 pub mod init;
+pub mod operators;
 pub mod rotations;
 pub mod serve;
 pub mod store;

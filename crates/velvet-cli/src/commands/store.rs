@@ -17,17 +17,23 @@ use velvet_store::{MigrationSet, Store};
 use zeroize::Zeroizing;
 
 /// The actor recorded for commands run on this machine.
-fn local_actor() -> String {
+pub(crate) fn local_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
 }
 
-async fn open(config: &Config, keyring: Option<Arc<Keyring>>) -> Result<Arc<dyn Store>, Failure> {
+pub(crate) async fn open(
+    config: &Config,
+    keyring: Option<Arc<Keyring>>,
+) -> Result<Arc<dyn Store>, Failure> {
     Ok(velvet_store::open(&config.store, keyring, &super::store_options()?).await?)
 }
 
 /// Opens a store for a command that writes, applying pending migrations first as `serve` does.
-async fn open_migrated(config: &Config, keyring: Arc<Keyring>) -> Result<Arc<dyn Store>, Failure> {
+pub(crate) async fn open_migrated(
+    config: &Config,
+    keyring: Arc<Keyring>,
+) -> Result<Arc<dyn Store>, Failure> {
     let store = open(config, Some(keyring)).await?;
     store
         .migrate(&MigrationSet::embedded(store.dialect()), false)

@@ -1,0 +1,308 @@
+//! Revocation gates (design §3 `revocation_gates`, §7): the first gate matching a token stands
+//! in front of its `proceed_revoke`. It may ask for a fresh TOTP code from the operator who
+//! proceeds (`gate_required` without one, `gate_denied` for a wrong or replayed one), for N
+//! approvals by other operators (`POST /api/v1/rotations/{id}/approvals`), and for one of some
+//! roles. Every outcome is a decision on record; every refusal a security event.
+
+use crate::auth::{Caller, Can, Revoke};
+use crate::body::Body;
+use crate::openapi::ErrorBody;
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use velvet_core::config::{GateSpec, gate_for};
+use velvet_core::decision::{Decision, DecisionStep, SecurityEvent, Severity};
+use velvet_core::job::Job;
+use velvet_core::operator;
+use velvet_core::rotation::Awaiting;
+
+/// The gate that applies to `job`'s token, if any.
+pub(crate) fn of(state: &AppState, job: &Job) -> Option<GateSpec> {
+    let config = state.config();
+    config
+        .token(&job.token)
+        .and_then(|t| gate_for(&config.revocation_gates, t))
+        .cloned()
+}
+
+/// Fills the job object's `gate`: what it requires and the approvals so far.
+pub(crate) async fn show(state: &AppState, mut job: Job) -> Result<Job, ApiError> {
+    if let Some(g) = of(state, &job) {
+        let approvals = state.store.approvals(&job.job_id).await?;
+        job.gate = Some(serde_json::json!({
+            "name": g.name,
+            "requires": {"totp": g.require.totp, "approvals": g.require.approvals, "roles": g.require.roles},
+            "allow_force": g.allow_force,
+            "approvals": approvals,
+        }));
+    }
+    Ok(job)
+}
+
+fn refusal(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
+}
+
+/// Keeps a refusal as a decision and a security event, and returns the answer to give.
+#[allow(clippy::too_many_arguments)]
+async fn deny(
+    state: &AppState,
+    caller: &Caller,
+    job: &Job,
+    resource: &str,
+    step: DecisionStep,
+    code: &'static str,
+    kind: &'static str,
+    message: String,
+) -> ApiError {
+    let mut steps = caller.steps.clone();
+    steps.push(step);
+    let d = Decision::new(&caller.actor, "velvet.rotations.revoke", resource, steps);
+    if let Err(e) = state.store.record_decision(&d).await {
+        tracing::warn!(error = %e, "recording a gate refusal failed");
+    }
+    let mut ev = SecurityEvent::new(kind, Severity::Warning, message.clone());
+    ev.subject = Some(caller.actor.clone());
+    ev.client = Some(caller.client.clone());
+    ev.decision_id = Some(d.id);
+    ev.job_id = Some(job.job_id.clone());
+    crate::auth::security_event(state, ev).await;
+    refusal(code, message)
+}
+
+/// Keeps a pass as a decision; one that cannot be recorded does not go ahead (I6).
+async fn allow(
+    state: &AppState,
+    caller: &Caller,
+    resource: &str,
+    step: DecisionStep,
+) -> Result<(), ApiError> {
+    let mut steps = caller.steps.clone();
+    steps.push(step);
+    let d = Decision::new(&caller.actor, "velvet.rotations.revoke", resource, steps);
+    state.store.record_decision(&d).await.map_err(|e| {
+        velvet_store::StoreError::AuditUnavailable(format!("recording the decision: {e}"))
+    })?;
+    Ok(())
+}
+
+/// Checks `code` as a fresh TOTP code of the caller's operator; the operator's name if it is.
+async fn fresh_totp(
+    state: &AppState,
+    caller: &Caller,
+    job: &Job,
+    resource: &str,
+    gate: &str,
+    code: Option<&str>,
+) -> Result<String, ApiError> {
+    let Some(name) = caller.operator.clone() else {
+        return Err(deny(state, caller, job, resource,
+            DecisionStep::new("gate_totp", false, "the caller is not an operator"), "gate_required", "gate_denied", format!("the gate `{gate}` needs an operator's TOTP code: use a service token owned by an operator (auth create-token --operator)")).await);
+    };
+    let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+        return Err(deny(state, caller, job, resource,
+            DecisionStep::new("gate_totp", false, "no code given"), "gate_required", "gate_denied", format!("the gate `{gate}` needs a TOTP code: send `totp` with the current code from your authenticator")).await);
+    };
+    let op = state
+        .store
+        .operator(&name)
+        .await?
+        .filter(|o| o.disabled_at.is_none());
+    let secret = match &op {
+        Some(o) => Some(
+            state
+                .keyring
+                .open(&o.totp, &operator::totp_aad(&o.name))
+                .map_err(|e| ApiError::internal(&e))?,
+        ),
+        None => None,
+    };
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let step = secret
+        .as_ref()
+        .and_then(|s| s.get("value"))
+        .and_then(|s| operator::totp_step(s.expose(), code, now));
+    let Some(step) = step else {
+        return Err(deny(
+            state,
+            caller,
+            job,
+            resource,
+            DecisionStep::new(
+                "gate_totp",
+                false,
+                format!("wrong code for operator {name}"),
+            ),
+            "gate_denied",
+            "gate_denied",
+            "the TOTP code is not valid now".into(),
+        )
+        .await);
+    };
+    if !state.store.accept_totp_step(&name, step as i64).await? {
+        return Err(deny(
+            state,
+            caller,
+            job,
+            resource,
+            DecisionStep::new(
+                "gate_totp",
+                false,
+                format!("code of step {step} already used by operator {name}"),
+            ),
+            "gate_denied",
+            "totp_replayed",
+            "this TOTP code was already used; wait for the next one".into(),
+        )
+        .await);
+    }
+    Ok(name)
+}
+
+/// Evaluates `gate` for `caller` proceeding to revoke `job` (awaiting it): Ok when it passes.
+pub(crate) async fn pass(
+    state: &AppState,
+    caller: &Caller,
+    job: &Job,
+    gate: &GateSpec,
+    totp: Option<&str>,
+) -> Result<(), ApiError> {
+    let resource = format!(
+        "POST /api/v1/rotations/{}/stage proceed_revoke gate {}",
+        job.job_id, gate.name
+    );
+    let r = &gate.require;
+    if !r.roles.is_empty() && !r.roles.iter().any(|x| x == caller.role.as_str()) {
+        return Err(deny(
+            state,
+            caller,
+            job,
+            &resource,
+            DecisionStep::new(
+                "gate_role",
+                false,
+                format!(
+                    "role {} is not one of {}",
+                    caller.role.as_str(),
+                    r.roles.join(", ")
+                ),
+            ),
+            "gate_denied",
+            "gate_denied",
+            format!(
+                "the gate `{}` accepts only {}",
+                gate.name,
+                r.roles.join(", ")
+            ),
+        )
+        .await);
+    }
+    let mut passed = vec![];
+    // Approvals first: a TOTP code is spent when checked, so it is checked last.
+    if r.approvals > 0 {
+        let others = state
+            .store
+            .approvals(&job.job_id)
+            .await?
+            .into_iter()
+            .filter(|a| Some(&a.operator) != caller.operator.as_ref())
+            .count() as u32;
+        if others < r.approvals {
+            return Err(deny(state, caller, job, &resource,
+                DecisionStep::new("gate_approvals", false, format!("{others} of {} approvals", r.approvals)), "gate_required", "gate_denied", format!(
+                    "the gate `{}` needs {} approval(s) by other operators (POST /api/v1/rotations/{}/approvals); it has {others}",
+                    gate.name, r.approvals, job.job_id
+                )).await);
+        }
+        passed.push(format!("{others} approvals"));
+    }
+    if r.totp {
+        let who = fresh_totp(state, caller, job, &resource, &gate.name, totp).await?;
+        passed.push(format!("fresh TOTP of operator {who}"));
+    }
+    allow(
+        state,
+        caller,
+        &resource,
+        DecisionStep::new(
+            "gate",
+            true,
+            format!("gate {}: {}", gate.name, passed.join(", ")),
+        ),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    /// The approving operator's current TOTP code.
+    totp: String,
+}
+
+/// An operator approves a job's revoke, proving presence with a fresh TOTP code.
+#[utoipa::path(post, path = "/api/v1/rotations/{job_id}/approvals", operation_id = "approveRevoke", tag = "rotations", security(("bearer" = [])),
+    params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
+    request_body(content = ApproveBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job, its gate listing the approvals so far", body = Job),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden` (the role lacks rotations.revoke), `gate_required` (not an operator) or `gate_denied` (wrong or replayed code)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: the job is not awaiting proceed_revoke, or its gate needs no approvals", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 503, description = "`audit_unavailable`: the approval could not be audited, so it was not recorded", body = ErrorBody),
+    ))]
+pub(crate) async fn approve(
+    Can(caller, ..): Can<Revoke>,
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    Body(body): Body<ApproveBody>,
+) -> Result<Json<Job>, ApiError> {
+    let job = crate::rotations::load(&state, &job_id).await?;
+    let conflict = |m: String| {
+        ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
+            .with("stage", job.state.stage)
+            .with("status", job.state.status)
+            .with("awaiting", job.state.awaiting)
+    };
+    let gate = of(&state, &job)
+        .filter(|g| g.require.approvals > 0)
+        .ok_or_else(|| conflict("this job's revocation gate asks for no approvals".into()))?;
+    if job.state.awaiting != Some(Awaiting::ProceedRevoke) {
+        return Err(conflict(
+            "approvals are taken while the job awaits proceed_revoke".into(),
+        ));
+    }
+    let resource = format!(
+        "POST /api/v1/rotations/{job_id}/approvals gate {}",
+        gate.name
+    );
+    let operator = fresh_totp(
+        &state,
+        &caller,
+        &job,
+        &resource,
+        &gate.name,
+        Some(&body.totp),
+    )
+    .await?;
+    allow(
+        &state,
+        &caller,
+        &resource,
+        DecisionStep::new("gate_totp", true, format!("operator {operator} approves")),
+    )
+    .await?;
+    state
+        .store
+        .approve_revoke(&job_id, &operator, &caller.actor)
+        .await?;
+    Ok(Json(show(&state, job).await?))
+}
