@@ -47,6 +47,17 @@ pub async fn reseal_all(
 ) -> Result<u64, StoreError> {
     let current = keyring.current(Utc::now())?.id.clone();
     let mut total = 0;
+    // Operators' TOTP secrets first: a handful, each bound to its operator's name.
+    for op in store.operators_not_under(&current).await? {
+        let aad = velvet_core::operator::totp_aad(&op.name);
+        let value = keyring.open(&op.totp, &aad)?;
+        let sealed = keyring.seal(&value, &aad, Utc::now())?;
+        total += u64::from(
+            store
+                .reseal_totp(&op.name, &op.totp.key_id, &sealed)
+                .await?,
+        );
+    }
     loop {
         let rows = store.sealed_not_under(&current, batch).await?;
         if rows.is_empty() {

@@ -71,6 +71,17 @@ pub trait OperatorStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     async fn approvals(&self, job_id: &str) -> Result<Vec<Approval>, StoreError>;
+
+    /// Operators whose TOTP secret is sealed under a key other than `key_id`.
+    async fn operators_not_under(&self, key_id: &str) -> Result<Vec<OperatorRecord>, StoreError>;
+
+    /// Writes a re-sealed TOTP secret if it is still under `old_key_id`; true if it changed.
+    async fn reseal_totp(
+        &self,
+        name: &str,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, StoreError>;
 }
 
 #[derive(sqlx::FromRow)]
@@ -282,6 +293,42 @@ macro_rules! impl_operator_store {
                     .await
                     .ctx("recording an approval")?;
                 tx.commit().await.ctx("committing an approval")
+            }
+
+            async fn operators_not_under(
+                &self,
+                key_id: &str,
+            ) -> Result<Vec<OperatorRecord>, StoreError> {
+                use crate::Context;
+                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{SELECT} WHERE o.totp_key_id <> $1 ORDER BY o.name"
+                )))
+                .bind(key_id)
+                .fetch_all(&self.$reader)
+                .await
+                .ctx("listing operators to re-seal")?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn reseal_totp(
+                &self,
+                name: &str,
+                old_key_id: &str,
+                sealed: &Sealed,
+            ) -> Result<bool, StoreError> {
+                use crate::Context;
+                let r = sqlx::query(
+                    "UPDATE operators SET totp_key_id = $3, totp_sealed = $4
+                     WHERE name = $1 AND totp_key_id = $2",
+                )
+                .bind(name)
+                .bind(old_key_id)
+                .bind(&sealed.key_id)
+                .bind(&sealed.ciphertext)
+                .execute(&self.$writer)
+                .await
+                .ctx("re-sealing a TOTP secret")?;
+                Ok(r.rows_affected() == 1)
             }
 
             async fn approvals(&self, job_id: &str) -> Result<Vec<Approval>, StoreError> {

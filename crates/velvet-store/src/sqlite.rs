@@ -622,7 +622,8 @@ impl Store for SqliteStore {
 
     async fn key_ids_in_use(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar(
-            "SELECT key_id FROM secret_versions UNION SELECT key_id FROM audit_events ORDER BY 1",
+            "SELECT key_id FROM secret_versions UNION SELECT key_id FROM audit_events
+             UNION SELECT totp_key_id FROM operators ORDER BY 1",
         )
         .fetch_all(&self.reader)
         .await
@@ -631,7 +632,10 @@ impl Store for SqliteStore {
 
     async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as(
-            "SELECT key_id, COUNT(*) FROM secret_versions GROUP BY key_id ORDER BY key_id",
+            "SELECT key_id, CAST(SUM(n) AS BIGINT) FROM (
+                 SELECT key_id, COUNT(*) AS n FROM secret_versions GROUP BY key_id
+                 UNION ALL SELECT totp_key_id, COUNT(*) FROM operators GROUP BY totp_key_id
+             ) AS sealed GROUP BY key_id ORDER BY key_id",
         )
         .fetch_all(&self.reader)
         .await

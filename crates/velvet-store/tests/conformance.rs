@@ -46,6 +46,7 @@ conformance!(
     decisions_keep_their_ordered_steps_and_events_their_links,
     operators_keep_hashes_sealed_totp_and_single_use_codes,
     a_totp_step_is_accepted_once_even_under_concurrency,
+    key_rotation_reseals_operators_totp_secrets,
 );
 
 mod erased {
@@ -806,6 +807,34 @@ async fn operators_keep_hashes_sealed_totp_and_single_use_codes(f: Fixture) {
         .collect();
     assert_eq!(who, ["bob", "alice"]);
     assert!(f.store.approvals("rot_b").await.unwrap().is_empty());
+}
+
+async fn key_rotation_reseals_operators_totp_secrets(f: Fixture) {
+    let (secret, _) = add_operator(&f, "dave").await;
+    let path = f.path("velvet-keys.json");
+    let mut kr = Keyring::load(&path).unwrap();
+    let old_id = kr.current(Utc::now()).unwrap().id.clone();
+    let new_id = kr.add_key(Utc::now()).unwrap().id.clone();
+    kr.save().unwrap();
+    let kr = Keyring::load(&path).unwrap();
+    // Counted and required like any sealed value, so no one retires the key under it.
+    assert!(
+        f.store
+            .sealed_counts()
+            .await
+            .unwrap()
+            .contains(&(old_id.clone(), 1))
+    );
+    assert!(f.store.key_ids_in_use().await.unwrap().contains(&old_id));
+    assert_eq!(reseal_all(&*f.store, &kr, 10, |_| {}).await.unwrap(), 1);
+    let op = f.store.operator("dave").await.unwrap().unwrap();
+    assert_eq!(op.totp.key_id, new_id);
+    let opened = kr
+        .open(&op.totp, &velvet_core::operator::totp_aad("dave"))
+        .unwrap();
+    assert_eq!(opened.get("value").unwrap().expose(), secret);
+    assert_eq!(f.store.sealed_counts().await.unwrap(), vec![(new_id, 1)]);
+    assert_eq!(reseal_all(&*f.store, &kr, 10, |_| {}).await.unwrap(), 0);
 }
 
 async fn a_totp_step_is_accepted_once_even_under_concurrency(f: Fixture) {
