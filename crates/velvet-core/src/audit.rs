@@ -94,6 +94,29 @@ impl AuditDraft {
         )
     }
 
+    pub fn operator_logged_in(operator: &str, client: &str) -> Self {
+        Self::new(
+            &format!("operator:{operator}"),
+            "operator.logged_in",
+            &format!("operator:{operator}"),
+            "success",
+        )
+        .detail(serde_json::json!({"client": client}))
+    }
+
+    pub fn operator_logged_out(actor: &str) -> Self {
+        Self::new(actor, "operator.logged_out", actor, "success")
+    }
+
+    pub fn operator_sessions_revoked(actor: &str, operator: &str) -> Self {
+        Self::new(
+            actor,
+            "operator.sessions_revoked",
+            &format!("operator:{operator}"),
+            "success",
+        )
+    }
+
     pub fn revoke_approved(actor: &str, job_id: &str, operator: &str) -> Self {
         Self::new(actor, "rotation.revoke_approved", job_id, "success")
             .detail(serde_json::json!({"operator": operator}))

@@ -62,14 +62,14 @@ pub struct FailureLimiter {
 
 impl FailureLimiter {
     /// Seconds until `ip` may try again, if it is over its budget.
-    fn blocked(&self, ip: IpAddr) -> Option<u16> {
+    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<u16> {
         let windows = self.windows.lock().expect("never poisoned");
         let (start, n) = windows.get(&ip)?;
         let left = FAILURE_WINDOW.checked_sub(start.elapsed())?;
         (*n >= FAILURES_PER_WINDOW).then(|| left.as_secs().clamp(1, 3600) as u16)
     }
 
-    fn record(&self, ip: IpAddr) {
+    pub(crate) fn record(&self, ip: IpAddr) {
         let mut windows = self.windows.lock().expect("never poisoned");
         // Forget finished windows so the map only holds recent offenders.
         if windows.len() > 10_000 {
@@ -172,6 +172,21 @@ fn resource(parts: &Parts) -> String {
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Failure> {
+    if !parts
+        .headers
+        .contains_key(axum::http::header::AUTHORIZATION)
+        && let Some(id) = crate::session::cookie(&parts.headers)
+    {
+        return match crate::session::caller(parts, state, &id).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(why)) => Err(rejected(
+                "the console session is not valid; log in again",
+                "anonymous",
+                vec![DecisionStep::new("token_valid", false, why)],
+            )),
+            Err(e) => Err(Failure::Store(e)),
+        };
+    }
     let Some(presented) = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

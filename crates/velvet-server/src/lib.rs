@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod body;
+mod console;
 mod error;
 mod events;
 mod flags;
@@ -13,6 +14,7 @@ mod metrics;
 mod openapi;
 mod rotations;
 mod service_tokens;
+mod session;
 mod startup;
 mod tokens;
 
@@ -58,6 +60,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub fn router(state: AppState) -> axum::Router {
     let (routes, _) = openapi::routes().split_for_parts();
     routes
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

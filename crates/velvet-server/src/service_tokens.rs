@@ -26,6 +26,44 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(revoke))
+        .routes(routes!(end_sessions))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndedSessions {
+    operator: String,
+    /// How many sessions had not been ended yet (ones already past a time limit included).
+    ended: u64,
+}
+
+/// End every console session of an operator, at once on every replica.
+#[utoipa::path(delete, path = "/api/v1/auth/sessions/{operator}", operation_id = "endOperatorSessions", tag = "auth", security(("bearer" = [])),
+    params(("operator" = String, Path, description = "The operator's name")),
+    responses(
+        (status = 200, description = "The sessions are ended", body = EndedSessions),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only admin may end sessions", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such operator", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
+    ))]
+async fn end_sessions(
+    Can(caller, ..): Can<AdminOnly>,
+    State(state): State<AppState>,
+    Path(operator): Path<String>,
+) -> Result<Json<EndedSessions>, ApiError> {
+    if state.store.operator(&operator).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "operator `{operator}` not found"
+        )));
+    }
+    let ended = state
+        .store
+        .end_sessions_of(&operator, &caller.actor)
+        .await?;
+    tracing::info!(operator = %operator, ended, by = %caller.actor, "operator sessions ended");
+    Ok(Json(EndedSessions { operator, ended }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -12,6 +12,7 @@ mod postgres;
 mod postgres_jobs;
 mod reconcile;
 mod rows;
+mod sessions;
 mod sqlite;
 mod sqlite_jobs;
 mod sqlite_reader;
@@ -26,6 +27,7 @@ pub use migrate::{
 };
 pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
+pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -271,7 +273,15 @@ pub struct TokenView {
 
 #[async_trait]
 pub trait Store:
-    JobStore + AuthStore + FlagStore + DecisionStore + OperatorStore + Send + Sync + std::fmt::Debug
+    JobStore
+    + AuthStore
+    + FlagStore
+    + DecisionStore
+    + OperatorStore
+    + SessionStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     fn dialect(&self) -> Dialect;
 

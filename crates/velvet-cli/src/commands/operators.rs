@@ -144,6 +144,8 @@ pub async fn reset_totp(ctx: &Context, name: &str) -> Result<(), Failure> {
     store
         .reset_totp(name, &e.sealed, &e.hashes, &local_actor())
         .await?;
+    // Whoever held the old secret may hold a session too.
+    store.end_sessions_of(name, &local_actor()).await?;
     show_once(ctx, name, &op.role, None, &e);
     Ok(())
 }

@@ -1,0 +1,264 @@
+//! Console login and sessions through the binary: name + password + TOTP (or a backup code),
+//! each code once; an HttpOnly SameSite=Strict cookie; CSRF on every change; logout, idle and
+//! absolute limits, and an admin ending an operator's sessions.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use velvet_core::operator::totp_code;
+
+const KEY: &str = "test-bootstrap-key-0123456789";
+
+fn client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn now() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+struct Enrolled {
+    password: String,
+    secret: String,
+    codes: Vec<String>,
+}
+
+fn setup() -> (Workdir, Server, Enrolled) {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - name: api
+    flow: staged
+    source: {kind: random}
+",
+    );
+    let out = w.run(
+        &[
+            "--output", "json", "operator", "add", "alice", "--role", "operator",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let e = Enrolled {
+        password: v["password"].as_str().unwrap().into(),
+        secret: v["totp_secret"].as_str().unwrap().into(),
+        codes: v["backup_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect(),
+    };
+    (w, s, e)
+}
+
+fn login(s: &Server, password: &str, code: &str) -> reqwest::blocking::Response {
+    client()
+        .post(s.url("/console/login"))
+        .form(&[("name", "alice"), ("password", password), ("code", code)])
+        .send()
+        .unwrap()
+}
+
+/// The session cookie a successful login set.
+fn session_of(r: &reqwest::blocking::Response) -> String {
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Secure"), "no Secure on loopback: {set}");
+    set.split(';').next().unwrap().to_string()
+}
+
+fn get(s: &Server, path: &str, cookie: &str) -> reqwest::blocking::Response {
+    client()
+        .get(s.url(path))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn an_operator_logs_in_with_a_code_once_and_the_session_obeys_csrf_and_logout() {
+    let (_w, s, e) = setup();
+    // Signed out: the console sends you to log in; the page carries a strict policy.
+    let r = client().get(s.url("/console")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/login");
+    let r = client().get(s.url("/console/login")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = r.text().unwrap();
+    assert!(
+        html.contains("<label for=\"code\">") && !html.contains("<script>"),
+        "{html}"
+    );
+
+    // A wrong password, then the right one with a fresh code.
+    let code = totp_code(&e.secret, now()).unwrap();
+    assert_eq!(login(&s, "wrong-password", &code).status(), 401);
+    let r = login(&s, &e.password, &code);
+    assert_eq!(r.status(), 303, "{:?}", r.text());
+    let cookie = session_of(&r);
+    // The same code again is a replay.
+    assert_eq!(login(&s, &e.password, &code).status(), 401);
+
+    let page = get(&s, "/console", &cookie).text().unwrap();
+    assert!(page.contains("alice (operator)"), "{page}");
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The session reaches the API; a change needs the CSRF token.
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 200);
+    let rotate = |csrf: Option<&str>| {
+        let mut req = client()
+            .post(s.url("/api/v1/tokens/api/rotate"))
+            .header("cookie", &cookie);
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        req.send().unwrap()
+    };
+    assert_eq!(rotate(None).status(), 403);
+    assert_eq!(rotate(Some("0123")).status(), 403);
+    let r = rotate(Some(&csrf));
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().unwrap();
+    let (_, j) = s.call(
+        "GET",
+        &format!("/api/v1/rotations/{}", job["job_id"].as_str().unwrap()),
+        Some(KEY),
+        None,
+    );
+    assert_eq!(j["requested_by"], "operator:alice", "{j}");
+
+    // Logout needs the form's token, then the cookie is dead everywhere.
+    let logout = |token: &str| {
+        client()
+            .post(s.url("/console/logout"))
+            .header("cookie", &cookie)
+            .form(&[("csrf", token)])
+            .send()
+            .unwrap()
+    };
+    assert_eq!(logout("nope").status(), 403);
+    let r = logout(&csrf);
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 401);
+    assert_eq!(get(&s, "/console", &cookie).status(), 303);
+
+    // A backup code works once.
+    let r = login(&s, &e.password, &e.codes[0].to_uppercase());
+    assert_eq!(r.status(), 303);
+    assert_eq!(login(&s, &e.password, &e.codes[0]).status(), 401);
+
+    let (_, events) = s.call(
+        "GET",
+        "/api/v1/audit/security-events?limit=1000",
+        Some(KEY),
+        None,
+    );
+    let kinds = events.to_string();
+    assert!(
+        kinds.contains("login_failed") && kinds.contains("totp_replayed"),
+        "{kinds}"
+    );
+    let (_, audit) = s.call("GET", "/api/v1/audit?limit=1000", Some(KEY), None);
+    let audit = audit.to_string();
+    assert!(audit.contains("operator.logged_in") && audit.contains("operator.logged_out"));
+    let logs = s.logs();
+    assert!(!logs.contains(&e.password) && !logs.contains(&e.secret));
+    assert!(!logs.contains(cookie.split('=').nth(1).unwrap()));
+}
+
+/// Moves a session's clock in the store, as if time had passed.
+fn age_sessions(w: &Workdir, column: &str, by: chrono::Duration) {
+    let url = format!("sqlite://{}", w.path("velvet.db").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE operator_sessions SET {column} = $1"
+        )))
+        .bind(chrono::Utc::now() - by)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+}
+
+#[test]
+fn sessions_end_when_idle_too_long_past_their_limit_or_ended_by_an_admin() {
+    let (w, s, e) = setup();
+    // Each login spends a backup code: TOTP codes would each need their own 30 s step.
+    let fresh = |i: usize| {
+        let r = login(&s, &e.password, &e.codes[i]);
+        assert_eq!(r.status(), 303);
+        session_of(&r)
+    };
+    // Idle 31 minutes.
+    let cookie = fresh(0);
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 200);
+    age_sessions(&w, "last_seen_at", chrono::Duration::minutes(31));
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 401);
+    // Past the absolute limit, however active.
+    let cookie = fresh(1);
+    age_sessions(&w, "expires_at", chrono::Duration::seconds(1));
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 401);
+    // Ended by an admin.
+    let cookie = fresh(2);
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 200);
+    let (code, body) = s.call("DELETE", "/api/v1/auth/sessions/alice", Some(KEY), None);
+    assert_eq!(code, 200, "{body}");
+    // Every session not ended before, the two past their limits included.
+    assert_eq!(body, json!({"operator": "alice", "ended": 3}));
+    assert_eq!(get(&s, "/api/v1/tokens", &cookie).status(), 401);
+    assert_eq!(
+        s.call("DELETE", "/api/v1/auth/sessions/nobody", Some(KEY), None)
+            .0,
+        404
+    );
+    // Failed logins are limited per address like failed API credentials.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(login(&s, "wrong-password", "000000").status().as_u16());
+    }
+    assert!(statuses.iter().all(|c| *c == 401), "{statuses:?}");
+    let r = login(&s, &e.password, &e.codes[5]);
+    assert_eq!(
+        r.status(),
+        429,
+        "even the right password waits out the window"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+}

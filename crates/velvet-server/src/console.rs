@@ -1,0 +1,161 @@
+//! The console's entry: login, logout and the signed-in landing page, server-rendered with no
+//! inline script or style (the Content-Security-Policy forbids both).
+
+use crate::session::{self, LoginError};
+use crate::{ApiError, AppState};
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(home))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{extra_head}\
+         <title>{} · Velvet</title></head><body>{body}</body></html>",
+        esc(title)
+    );
+    (
+        status,
+        [(CONTENT_SECURITY_POLICY, CSP), (CACHE_CONTROL, "no-store")],
+        Html(html),
+    )
+        .into_response()
+}
+
+fn login_form(status: StatusCode, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    page(
+        status,
+        "Log in",
+        &format!(
+            "<main><h1>Velvet</h1>{error}\
+             <form method=\"post\" action=\"/console/login\">\
+             <label for=\"name\">Operator</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required>\
+             <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <label for=\"code\">TOTP code or backup code</label><input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
+             <button type=\"submit\">Log in</button></form></main>"
+        ),
+        "",
+    )
+}
+
+async fn login_page() -> Response {
+    login_form(StatusCode::OK, None)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+    code: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    match session::login(&state, peer.ip(), f.name.trim(), &f.password, &f.code).await {
+        Ok((id, _csrf)) => (
+            StatusCode::SEE_OTHER,
+            session::set_cookie_header(&state, Some(&id)),
+            [(LOCATION, "/console")],
+        )
+            .into_response(),
+        Err(LoginError::Invalid) => login_form(
+            StatusCode::UNAUTHORIZED,
+            Some("Operator, password or code is not valid."),
+        ),
+        Err(LoginError::Limited(secs)) => {
+            let mut r = login_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many failed attempts from this address; try again in a minute."),
+            );
+            r.headers_mut().insert(RETRY_AFTER, secs.into());
+            r
+        }
+        Err(LoginError::Store(e)) => e.into_response(),
+    }
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let to_login = || (StatusCode::SEE_OTHER, [(LOCATION, "/console/login")]).into_response();
+    let Some(id) = session::cookie(&headers) else {
+        return Ok(to_login());
+    };
+    let s = match session::find(&state, &id).await? {
+        Ok(s) => s,
+        Err(_) => return Ok(to_login()),
+    };
+    Ok(page(
+        StatusCode::OK,
+        "Console",
+        &format!(
+            "<header><strong>Velvet</strong> <span class=\"who\">{} ({})</span>\
+             <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Log out</button></form></header><main id=\"console\"></main>",
+            esc(&s.operator),
+            s.role.as_str(),
+            esc(&s.csrf)
+        ),
+        &format!("<meta name=\"csrf-token\" content=\"{}\">", esc(&s.csrf)),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogoutForm {
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LogoutForm>,
+) -> Result<Response, ApiError> {
+    let Some(id) = session::cookie(&headers) else {
+        return Err(ApiError::unauthorized("no console session"));
+    };
+    let s = session::find(&state, &id)
+        .await?
+        .map_err(ApiError::unauthorized)?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        f.csrf.as_bytes(),
+        s.csrf.as_bytes(),
+    )) {
+        return Err(ApiError::forbidden(
+            "the form's CSRF token does not match the session",
+        ));
+    }
+    session::end(&state, &id, &format!("operator:{}", s.operator)).await?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        session::set_cookie_header(&state, None),
+        [(LOCATION, "/console/login")],
+    )
+        .into_response())
+}
