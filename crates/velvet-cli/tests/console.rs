@@ -262,3 +262,51 @@ fn sessions_end_when_idle_too_long_past_their_limit_or_ended_by_an_admin() {
     );
     assert!(r.headers().contains_key("retry-after"));
 }
+
+#[test]
+fn assets_are_content_hashed_immutable_and_listed_with_their_sha256() {
+    use sha2::{Digest, Sha256};
+    let (_w, s, _) = setup();
+    let manifest: Value = client()
+        .get(s.url("/console/assets/manifest.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../velvet-server/assets");
+    let on_disk: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        files.len(),
+        on_disk.len(),
+        "every asset file is listed: {manifest}"
+    );
+    for f in files {
+        let name = f["name"].as_str().unwrap();
+        let bytes = std::fs::read(root.join(name)).unwrap();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        assert_eq!(f["sha256"], sha.as_str(), "{name}");
+        let path = f["path"].as_str().unwrap();
+        assert!(path.contains(&sha[..8]), "{path}");
+        let r = client().get(s.url(path)).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("immutable")
+        );
+        assert_eq!(r.bytes().unwrap().as_ref(), bytes.as_slice(), "{name}");
+    }
+    assert_eq!(
+        client()
+            .get(s.url("/console/assets/console.00000000.js"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+}

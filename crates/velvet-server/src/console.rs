@@ -17,12 +17,23 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console", get(home))
+        .route("/console", get(crate::console_pages::tokens))
+        .route("/console/tokens/{name}", get(crate::console_pages::token))
+        .route(
+            "/console/rotations/{job_id}",
+            get(crate::console_pages::rotation),
+        )
+        .route("/console/audit", get(crate::console_pages::audit))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
+        .route(
+            "/console/assets/manifest.json",
+            get(crate::assets::manifest),
+        )
+        .route("/console/assets/{file}", get(crate::assets::serve))
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -34,7 +45,10 @@ fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Respon
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{extra_head}\
+         <link rel=\"stylesheet\" href=\"{}\"><script src=\"{}\" defer></script>\
          <title>{} · Velvet</title></head><body>{body}</body></html>",
+        crate::assets::path("console.css"),
+        crate::assets::path("console.js"),
         esc(title)
     );
     (
@@ -53,7 +67,7 @@ fn login_form(status: StatusCode, error: Option<&str>) -> Response {
         status,
         "Log in",
         &format!(
-            "<main><h1>Velvet</h1>{error}\
+            "<main class=\"login card\"><h1>Velvet</h1>{error}\
              <form method=\"post\" action=\"/console/login\">\
              <label for=\"name\">Operator</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required>\
              <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
@@ -103,28 +117,35 @@ async fn login(
     }
 }
 
-async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The signed-in operator, or the redirect to the login page.
+pub(crate) async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Result<session::Session, Response>, ApiError> {
     let to_login = || (StatusCode::SEE_OTHER, [(LOCATION, "/console/login")]).into_response();
-    let Some(id) = session::cookie(&headers) else {
-        return Ok(to_login());
+    let Some(id) = session::cookie(headers) else {
+        return Ok(Err(to_login()));
     };
-    let s = match session::find(&state, &id).await? {
-        Ok(s) => s,
-        Err(_) => return Ok(to_login()),
-    };
-    Ok(page(
+    Ok(session::find(state, &id).await?.map_err(|_| to_login()))
+}
+
+/// A console page for a signed-in operator: the header with navigation, who, and logout.
+pub(crate) fn shell(s: &session::Session, title: &str, body: &str) -> Response {
+    page(
         StatusCode::OK,
-        "Console",
+        title,
         &format!(
-            "<header><strong>Velvet</strong> <span class=\"who\">{} ({})</span>\
+            "<header class=\"top\"><a class=\"brand\" href=\"/console\">Velvet</a>\
+             <nav aria-label=\"Main\"><a href=\"/console\">Tokens</a><a href=\"/console/audit\">Audit</a></nav>\
+             <span class=\"who\">{} ({})</span>\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\">Log out</button></form></header><main id=\"console\"></main>",
+             <button type=\"submit\" class=\"secondary\">Log out</button></form></header><main>{body}</main>",
             esc(&s.operator),
             s.role.as_str(),
             esc(&s.csrf)
         ),
         &format!("<meta name=\"csrf-token\" content=\"{}\">", esc(&s.csrf)),
-    ))
+    )
 }
 
 #[derive(Debug, Deserialize)]

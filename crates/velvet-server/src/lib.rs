@@ -1,10 +1,12 @@
 //! Velvet's HTTP server: routes, shared state, start-up (keyring, store, migrations, reconcile)
 //! and shutdown. Each resource has its own file with its own `router()`.
 
+mod assets;
 mod audit;
 mod auth;
 mod body;
 mod console;
+mod console_pages;
 mod error;
 mod events;
 mod flags;
