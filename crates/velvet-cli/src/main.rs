@@ -292,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init { dir, force } => commands::init::run(&ctx, &dir, force),
         Command::Serve { no_migrate } => commands::serve::serve(&ctx, no_migrate).await,
-        Command::Demo => commands::serve::demo(&ctx).await,
+        Command::Demo => commands::demo::run(&ctx).await,
         Command::Migrate { list, dry_run } => commands::store::migrate(&ctx, list, dry_run).await,
         Command::Validate { skip_env } => commands::validate::run(&ctx, skip_env),
         Command::Doctor => commands::doctor::run(&ctx).await,

@@ -487,6 +487,99 @@ fn demo_serves_from_a_throwaway_directory_and_stops_cleanly() {
         .trim()
         .to_string();
     assert!(std::path::Path::new(&dir).join("velvet.db").exists());
+
+    // The demo operator logs in with the printed password and a code from the printed secret,
+    // and rotates the sample token to the built-in webhooks.
+    let mut field = |label: &str| {
+        s.wait_for(label, Duration::from_secs(5))
+            .unwrap()
+            .split(label)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let password = field("password:");
+    let secret = field("TOTP secret:");
+    let now = chrono::Utc::now().timestamp() as u64;
+    let code = velvet_core::operator::totp_code(&secret, now).unwrap();
+    let _ = http();
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(s.url("/console/login"))
+        .form(&[("name", "demo"), ("password", &password), ("code", &code)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text());
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = client
+        .get(s.url("/console"))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("example-api-token") && page.contains("payments-api-key"));
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut req = client
+            .request(method, s.url(path))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
+    };
+    let (code, job) = call(
+        reqwest::Method::POST,
+        "/api/v1/tokens/example-api-token/rotate",
+        None,
+    );
+    assert_eq!(code, 202, "{job}");
+    let job = format!("/api/v1/rotations/{}", job["job_id"].as_str().unwrap());
+    let wait = |awaiting: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let (_, j) = call(reqwest::Method::GET, &job, None);
+            if j["awaiting"] == awaiting {
+                return j;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{j}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("proceed_distribute");
+    let (code, _) = call(
+        reqwest::Method::POST,
+        &format!("{job}/stage"),
+        Some(serde_json::json!({"action": "proceed_distribute"})),
+    );
+    assert_eq!(code, 200);
+    let j = wait("proceed_revoke");
+    let consumers = j["consumers"].as_array().unwrap();
+    assert_eq!(consumers.len(), 7, "{j}");
+    assert!(consumers.iter().all(|c| c["status"] == "verified"), "{j}");
+
     s.signal("INT");
     assert_eq!(s.wait(Duration::from_secs(30)), 0);
     assert!(

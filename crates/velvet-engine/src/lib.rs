@@ -10,4 +10,4 @@ mod runner;
 mod values;
 
 pub use actions::ActionError;
-pub use runner::{Engine, EngineOptions};
+pub use runner::{Engine, EngineOptions, EnvLookup};

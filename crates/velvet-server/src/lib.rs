@@ -24,6 +24,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openapi::document_json as openapi_json;
 pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve};
+pub use velvet_engine::EnvLookup;
 
 use std::sync::{Arc, RwLock};
 use velvet_core::config::Config;

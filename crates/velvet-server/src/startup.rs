@@ -26,11 +26,23 @@ pub enum StartError {
     Serve(std::io::Error),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Refuse to start when migrations are pending instead of applying them.
     pub no_migrate: bool,
     pub store: StoreOptions,
+    /// Where adapters look up `*_env` secrets; the process environment when `None`.
+    pub env: Option<velvet_engine::EnvLookup>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("no_migrate", &self.no_migrate)
+            .field("store", &self.store)
+            .field("env", &self.env.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// The keyring named by the config: `VELVET_MASTER_KEY` or the key file.
@@ -73,12 +85,12 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
         );
     }
     let config = Arc::new(RwLock::new(Arc::new(config)));
-    let engine = velvet_engine::Engine::new(
-        store.clone(),
-        keyring.clone(),
-        config.clone(),
-        velvet_engine::EngineOptions::for_this_process(),
-    );
+    let mut engine_opts = velvet_engine::EngineOptions::for_this_process();
+    if let Some(env) = &opts.env {
+        engine_opts.env = env.clone();
+    }
+    let engine =
+        velvet_engine::Engine::new(store.clone(), keyring.clone(), config.clone(), engine_opts);
     let state = AppState {
         store,
         keyring,

@@ -3,6 +3,7 @@
 pub mod audit_tail;
 pub mod auth;
 pub mod client;
+pub mod demo;
 pub mod doctor;
 pub mod flags;
 pub mod init;

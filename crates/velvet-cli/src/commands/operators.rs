@@ -102,6 +102,29 @@ async fn store_with_keyring(ctx: &Context) -> Result<(Arc<dyn Store>, Arc<Keyrin
     Ok((store, keyring))
 }
 
+/// Adds an operator to `store`; the password and enrolment, to show once.
+pub(crate) async fn create(
+    store: &dyn Store,
+    keyring: &Keyring,
+    name: &str,
+    role: Role,
+    actor: &str,
+) -> Result<(SecretString, SecretString), Failure> {
+    let password = operator::new_password();
+    let e = enrol(keyring, name)?;
+    store
+        .create_operator(&velvet_store::NewOperator {
+            name,
+            role: role.as_str(),
+            password_hash: &operator::hash_password(password.expose()),
+            totp: &e.sealed,
+            backup_code_hashes: &e.hashes,
+            created_by: actor,
+        })
+        .await?;
+    Ok((password, e.secret))
+}
+
 pub async fn add(ctx: &Context, name: &str, role: &str) -> Result<(), Failure> {
     if !operator::valid_name(name) {
         return Err(Failure::usage(format!(

@@ -1,0 +1,157 @@
+//! `velvet demo`: the showcase, with nothing else to install. A throwaway directory holds a
+//! config with two tokens (one behind a TOTP revocation gate), the embedded SQLite store and a
+//! keyring; a built-in webhook receiver on loopback answers after an adjustable delay
+//! (`VELVET_DEMO_LATENCY`, default 300ms) so the console's live table visibly fills; a demo
+//! operator is enrolled and its password and TOTP secret printed. Ctrl-C stops it and removes
+//! the directory.
+
+use super::Context;
+use crate::exit::Failure;
+use chrono::Utc;
+use std::time::Duration;
+use velvet_core::config::{Config, LoadOptions};
+use velvet_core::identity::Role;
+use velvet_core::keyring::version_aad;
+use velvet_core::secret::SecretValue;
+use velvet_server::ServeOptions;
+
+const SERVICES: &[&str] = &[
+    "billing", "search", "mailer", "reports", "ledger", "gateway",
+];
+
+fn config(hook: &str) -> String {
+    let hooks = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "      - {{name: {n}, kind: webhook, url: '{hook}/{n}', signing_secret_env: DEMO_HOOK_SECRET}}\n"
+                )
+            })
+            .collect()
+    };
+    format!(
+        "# velvet demo: written by `velvet demo` into a throwaway directory.
+server: {{listen: 127.0.0.1:8700}}
+store: {{url: sqlite://velvet.db}}
+keyring: velvet-keys.json
+defaults: {{flow: staged, grace_period: 30s, retry: {{attempts: 3, initial_backoff: 1s, max_backoff: 5s}}}}
+tokens:
+  - name: example-api-token
+    description: Service token shared by the web app and six internal services
+    tags: [demo]
+    source: {{kind: random, bytes: 32, encoding: hex}}
+    consumers:
+      - {{name: app-env, kind: file, path: app.env, format: dotenv, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS}}
+{}  - name: payments-api-key
+    description: Production payments key, behind the revocation gate
+    tags: [prod]
+    source: {{kind: random, bytes: 32, encoding: base64url}}
+    consumers:
+      - {{name: payments-env, kind: file, path: payments.env, format: dotenv, key: PAYMENTS_KEY}}
+{}revocation_gates:
+  - name: production
+    match: {{tags: [prod]}}
+    require: {{totp: true, roles: [revoker, admin]}}
+",
+        hooks(SERVICES),
+        hooks(&SERVICES[..3])
+    )
+}
+
+/// A loopback webhook receiver that answers 200 after `delay`; its base URL.
+async fn receiver(delay: Duration) -> Result<String, Failure> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/hook/{service}",
+        axum::routing::post(move || async move {
+            tokio::time::sleep(delay).await;
+            axum::http::StatusCode::OK
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/hook"))
+}
+
+fn random_hex(n: usize) -> Result<String, Failure> {
+    let mut raw = vec![0u8; n];
+    getrandom::fill(&mut raw).map_err(|e| Failure::failed(format!("no OS randomness: {e}")))?;
+    Ok(hex::encode(raw))
+}
+
+pub async fn run(_ctx: &Context) -> Result<(), Failure> {
+    let delay = match std::env::var("VELVET_DEMO_LATENCY") {
+        Ok(v) => velvet_core::duration::parse(&v)
+            .map_err(|e| Failure::usage(format!("VELVET_DEMO_LATENCY: {e}")))?,
+        Err(_) => Duration::from_millis(300),
+    };
+    let dir = tempfile::Builder::new().prefix("velvet-demo-").tempdir()?;
+    super::init::write_starter(dir.path(), false)?;
+    let hook = receiver(delay).await?;
+    std::fs::write(dir.path().join("velvet.yaml"), config(&hook))?;
+    let hook_secret = random_hex(24)?;
+    // Self-contained: only the listen address may come from the environment.
+    let env = move |name: &str| match name {
+        "VELVET_LISTEN" => std::env::var(name).ok(),
+        "DEMO_HOOK_SECRET" => Some(hook_secret.clone()),
+        _ => None,
+    };
+    let env: velvet_server::EnvLookup = std::sync::Arc::new(env);
+    let config = Config::load(
+        &dir.path().join("velvet.yaml"),
+        LoadOptions {
+            env: &*env,
+            check_env: true,
+        },
+    )?;
+    let prepared = velvet_server::prepare(
+        config,
+        &ServeOptions {
+            no_migrate: false,
+            store: super::store_options()?,
+            env: Some(env.clone()),
+        },
+    )
+    .await?;
+    let state = &prepared.state;
+    // A current value for each token, so a rotation has a previous one to retire.
+    for token in ["example-api-token", "payments-api-key"] {
+        let value = SecretValue::single(random_hex(32)?);
+        let sealed = state
+            .keyring
+            .seal(&value, &version_aad(token, 1), Utc::now())?;
+        let fp = state.keyring.fingerprint(&value, Utc::now())?;
+        state
+            .store
+            .import_version(token, &sealed, &fp, "demo")
+            .await?;
+    }
+    let (password, secret) =
+        super::operators::create(&*state.store, &state.keyring, "demo", Role::Revoker, "demo")
+            .await?;
+    let dir_shown = dir.path().display().to_string();
+    velvet_server::serve(prepared, |addr| {
+        println!();
+        println!("  Velvet demo is running at http://{addr}");
+        println!("    console:   http://{addr}/console");
+        println!("    operator:  demo");
+        println!("    password:  {}", password.expose());
+        println!(
+            "    TOTP secret: {} (add it to an authenticator app, or:)",
+            secret.expose()
+        );
+        println!("    current code: velvet totp --secret {}", secret.expose());
+        println!("  Rotate example-api-token to watch six webhooks answer after {delay:?} each;");
+        println!("  payments-api-key asks for a TOTP code before it revokes.");
+        println!("    API:       curl http://{addr}/api/v1/openapi.json");
+        println!("  Its files (config, keyring, SQLite store) are in {dir_shown}");
+        println!("  Inspect them: velvet --config {dir_shown}/velvet.yaml audit verify");
+        println!("  Press Ctrl-C to stop; the directory is removed on exit.");
+        println!();
+    })
+    .await?;
+    Ok(())
+}
