@@ -310,3 +310,38 @@ fn assets_are_content_hashed_immutable_and_listed_with_their_sha256() {
         404
     );
 }
+
+#[test]
+fn the_rotation_modal_follows_the_ui_flag_and_pages_need_a_session() {
+    let (_w, s, e) = setup();
+    for page in [
+        "/console/tokens/api",
+        "/console/audit",
+        "/console/rotations/rot_x",
+    ] {
+        let r = client().get(s.url(page)).send().unwrap();
+        assert_eq!(r.status(), 303, "{page} without a session");
+    }
+    let r = login(&s, &e.password, &e.codes[0]);
+    let cookie = session_of(&r);
+    let page = get(&s, "/console/tokens/api", &cookie).text().unwrap();
+    assert!(page.contains("id=\"open-rotation\"") && page.contains("<dialog id=\"rotation\""));
+    let (code, _) = s.call(
+        "PUT",
+        "/api/v1/flags/velvet_v2_rotation_ui",
+        Some(KEY),
+        Some(json!({"enabled": false})),
+    );
+    assert_eq!(code, 200);
+    let page = get(&s, "/console/tokens/api", &cookie).text().unwrap();
+    assert!(
+        !page.contains("open-rotation") && !page.contains("<dialog"),
+        "{page}"
+    );
+    let audit = get(&s, "/console/audit", &cookie).text().unwrap();
+    assert!(
+        audit.contains("Chain verified") && audit.contains("flag.set"),
+        "{audit}"
+    );
+    assert_eq!(get(&s, "/console/tokens/nope", &cookie).status(), 404);
+}

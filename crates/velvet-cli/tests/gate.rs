@@ -265,3 +265,171 @@ revocation_gates:
         assert!(!events.to_string().contains(secret.as_str()));
     }
 }
+
+#[test]
+fn force_passes_only_a_gate_that_allows_it_for_an_admin_with_a_reason() {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - name: breakglass
+    tags: [bg]
+    flow: staged
+    source: {kind: random}
+  - name: strict
+    tags: [strict]
+    flow: staged
+    source: {kind: random}
+revocation_gates:
+  - name: breakglass
+    match: {tags: [bg]}
+    require: {totp: true, approvals: 2}
+    allow_force: true
+  - name: strict
+    match: {tags: [strict]}
+    require: {totp: true}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let alice = add_operator(&w, &s, "alice");
+    let to_revoke = |token: &str| {
+        let (code, body) = s.call(
+            "POST",
+            &format!("/api/v1/tokens/{token}/rotate"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(code, 202, "{body}");
+        let job = body["job_id"].as_str().unwrap().to_string();
+        wait_for(&s, &job, "proceed_distribute");
+        let stage = format!("/api/v1/rotations/{job}/stage");
+        assert_eq!(
+            s.call(
+                "POST",
+                &stage,
+                Some(KEY),
+                Some(json!({"action": "proceed_distribute"}))
+            )
+            .0,
+            200
+        );
+        wait_for(&s, &job, "proceed_revoke");
+        (job, stage)
+    };
+    let force = |stage: &str, who: &str, reason: Option<&str>| {
+        let mut body = json!({"action": "proceed_revoke", "force": true});
+        if let Some(r) = reason {
+            body["reason"] = json!(r);
+        }
+        s.call("POST", stage, Some(who), Some(body))
+    };
+    let (job, stage) = to_revoke("breakglass");
+    let (code, r) = force(&stage, &alice.token, Some("incident"));
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (403, Some("forbidden")),
+        "a revoker may not force: {r}"
+    );
+    let (code, r) = force(&stage, KEY, None);
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (422, Some("validation_failed")),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().contains("reason"));
+    let (code, r) = s.call(
+        "POST",
+        &stage,
+        Some(KEY),
+        Some(json!({"action": "abort", "force": true})),
+    );
+    assert_eq!(code, 422, "force goes only with proceed_revoke: {r}");
+    let (code, r) = force(&stage, KEY, Some("INC-42: the key leaked"));
+    assert_eq!(code, 200, "{r}");
+    wait_for(&s, &job, "");
+
+    let (_, stage) = to_revoke("strict");
+    let (code, r) = force(&stage, KEY, Some("INC-43"));
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (403, Some("gate_denied")),
+        "{r}"
+    );
+
+    let (_, events) = s.call(
+        "GET",
+        "/api/v1/audit/security-events?limit=1000",
+        Some(KEY),
+        None,
+    );
+    let forced: Vec<&Value> = events["security_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "force_revoke")
+        .collect();
+    assert_eq!(forced.len(), 1, "{events}");
+    assert_eq!(forced[0]["severity"], "critical");
+    assert_eq!(forced[0]["job_id"], job.as_str());
+    assert!(s.logs().contains("force_revoke"));
+}
+
+#[test]
+fn in_the_auto_flow_a_gate_that_needs_a_person_pauses_before_revoke() {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - name: guarded
+    tags: [prod]
+    flow: auto
+    source: {kind: random}
+  - name: roles-only
+    tags: [internal]
+    flow: auto
+    source: {kind: random}
+revocation_gates:
+  - name: production
+    match: {tags: [prod]}
+    require: {totp: true}
+  - name: internal
+    match: {tags: [internal]}
+    require: {roles: [revoker, admin]}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let alice = add_operator(&w, &s, "alice");
+    let kick = |token: &str| {
+        let (code, body) = s.call(
+            "POST",
+            &format!("/api/v1/tokens/{token}/rotate"),
+            Some(&alice.token),
+            None,
+        );
+        assert_eq!(code, 202, "{body}");
+        body["job_id"].as_str().unwrap().to_string()
+    };
+    // Nobody needs to answer a roles-only gate: the job runs to the end.
+    let free = kick("roles-only");
+    wait_for(&s, &free, "");
+    // A TOTP gate stops the unattended flow before revoke, and waits for a person.
+    let held = kick("guarded");
+    let j = wait_for(&s, &held, "proceed_revoke");
+    assert_eq!(
+        (j["stage"].as_str(), j["status"].as_str()),
+        (Some("revoke"), Some("awaiting_confirmation"))
+    );
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let (_, j) = s.call("GET", &format!("/api/v1/rotations/{held}"), Some(KEY), None);
+    assert_eq!(j["awaiting"], "proceed_revoke", "still waiting: {j}");
+    let (code, r) = s.call(
+        "POST",
+        &format!("/api/v1/rotations/{held}/stage"),
+        Some(&alice.token),
+        Some(json!({"action": "proceed_revoke", "totp": totp_code(&alice.secret, now()).unwrap()})),
+    );
+    assert_eq!(code, 200, "{r}");
+    wait_for(&s, &held, "");
+}

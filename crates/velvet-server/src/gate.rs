@@ -236,6 +236,79 @@ pub(crate) async fn pass(
     .await
 }
 
+/// Passes `gate` by force: only where it allows force, only for an admin, only with a reason.
+pub(crate) async fn force(
+    state: &AppState,
+    caller: &Caller,
+    job: &Job,
+    gate: &GateSpec,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    let resource = format!(
+        "POST /api/v1/rotations/{}/stage proceed_revoke force gate {}",
+        job.job_id, gate.name
+    );
+    if !gate.allow_force {
+        return Err(deny(
+            state,
+            caller,
+            job,
+            &resource,
+            DecisionStep::new("gate_force", false, "the gate does not allow force"),
+            "gate_denied",
+            "gate_denied",
+            format!(
+                "the gate `{}` does not allow force (allow_force: false)",
+                gate.name
+            ),
+        )
+        .await);
+    }
+    if caller.role != velvet_core::identity::Role::Admin {
+        return Err(deny(
+            state,
+            caller,
+            job,
+            &resource,
+            DecisionStep::new(
+                "gate_force",
+                false,
+                format!("role {} is not admin", caller.role.as_str()),
+            ),
+            "forbidden",
+            "gate_denied",
+            "forcing a revocation gate needs the admin role (velvet.admin)".into(),
+        )
+        .await);
+    }
+    let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Err(ApiError::validation(
+            "reason: a forced revoke needs a reason",
+        ));
+    };
+    allow(
+        state,
+        caller,
+        &resource,
+        DecisionStep::new(
+            "gate_force",
+            true,
+            format!("forced past gate {}: {reason}", gate.name),
+        ),
+    )
+    .await?;
+    let mut ev = SecurityEvent::new(
+        "force_revoke",
+        Severity::Critical,
+        format!("the gate `{}` was forced: {reason}", gate.name),
+    );
+    ev.subject = Some(caller.actor.clone());
+    ev.client = Some(caller.client.clone());
+    ev.job_id = Some(job.job_id.clone());
+    crate::auth::security_event(state, ev).await;
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveBody {

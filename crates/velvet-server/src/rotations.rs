@@ -145,7 +145,9 @@ pub struct StageBody {
     totp: Option<String>,
     /// Why, for the audit log.
     reason: Option<String>,
-    /// Pass a gate that allows forcing (refused until operators exist).
+    /// With `proceed_revoke`: pass a revocation gate without its TOTP and approvals, where the
+    /// gate says `allow_force: true`; needs the admin role and a `reason`, and is recorded as a
+    /// critical security event. It never revokes before every consumer is verified (I2).
     #[serde(default)]
     force: bool,
 }
@@ -194,23 +196,12 @@ async fn stage(
         )
         .await?;
     }
-    if body.force {
-        let mut ev = velvet_core::decision::SecurityEvent::new(
-            "gate_denied",
-            velvet_core::decision::Severity::Warning,
-            "a forced revoke was refused: forcing is not supported yet",
-        );
-        ev.subject = Some(caller.actor.clone());
-        ev.client = Some(caller.client.clone());
-        ev.job_id = Some(job_id.clone());
-        crate::auth::security_event(&state, ev).await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "gate_denied",
-            "forcing a revoke is not supported yet: pass the revocation gate instead",
+    let job = load(&state, &job_id).await?;
+    if body.force && action != Action::ProceedRevoke {
+        return Err(ApiError::validation(
+            "force: goes only with proceed_revoke (it passes a revocation gate that allows it)",
         ));
     }
-    let job = load(&state, &job_id).await?;
     let engine = state
         .engine
         .as_ref()
@@ -222,7 +213,11 @@ async fn stage(
             if action == Action::ProceedRevoke
                 && job.state.awaiting == Some(Awaiting::ProceedRevoke) =>
         {
-            crate::gate::pass(&state, &caller, &job, &g, body.totp.as_deref()).await?;
+            if body.force {
+                crate::gate::force(&state, &caller, &job, &g, body.reason.as_deref()).await?;
+            } else {
+                crate::gate::pass(&state, &caller, &job, &g, body.totp.as_deref()).await?;
+            }
             true
         }
         Some(_) => false,
