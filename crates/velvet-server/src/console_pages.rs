@@ -77,11 +77,22 @@ pub(crate) async fn tokens(
                 .as_ref()
                 .map(|j| format!("<a href=\"/console/rotations/{0}\">{0}</a>", esc(j)))
                 .unwrap_or_else(|| "—".into());
+            let (status, class) = if t.active_job_id.is_some() {
+                ("rotating", "running")
+            } else if t.next_rotation_at.is_some_and(|n| n <= Utc::now()) {
+                ("overdue", "failed")
+            } else if t.current_version.is_none() {
+                ("no value yet", "pending")
+            } else {
+                ("ok", "verified")
+            };
             format!(
-                "<tr><td><a href=\"/console/tokens/{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{job}</td><td>{tags}</td></tr>",
+                "<tr><td><a href=\"/console/tokens/{0}\">{0}</a></td><td class=\"status {class}\">{status}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{job}</td><td>{tags}</td></tr>",
                 esc(&t.name),
                 esc(&t.source_kind),
-                t.current_version.map(|v| format!("v{v}")).unwrap_or_else(|| "—".into()),
+                t.current_version
+                    .map(|v| format!("v{v}, {}", ago(t.last_rotated_at.or(Some(t.created_at))).replace(" ago", " old")))
+                    .unwrap_or_else(|| "—".into()),
                 ago(t.last_rotated_at),
                 ago(t.next_rotation_at),
                 t.consumer_count,
