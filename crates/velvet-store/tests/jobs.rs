@@ -12,18 +12,7 @@ use velvet_core::secret::SecretValue;
 use velvet_store::{ConsumerChange, ConsumerUpdate, Dialect, NewJob, StoreError};
 use velvet_testkit::Fixture;
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() { super::$name(velvet_testkit::Fixture::new(velvet_store::Dialect::Sqlite).await).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(velvet_testkit::Fixture::new(velvet_store::Dialect::Postgres).await).await }
-        }
-    )*};
-}
-
-both!(
+velvet_testkit::both_dialects!(
     a_job_starts_pending_with_its_consumers,
     concurrent_kickoffs_make_exactly_one_job,
     a_lease_is_exclusive_until_it_expires,

@@ -170,3 +170,21 @@ impl Fixture {
         self.dir.path().join(name)
     }
 }
+
+/// Runs each named async case (`async fn case(f: Fixture)`) against SQLite and PostgreSQL alike,
+/// as `case::sqlite` and `case::postgres`.
+#[macro_export]
+macro_rules! both_dialects {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Fixture::new(velvet_store::Dialect::Sqlite).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::Fixture::new(velvet_store::Dialect::Postgres).await).await
+            }
+        }
+    )*};
+}
