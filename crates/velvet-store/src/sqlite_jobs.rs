@@ -23,18 +23,19 @@ pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
-fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    let Some(s) = row.get::<_, Option<String>>(i)? else {
+/// A time column as written by either path; borrowed, not copied.
+pub(crate) fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let Some(s) = row.get_ref(i)?.as_str_or_null()? else {
         return Ok(None);
     };
-    DateTime::parse_from_rfc3339(&s)
+    DateTime::parse_from_rfc3339(s)
         .map(|t| Some(t.with_timezone(&Utc)))
         .map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
         })
 }
 
-fn required_time(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
+pub(crate) fn required_time(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
     time_at(row, i)?.ok_or(rusqlite::Error::InvalidColumnType(
         i,
         "time".into(),

@@ -6,8 +6,8 @@
 
 use crate::StoreError;
 use crate::rows::{ConsumerRow, TokenRow, VersionRow};
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use crate::sqlite_jobs::{required_time, time_at};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -71,25 +71,6 @@ impl Readers {
     }
 }
 
-fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
-    let Some(s) = row.get_ref(i)?.as_str_or_null()? else {
-        return Ok(None);
-    };
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| Some(t.with_timezone(&Utc)))
-        .map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-        })
-}
-
-fn time_req(row: &Row<'_>, i: usize) -> rusqlite::Result<DateTime<Utc>> {
-    time_at(row, i)?.ok_or(rusqlite::Error::InvalidColumnType(
-        i,
-        "time".into(),
-        rusqlite::types::Type::Null,
-    ))
-}
-
 pub(crate) fn service_token_by_hash(
     conn: &Connection,
     hash: &str,
@@ -106,7 +87,7 @@ pub(crate) fn service_token_by_hash(
             prefix: r.get(3)?,
             operator: r.get(4)?,
             created_by: r.get(5)?,
-            created_at: time_req(r, 6)?,
+            created_at: required_time(r, 6)?,
             expires_at: time_at(r, 7)?,
             last_used_at: time_at(r, 8)?,
             revoked_at: time_at(r, 9)?,
@@ -143,8 +124,8 @@ pub(crate) fn token_view(
                     spec: r.get(6)?,
                     last_rotated_at: time_at(r, 7)?,
                     next_rotation_at: time_at(r, 8)?,
-                    created_at: time_req(r, 9)?,
-                    updated_at: time_req(r, 10)?,
+                    created_at: required_time(r, 9)?,
+                    updated_at: required_time(r, 10)?,
                     current_version: r.get(11)?,
                     consumer_count: r.get(12)?,
                     active_job_id: r.get(13)?,
@@ -179,7 +160,7 @@ pub(crate) fn token_view(
                 version: r.get(0)?,
                 label: r.get(1)?,
                 fingerprint: r.get(2)?,
-                created_at: time_req(r, 3)?,
+                created_at: required_time(r, 3)?,
                 activated_at: time_at(r, 4)?,
                 revoked_at: time_at(r, 5)?,
             })
