@@ -108,6 +108,13 @@ function rotationModal(dialog) {
   }
 
   function renderJob(j) {
+    // An action's answer and the stream race: never show an older state over a newer one
+    // (a late "running" answer after the stream's "succeeded" would strand the modal).
+    const terminal = (x) => ["succeeded", "aborted", "rolled_back"].includes(x?.status);
+    if (job && job.job_id === j.job_id
+        && (terminal(job) || Date.parse(j.updated_at) < Date.parse(job.updated_at))) {
+      return;
+    }
     job = j;
     dialog.dataset.status = j.status;
     dialog.dataset.stage = j.stage;
