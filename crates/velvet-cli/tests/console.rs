@@ -114,7 +114,8 @@ fn an_operator_logs_in_with_a_code_once_and_the_session_obeys_csrf_and_logout() 
     // A wrong password, then the right one with a fresh code.
     let code = totp_code(&e.secret, now()).unwrap();
     assert_eq!(login(&s, "wrong-password", &code).status(), 401);
-    let r = login(&s, &e.password, &code);
+    // Typed as an authenticator shows it, with a space.
+    let r = login(&s, &e.password, &format!("{} {}", &code[..3], &code[3..]));
     assert_eq!(r.status(), 303, "{:?}", r.text());
     let cookie = session_of(&r);
     // The same code again is a replay.

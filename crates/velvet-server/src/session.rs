@@ -107,17 +107,19 @@ pub(crate) async fn login(
         .filter(|o| o.disabled_at.is_none())
     else {
         // Spend the same time as a real check, so timing does not tell names apart.
-        let _ = operator::verify_password(
-            password,
-            DUMMY_HASH.get_or_init(|| operator::hash_password("x")),
-        );
+        let dummy = DUMMY_HASH
+            .get_or_init(|| operator::hash_password("x"))
+            .clone();
+        verify(password, dummy).await;
         return Err(fail("unknown operator".into()).await);
     };
-    if !operator::verify_password(password, &op.password_hash) {
+    if !verify(password, op.password_hash.clone()).await {
         return Err(fail("wrong password".into()).await);
     }
-    let code = code.trim();
-    if code.contains('-') || code.len() > 6 {
+    // Six digits are a TOTP code; anything else is a backup code (spaces and dashes aside).
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let code = code.as_str();
+    if !(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())) {
         if !state
             .store
             .use_backup_code(name, &operator::hash_backup_code(code))
@@ -173,6 +175,14 @@ pub(crate) async fn login(
 }
 
 static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// argon2id takes tens of milliseconds of CPU by design: off the async workers.
+async fn verify(password: &str, hash: String) -> bool {
+    let password = zeroize::Zeroizing::new(password.to_string());
+    tokio::task::spawn_blocking(move || operator::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
 
 /// An open session: who, and its CSRF token.
 #[derive(Debug, Clone)]
