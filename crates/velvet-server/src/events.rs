@@ -167,10 +167,13 @@ struct Feed {
 }
 
 impl Feeds {
+    /// Subscribes to `job_id`'s feed, starting one at `start` (a seq the caller read before
+    /// this call) if there is none.
     fn follow(
         &self,
         state: &AppState,
         job_id: &str,
+        start: i64,
     ) -> (Arc<Feed>, broadcast::Receiver<Arc<Batch>>) {
         let mut feeds = self.feeds.lock().expect("never poisoned");
         if let Some(feed) = feeds.get(job_id).and_then(Weak::upgrade) {
@@ -185,16 +188,18 @@ impl Feeds {
             state.clone(),
             job_id.to_string(),
             Arc::downgrade(&feed),
+            start,
         ));
         (feed, rx)
     }
 }
 
 /// Reads a job's new events from the store and broadcasts them, until nobody follows.
-async fn run_feed(state: AppState, job_id: String, feed: Weak<Feed>) {
-    let Ok(mut after) = state.store.last_event_seq(&job_id).await else {
-        return;
-    };
+async fn run_feed(state: AppState, job_id: String, feed: Weak<Feed>, start: i64) {
+    // From where the first follower stood before it subscribed: a feed that read its own start
+    // later would take what changed in between for history, and a follower whose job ended in
+    // that gap would wait for an `end` that no one sends.
+    let mut after = start;
     let mut bus = state.engine.as_ref().map(|e| e.subscribe());
     loop {
         let Some(f) = feed.upgrade() else { return };
@@ -288,7 +293,8 @@ pub async fn stream(
     }
     // Follow first, then read the state: whatever happens in between arrives twice at worst
     // (and is skipped by its seq), never not at all.
-    let (feed, rx) = state.feeds.follow(&state, &job_id);
+    let start = state.store.last_event_seq(&job_id).await?;
+    let (feed, rx) = state.feeds.follow(&state, &job_id, start);
     let client = Client {
         state,
         job_id,
