@@ -281,6 +281,9 @@ tokens:
     tags: [strict]
     flow: staged
     source: {kind: random}
+  - name: open
+    flow: staged
+    source: {kind: random}
 revocation_gates:
   - name: breakglass
     match: {tags: [bg]}
@@ -325,6 +328,26 @@ revocation_gates:
         s.call("POST", stage, Some(who), Some(body))
     };
     let (job, stage) = to_revoke("breakglass");
+    // An operator's own approval does not count toward their revoke.
+    let (code, r) = s.call(
+        "POST",
+        &format!("/api/v1/rotations/{job}/approvals"),
+        Some(&alice.token),
+        Some(json!({"totp": totp_code(&alice.secret, now()).unwrap()})),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (code, r) = s.call(
+        "POST",
+        &stage,
+        Some(&alice.token),
+        Some(json!({"action": "proceed_revoke"})),
+    );
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (403, Some("gate_required")),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().contains("it has 0"), "{r}");
     let (code, r) = force(&stage, &alice.token, Some("incident"));
     assert_eq!(
         (code, r["error"].as_str()),
@@ -349,13 +372,34 @@ revocation_gates:
     assert_eq!(code, 200, "{r}");
     wait_for(&s, &job, "");
 
-    let (_, stage) = to_revoke("strict");
+    let (strict, stage) = to_revoke("strict");
     let (code, r) = force(&stage, KEY, Some("INC-43"));
     assert_eq!(
         (code, r["error"].as_str()),
         (403, Some("gate_denied")),
         "{r}"
     );
+    // A gate that asks for no approvals takes none.
+    let (code, r) = s.call(
+        "POST",
+        &format!("/api/v1/rotations/{strict}/approvals"),
+        Some(&alice.token),
+        Some(json!({"totp": "123456"})),
+    );
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (409, Some("invalid_transition")),
+        "{r}"
+    );
+    // Nothing to force where no gate applies.
+    let (_, stage) = to_revoke("open");
+    let (code, r) = force(&stage, KEY, Some("INC-44"));
+    assert_eq!(
+        (code, r["error"].as_str()),
+        (422, Some("validation_failed")),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().starts_with("force:"), "{r}");
 
     let (_, events) = s.call(
         "GET",

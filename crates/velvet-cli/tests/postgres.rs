@@ -124,33 +124,48 @@ fn db_sql(url: &str, sql: &str) -> Vec<i64> {
     })
 }
 
-#[test]
-fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
-    const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789";
+
+/// A server on its own fresh PostgreSQL database, ready.
+fn serve_on_a_fresh_database() -> (String, Workdir, Server) {
     let url = block(velvet_testkit::fresh_postgres_db());
     let w = Workdir::new();
     w.write_config(CONFIG);
-    let env = [
-        ("VELVET_DATABASE_URL", url.as_str()),
-        ("VELVET_API_KEY", KEY),
-    ];
-    let s = w.serve(&[], &env);
+    let s = w.serve(
+        &[],
+        &[
+            ("VELVET_DATABASE_URL", url.as_str()),
+            ("VELVET_API_KEY", KEY),
+        ],
+    );
     assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    (url, w, s)
+}
+
+/// Makes `table` refuse inserts, as a full disk or a revoked grant would.
+fn refuse_inserts(url: &str, table: &str) {
+    db_sql(
+        url,
+        &format!(
+            "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION '{table} is read-only'; END $$"
+        ),
+    );
+    db_sql(
+        url,
+        &format!(
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}
+                 FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
+        ),
+    );
+}
+
+#[test]
+fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
+    let (url, _w, s) = serve_on_a_fresh_database();
     let before = db_sql(&url, "SELECT COUNT(*) FROM audit_events")[0];
-    // The audit table turns unwritable, as a full disk or a revoked grant would make it.
-    block(async {
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::raw_sql(
-            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN RAISE EXCEPTION 'audit_events is read-only'; END $$;
-             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
-                 FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    });
+    // The audit table turns unwritable.
+    refuse_inserts(&url, "audit_events");
 
     let attempts = [
         ("POST", "/api/v1/tokens/shared-token/rotate", None),
@@ -185,27 +200,9 @@ fn i6_when_the_audit_log_cannot_be_written_nothing_happens() {
 
 #[test]
 fn an_allow_that_cannot_be_recorded_does_not_proceed() {
-    const KEY: &str = "test-bootstrap-key-0123456789";
-    let url = block(velvet_testkit::fresh_postgres_db());
-    let w = Workdir::new();
-    w.write_config(CONFIG);
-    let env = [
-        ("VELVET_DATABASE_URL", url.as_str()),
-        ("VELVET_API_KEY", KEY),
-    ];
-    let s = w.serve(&[], &env);
-    assert_eq!(s.get("/readyz").0, 200, "{}", s.logs());
+    let (url, _w, s) = serve_on_a_fresh_database();
     // Decisions turn unwritable; the audit log itself still works.
-    db_sql(
-        &url,
-        "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN RAISE EXCEPTION 'policy_decisions is read-only'; END $$",
-    );
-    db_sql(
-        &url,
-        "CREATE TRIGGER refuse_decisions BEFORE INSERT ON policy_decisions
-             FOR EACH ROW EXECUTE FUNCTION refuse_decisions()",
-    );
+    refuse_inserts(&url, "policy_decisions");
     for (method, path, body) in [
         ("POST", "/api/v1/tokens/shared-token/rotate", None),
         (

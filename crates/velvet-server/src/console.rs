@@ -71,7 +71,7 @@ fn login_form(status: StatusCode, error: Option<&str>) -> Response {
              <form method=\"post\" action=\"/console/login\">\
              <label for=\"name\">Operator</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required>\
              <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-             <label for=\"code\">TOTP code or backup code</label><input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\" required>\
+             <label for=\"code\">TOTP code or backup code</label><input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" required>\
              <button type=\"submit\">Log in</button></form></main>"
         ),
         "",

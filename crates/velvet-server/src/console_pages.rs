@@ -86,13 +86,17 @@ pub(crate) async fn tokens(
             } else {
                 ("ok", "verified")
             };
+            // A version is as old as the rotation that made it current (or the adoption).
+            let age = ago(t.last_rotated_at.or(Some(t.created_at))).replace(" ago", " old");
+            let current = t
+                .current_version
+                .map(|v| format!("v{v}, {age}"))
+                .unwrap_or_else(|| "—".into());
             format!(
                 "<tr><td><a href=\"/console/tokens/{0}\">{0}</a></td><td class=\"status {class}\">{status}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{job}</td><td>{tags}</td></tr>",
                 esc(&t.name),
                 esc(&t.source_kind),
-                t.current_version
-                    .map(|v| format!("v{v}, {}", ago(t.last_rotated_at.or(Some(t.created_at))).replace(" ago", " old")))
-                    .unwrap_or_else(|| "—".into()),
+                current,
                 ago(t.last_rotated_at),
                 ago(t.next_rotation_at),
                 t.consumer_count,

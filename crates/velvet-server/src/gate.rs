@@ -211,11 +211,27 @@ pub(crate) async fn pass(
             .filter(|a| Some(&a.operator) != caller.operator.as_ref())
             .count() as u32;
         if others < r.approvals {
-            return Err(deny(state, caller, job, &resource,
-                DecisionStep::new("gate_approvals", false, format!("{others} of {} approvals", r.approvals)), "gate_required", "gate_denied", format!(
-                    "the gate `{}` needs {} approval(s) by other operators (POST /api/v1/rotations/{}/approvals); it has {others}",
-                    gate.name, r.approvals, job.job_id
-                )).await);
+            let message = format!(
+                "the gate `{}` needs {} approval(s) by other operators \
+                 (POST /api/v1/rotations/{}/approvals); it has {others}",
+                gate.name, r.approvals, job.job_id
+            );
+            let step = DecisionStep::new(
+                "gate_approvals",
+                false,
+                format!("{others} of {} approvals", r.approvals),
+            );
+            return Err(deny(
+                state,
+                caller,
+                job,
+                &resource,
+                step,
+                "gate_required",
+                "gate_denied",
+                message,
+            )
+            .await);
         }
         passed.push(format!("{others} approvals"));
     }

@@ -208,7 +208,13 @@ async fn stage(
         .ok_or_else(|| ApiError::not_enabled("this server runs no rotation engine"))?;
     // Only a revoke the job is actually awaiting meets the gate; anything else is the state
     // machine's to refuse (409).
-    let gate_passed = match crate::gate::of(&state, &job) {
+    let gate = crate::gate::of(&state, &job);
+    if body.force && gate.is_none() {
+        return Err(ApiError::validation(
+            "force: no revocation gate applies to this token, so there is nothing to force",
+        ));
+    }
+    let gate_passed = match gate {
         Some(g)
             if action == Action::ProceedRevoke
                 && job.state.awaiting == Some(Awaiting::ProceedRevoke) =>
