@@ -1,5 +1,7 @@
 //! The HTTP client shared by HTTP consumers: rustls with the ring provider, bounded timeouts,
-//! and the classification of answers (429 and 5xx retryable, honouring `Retry-After`).
+//! and the classification of answers (429 and 5xx retryable, honouring `Retry-After`). It never
+//! follows a redirect (design §10): a 3xx would re-send the value and its signature to another
+//! host, so it is a permanent failure naming where it pointed.
 
 use crate::AdapterError;
 use reqwest::StatusCode;
@@ -20,6 +22,7 @@ pub fn client() -> &'static reqwest::Client {
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(256)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("velvet/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with the ring provider installed")
@@ -41,8 +44,24 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(d.min(MAX_RETRY_AFTER))
 }
 
-/// Classifies a non-success answer: 408, 425, 429 and 5xx are retryable, other 4xx permanent.
+/// Classifies a non-success answer: 408, 425, 429 and 5xx are retryable, other 4xx permanent,
+/// and so is a redirect, which names the host it pointed to (never the path or query, which
+/// could carry a credential).
 pub fn status_error(what: &str, status: StatusCode, headers: &HeaderMap) -> AdapterError {
+    if status.is_redirection() {
+        let to = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| match reqwest::Url::parse(l) {
+                Ok(u) => u.host_str().unwrap_or("?").to_string(),
+                Err(_) => "the same host".to_string(),
+            })
+            .unwrap_or_else(|| "nowhere (no Location)".into());
+        return AdapterError::permanent(format!(
+            "{what} answered {status}, redirecting to {to}; Velvet never follows redirects \
+             (the value would be sent again elsewhere): point the URL at the final address"
+        ));
+    }
     let message = format!("{what} answered {status}");
     if status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
@@ -105,6 +124,10 @@ mod tests {
             (401, false),
             (403, false),
             (404, false),
+            (301, false),
+            (302, false),
+            (307, false),
+            (308, false),
         ] {
             let e = status_error("x", StatusCode::from_u16(code).unwrap(), &h);
             assert_eq!(e.is_retryable(), retry, "{code}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use velvet_adapters::consumer::{self, Consumer};
 use velvet_adapters::{AdapterError, Delivery};
 use velvet_core::config::{ConsumerKind, ConsumerSpec, FileFormat, ProbeSpec};
-use velvet_core::secret::SecretValue;
+use velvet_core::secret::{SecretString, SecretValue};
 
 fn delivery<'a>(new: &'a SecretValue, previous: Option<&'a SecretValue>) -> Delivery<'a> {
     Delivery {
@@ -139,6 +139,15 @@ async fn json_and_raw_files() {
 }
 
 fn exec(command: &[&str], verify: Option<&[&str]>, timeout: Duration) -> Box<dyn Consumer> {
+    exec_with_env(command, verify, timeout, &[])
+}
+
+fn exec_with_env(
+    command: &[&str],
+    verify: Option<&[&str]>,
+    timeout: Duration,
+    env: &[(&str, &str)],
+) -> Box<dyn Consumer> {
     let spec = ConsumerSpec {
         name: "e".into(),
         lock_key: None,
@@ -146,9 +155,84 @@ fn exec(command: &[&str], verify: Option<&[&str]>, timeout: Duration) -> Box<dyn
             command: command.iter().map(|s| s.to_string()).collect(),
             verify_command: verify.map(|v| v.iter().map(|s| s.to_string()).collect()),
             timeout,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         },
     };
     consumer::build(&spec, &no_env).unwrap()
+}
+
+fn db_value(user: &str, password: &str) -> SecretValue {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("username".to_string(), SecretString::new(user.into()));
+    m.insert("password".to_string(), SecretString::new(password.into()));
+    SecretValue::from_fields(m)
+}
+
+/// Design §10: the command sees PATH, HOME, LANG, the delivery's VELVET_* facts and its own
+/// `env`, nothing of the server's environment (which may hold VELVET_API_KEY or the master key).
+#[tokio::test]
+async fn exec_runs_with_a_cleared_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let dump = format!("env > {}", out.display());
+    let c = exec_with_env(
+        &["sh", "-c", &dump],
+        None,
+        Duration::from_secs(10),
+        &[("DB_PASS", "{{password}}"), ("MODE", "literal text")],
+    );
+    let new = db_value("app_a", "pw-of-app-a");
+    c.apply(&delivery(&new, None)).await.unwrap();
+    let seen: std::collections::BTreeMap<String, String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(seen.get("DB_PASS").map(String::as_str), Some("pw-of-app-a"));
+    assert_eq!(seen.get("MODE").map(String::as_str), Some("literal text"));
+    assert_eq!(seen.get("VELVET_ACTION").map(String::as_str), Some("apply"));
+    // The shell itself sets a few; everything else the test process has must be gone.
+    let own = ["PATH", "HOME", "LANG", "PWD", "OLDPWD", "SHLVL", "_"];
+    let leaked: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| !own.contains(&k.as_str()) && seen.contains_key(k))
+        .collect();
+    assert!(
+        std::env::vars().count() > 3,
+        "the test process has an environment"
+    );
+    assert!(leaked.is_empty(), "inherited from the server: {leaked:?}");
+    for k in seen.keys() {
+        assert!(
+            own.contains(&k.as_str()) || k.starts_with("VELVET_") || k == "DB_PASS" || k == "MODE",
+            "unexpected variable {k}"
+        );
+    }
+}
+
+/// A command that prints one field of a database value (not the whole stdin text) has that
+/// field masked before its stderr becomes an error.
+#[tokio::test]
+async fn exec_masks_every_field_of_the_value_in_stderr() {
+    let c = exec(
+        &[
+            "sh",
+            "-c",
+            r#"sed 's/.*"password":"\([^"]*\)".*/login failed: password \1/' >&2; exit 3"#,
+        ],
+        None,
+        Duration::from_secs(10),
+    );
+    let new = db_value("app_a", "Pw-9f8e7d6c5b4a");
+    let e = c.apply(&delivery(&new, None)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("login failed"), "{text}");
+    assert!(!text.contains("Pw-9f8e7d6c5b4a"), "{text}");
+    assert!(!text.contains("9f8e7d6c"), "{text}");
 }
 
 #[tokio::test]
@@ -358,5 +442,76 @@ async fn webhook_is_signed_classified_and_probed() {
     assert!(
         consumer::build(&dead, &no_env).is_err(),
         "a missing signing secret is named at build time"
+    );
+}
+
+/// Design §10: a webhook or probe answering 3xx is a permanent failure naming the Location
+/// host; the value and its signature never reach the host it points to.
+#[tokio::test]
+async fn webhook_and_probe_never_follow_a_redirect() {
+    let (elsewhere, other) = receiver().await;
+    let to = format!("{other}/hook");
+    let probe_to = format!("{other}/probe");
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(move || {
+                let to = to.clone();
+                async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+            }),
+        )
+        .route(
+            "/probe",
+            get(move || {
+                let to = probe_to.clone();
+                async move { (StatusCode::FOUND, [("location", to)]) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let spec = |url: String, probe: Option<ProbeSpec>| ConsumerSpec {
+        name: "w".into(),
+        lock_key: None,
+        kind: ConsumerKind::Webhook {
+            url,
+            signing_secret_env: "HOOK_SECRET".into(),
+            probe,
+            timeout: Duration::from_secs(5),
+        },
+    };
+    let env = |n: &str| (n == "HOOK_SECRET").then(|| "shh".to_string());
+    let new = SecretValue::single("redirected-secret".into());
+    let d = delivery(&new, None);
+
+    let c = consumer::build(&spec(format!("{base}/hook"), None), &env).unwrap();
+    let e = c.apply(&d).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(
+        e.to_string().contains("307") && e.to_string().contains("127.0.0.1"),
+        "{e}"
+    );
+    assert!(
+        elsewhere.bodies.lock().unwrap().is_empty(),
+        "the redirect target received the value"
+    );
+
+    let probed = consumer::build(
+        &spec(
+            format!("{other}/hook"),
+            Some(ProbeSpec {
+                url: format!("{base}/probe"),
+                header: Some("Authorization: Bearer {{value}}".into()),
+                expect_status: 200,
+            }),
+        ),
+        &env,
+    )
+    .unwrap();
+    probed.apply(&d).await.unwrap();
+    let e = probed.verify(&d).await.unwrap_err();
+    assert!(
+        !e.is_retryable() && e.to_string().contains("302"),
+        "a redirected probe is not verified: {e}"
     );
 }

@@ -131,7 +131,7 @@ async fn postgres_alternating_keeps_the_previous_role_until_revoke() {
         "the previous credential still works before revoke"
     );
     assert!(login(pg.port, &u2, &p2).await);
-    s.revoke(&v2, &v1).await.unwrap();
+    s.revoke(&v2, Some(&v1)).await.unwrap();
     assert!(
         !login(pg.port, "app_a", "a-initial").await,
         "after revoke the retired role cannot log in"
@@ -143,6 +143,33 @@ async fn postgres_alternating_keeps_the_previous_role_until_revoke() {
         "app_a",
         "and the next rotation goes back to it"
     );
+
+    // A first rotation (nothing in the store before it): revoke still retires the password
+    // the other role had before Velvet managed it (design §4).
+    admin_exec(
+        &pg.admin_url,
+        "CREATE ROLE app_c LOGIN PASSWORD 'c-before'; CREATE ROLE app_d LOGIN PASSWORD 'd-before'",
+    )
+    .await;
+    let first = SourceSpec::PostgresRole {
+        admin_url_env: "PG_ADMIN".into(),
+        strategy: PgStrategy::Alternating {
+            roles: ["app_c".into(), "app_d".into()],
+        },
+    };
+    let s = source::build(&first, &env_of("PG_ADMIN", pg.admin_url.clone())).unwrap();
+    let v1 = s.generate(None).unwrap();
+    let (u1, p1) = creds(&v1);
+    assert_eq!(u1, "app_c");
+    s.activate(&v1, None).await.unwrap();
+    assert!(login(pg.port, "app_d", "d-before").await);
+    s.revoke(&v1, None).await.unwrap();
+    assert!(
+        !login(pg.port, "app_d", "d-before").await,
+        "the pre-Velvet credential of the other role dies at the first revoke"
+    );
+    assert!(!login(pg.port, "app_c", "c-before").await);
+    assert!(login(pg.port, &u1, &p1).await);
 }
 
 #[tokio::test]
@@ -206,7 +233,7 @@ async fn redis_acl_overlaps_until_revoke() {
         auth(pw.clone()).await && auth("before-velvet".into()).await,
         "both work between mint and revoke"
     );
-    s.revoke(&new, &old).await.unwrap();
+    s.revoke(&new, Some(&old)).await.unwrap();
     assert!(auth(pw.clone()).await);
     assert!(
         !auth("before-velvet".into()).await,

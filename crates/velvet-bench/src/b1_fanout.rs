@@ -68,6 +68,7 @@ async fn distribute_seconds(n: usize, base: &str) -> f64 {
             token: "fan",
             flow: FlowType::Emergency,
             requested_by: "bench",
+            requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
         })

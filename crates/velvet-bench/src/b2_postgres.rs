@@ -333,6 +333,7 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
                         token: &token,
                         flow: FlowType::Auto,
                         requested_by: "bench",
+                        requested_role: Some(velvet_core::identity::Role::Admin),
                         reason: None,
                         idempotency: None,
                     })

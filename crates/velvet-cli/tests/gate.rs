@@ -477,3 +477,121 @@ revocation_gates:
     assert_eq!(code, 200, "{r}");
     wait_for(&s, &held, "");
 }
+
+/// I2b through the server: every flow type that revokes unattended, against every gate shape,
+/// kicked off by every role that may kick off. A revoke runs only when the gate needs no person
+/// and the requester holds rotations.revoke and the gate's roles; it then has a passing
+/// decision on record. Otherwise the job pauses at proceed_revoke.
+#[test]
+fn no_flow_type_revokes_past_a_gate() {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s}
+tokens:
+  - {name: plain, source: {kind: random}, consumers: [{name: f, kind: file, path: plain.env, format: dotenv, key: K}]}
+  - {name: roles-only, tags: [r], source: {kind: random}, consumers: [{name: f, kind: file, path: r.env, format: dotenv, key: K}]}
+  - {name: open-gate, tags: [o], source: {kind: random}, consumers: [{name: f, kind: file, path: o.env, format: dotenv, key: K}]}
+  - {name: totp-gate, tags: [t], source: {kind: random}, consumers: [{name: f, kind: file, path: t.env, format: dotenv, key: K}]}
+  - {name: approval-gate, tags: [a], source: {kind: random}, consumers: [{name: f, kind: file, path: a.env, format: dotenv, key: K}]}
+  - {name: full-gate, tags: [p], source: {kind: random}, consumers: [{name: f, kind: file, path: p.env, format: dotenv, key: K}]}
+revocation_gates:
+  - {name: roles, match: {tags: [r]}, require: {roles: [admin]}}
+  - {name: open, match: {tags: [o]}, require: {}}
+  - {name: totp, match: {tags: [t]}, require: {totp: true}}
+  - {name: approval, match: {tags: [a]}, require: {approvals: 1}}
+  - {name: full, match: {tags: [p]}, require: {totp: true, approvals: 1, roles: [revoker, admin]}}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let mut tokens = vec![];
+    for role in ["operator", "revoker", "admin"] {
+        let (code, body) = s.call(
+            "POST",
+            "/api/v1/auth/tokens",
+            Some(KEY),
+            Some(json!({"name": format!("as-{role}"), "role": role})),
+        );
+        assert_eq!(code, 201, "{body}");
+        tokens.push((role, body["token"].as_str().unwrap().to_string()));
+    }
+    for token in [
+        "plain",
+        "roles-only",
+        "open-gate",
+        "totp-gate",
+        "approval-gate",
+        "full-gate",
+    ] {
+        for (role, bearer) in &tokens {
+            for flow in ["auto", "emergency"] {
+                let may_revoke = *role != "operator";
+                let expect_revoke = match token {
+                    "plain" | "open-gate" => may_revoke,
+                    "roles-only" => *role == "admin",
+                    _ => false,
+                };
+                let (code, kicked) = s.call(
+                    "POST",
+                    &format!("/api/v1/tokens/{token}/rotate"),
+                    Some(bearer),
+                    Some(json!({"flow_type": flow})),
+                );
+                assert_eq!(code, 202, "{token} {role} {flow}: {kicked}");
+                let job = kicked["job_id"].as_str().unwrap().to_string();
+                let start = Instant::now();
+                let j = loop {
+                    let (_, j) =
+                        s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
+                    if j["status"] == "succeeded" || j["awaiting"] == "proceed_revoke" {
+                        break j;
+                    }
+                    assert!(j["status"] != "failed", "{j}");
+                    assert!(start.elapsed() < Duration::from_secs(30), "{j}");
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                let what = format!("{token} as {role}, {flow}");
+                assert_eq!(j["status"] == "succeeded", expect_revoke, "{what}: {j}");
+                let (_, d) = s.call(
+                    "GET",
+                    &format!("/api/v1/audit/decisions?subject=token:as-{role}&limit=500"),
+                    Some(KEY),
+                    None,
+                );
+                let mine: Vec<&Value> = d["decisions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| {
+                        d["resource"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with(&format!("unattended revoke of {job}")))
+                    })
+                    .collect();
+                assert_eq!(mine.len(), 1, "{what}: one decision on record: {d}");
+                let allowed = mine[0]["decision"] == "allow";
+                assert_eq!(allowed, expect_revoke, "{what}: {}", mine[0]);
+                if !expect_revoke {
+                    // Pausing is not the end: an admin rolls it back so the next case can run.
+                    let (code, r) = s.call(
+                        "POST",
+                        &format!("/api/v1/rotations/{job}/stage"),
+                        Some(KEY),
+                        Some(json!({"action": "rollback"})),
+                    );
+                    assert_eq!(code, 200, "{what}: {r}");
+                    let start = Instant::now();
+                    loop {
+                        let (_, j) =
+                            s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
+                        if j["status"] == "rolled_back" {
+                            break;
+                        }
+                        assert!(start.elapsed() < Duration::from_secs(30), "{j}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+    }
+}

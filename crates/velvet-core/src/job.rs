@@ -87,6 +87,9 @@ pub struct Job {
     pub new_version: Option<i64>,
     pub previous_version: Option<i64>,
     pub requested_by: String,
+    /// The requester's role at kickoff: what an unattended revoke may do on its behalf (I2b).
+    #[serde(skip)]
+    pub requested_role: Option<crate::identity::Role>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -182,6 +185,7 @@ mod tests {
             new_version: None,
             previous_version: Some(1),
             requested_by: "admin".into(),
+            requested_role: None,
             reason: None,
             created_at: now,
             updated_at: now,

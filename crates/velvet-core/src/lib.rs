@@ -6,6 +6,7 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod fs;
+pub mod gate;
 pub mod identity;
 pub mod job;
 pub mod keyring;

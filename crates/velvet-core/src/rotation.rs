@@ -87,13 +87,15 @@ pub enum Event {
     Claimed,
     /// The new version is stored (as `pending`) and the source has minted it.
     Minted,
-    /// Every consumer verified the new value; the version is promoted.
-    AllVerified,
+    /// Every consumer verified the new value; the version is promoted. `unattended_revoke`
+    /// says whether a revoke may follow with nobody present ([`crate::gate::unattended_revoke`]);
+    /// an `emergency` job that may not pauses at `proceed_revoke`.
+    AllVerified { unattended_revoke: bool },
     /// A consumer exhausted its retries (or a stage step failed for good).
     StepFailed,
-    /// The grace period of an `auto` job ended; `gate_needs_human` says whether the revocation
-    /// gate must pause it for an operator.
-    GraceElapsed { gate_needs_human: bool },
+    /// The grace period of an `auto` job ended; unless `unattended_revoke`, the job pauses
+    /// at `proceed_revoke` for a person.
+    GraceElapsed { unattended_revoke: bool },
     /// The source and consumers dropped the previous value.
     Revoked,
     /// The previous value was re-applied where the new one landed, and the source reverted.
@@ -161,7 +163,7 @@ fn describe(event: Event) -> &'static str {
     match event {
         Event::Claimed => "claim",
         Event::Minted => "finish minting",
-        Event::AllVerified => "finish distributing",
+        Event::AllVerified { .. } => "finish distributing",
         Event::StepFailed => "fail",
         Event::GraceElapsed { .. } => "end the grace period of",
         Event::Revoked => "finish revoking",
@@ -248,19 +250,20 @@ pub fn transition(
         {
             JobState::at(Distribute, Running, None, false)
         }
-        (Distribute, Running, None, Event::AllVerified) => match flow {
-            FlowType::Staged => {
+        (Distribute, Running, None, Event::AllVerified { unattended_revoke }) => match flow {
+            FlowType::Auto => JobState::at(Revoke, Waiting, None, false),
+            FlowType::Emergency if unattended_revoke => JobState::at(Revoke, Running, None, false),
+            // I2b: the flow never weakens a gate.
+            FlowType::Staged | FlowType::Emergency => {
                 JobState::at(Revoke, AwaitingConfirmation, Some(ProceedRevoke), false)
             }
-            FlowType::Auto => JobState::at(Revoke, Waiting, None, false),
-            FlowType::Emergency => JobState::at(Revoke, Running, None, false),
         },
         (
             Revoke,
             Waiting,
             None,
             Event::GraceElapsed {
-                gate_needs_human: true,
+                unattended_revoke: false,
             },
         ) => JobState::at(Revoke, AwaitingConfirmation, Some(ProceedRevoke), false),
         (
@@ -268,7 +271,7 @@ pub fn transition(
             Waiting,
             None,
             Event::GraceElapsed {
-                gate_needs_human: false,
+                unattended_revoke: true,
             },
         ) => JobState::at(Revoke, Running, None, false),
         // I2: revoke runs only with the gate's say-so.

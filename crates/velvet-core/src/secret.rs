@@ -55,6 +55,27 @@ impl SecretValue {
         self.fields.keys().map(String::as_str)
     }
 
+    /// `text` with every field of this value, and each of `whole` (forms the value was written
+    /// in), replaced by `***`: longest first, so no part of a longer secret survives a shorter
+    /// one's replacement.
+    pub fn mask(&self, text: &str, whole: &[&str]) -> String {
+        let mut secrets: Vec<&str> = self
+            .fields
+            .values()
+            .map(SecretString::expose)
+            .chain(whole.iter().copied())
+            .filter(|s| !s.is_empty())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_string();
+        for s in secrets {
+            if out.contains(s) {
+                out = out.replace(s, "***");
+            }
+        }
+        out
+    }
+
     /// Canonical serialisation for sealing: a JSON object with sorted keys.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let len: usize = self
@@ -124,6 +145,23 @@ mod tests {
         let b = v.to_bytes();
         assert_eq!(&b[..], br#"{"password":"p\"w","username":"app_a"}"#);
         assert_eq!(SecretValue::from_bytes(&b).unwrap(), v);
+    }
+
+    #[test]
+    fn mask_hides_every_field_and_the_whole_value() {
+        let mut m = BTreeMap::new();
+        m.insert("username".to_string(), SecretString::new("app_a".into()));
+        m.insert(
+            "password".to_string(),
+            SecretString::new("s3cr3t-pw".into()),
+        );
+        let v = SecretValue::from_fields(m);
+        let whole = r#"{"password":"s3cr3t-pw","username":"app_a"}"#;
+        let text = format!("login app_a/s3cr3t-pw failed; input was {whole}; pw=s3cr3t-pw");
+        let masked = v.mask(&text, &[whole]);
+        assert!(!masked.contains("s3cr3t"), "{masked}");
+        assert!(!masked.contains("app_a"), "{masked}");
+        assert_eq!(masked, "login ***/*** failed; input was ***; pw=***");
     }
 
     #[test]

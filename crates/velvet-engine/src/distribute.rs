@@ -273,8 +273,16 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
         wake_at: wake_at.map(Some),
         ..Default::default()
     };
+    // Only an emergency revokes straight away; auto decides when its grace period ends.
+    let unattended_revoke = job.flow_type == velvet_core::config::FlowType::Emergency
+        && engine.unattended(&job).await?;
     engine
-        .advance(&job, Event::AllVerified, changes, "rotation.distributed")
+        .advance(
+            &job,
+            Event::AllVerified { unattended_revoke },
+            changes,
+            "rotation.distributed",
+        )
         .await
 }
 

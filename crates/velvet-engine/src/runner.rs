@@ -11,6 +11,7 @@ use velvet_adapters::AdapterError;
 use velvet_adapters::source::{self, Source};
 use velvet_core::audit::AuditDraft;
 use velvet_core::config::{Config, TokenSpec, gate_for};
+use velvet_core::decision::Decision;
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transition};
@@ -243,17 +244,13 @@ impl Engine {
                 if job.wake_at.is_some_and(|t| t > Utc::now()) {
                     return Err(Stop::Idle);
                 }
-                let config = self.config();
-                let needs_human = self
-                    .token_spec(job)
-                    .ok()
-                    .and_then(|t| gate_for(&config.revocation_gates, &t))
-                    .is_some_and(|g| g.require.totp || g.require.approvals > 0);
+                let unattended_revoke = match self.unattended(job).await {
+                    Ok(u) => u,
+                    Err(stop) => return Err(stop),
+                };
                 self.advance(
                     job,
-                    Event::GraceElapsed {
-                        gate_needs_human: needs_human,
-                    },
+                    Event::GraceElapsed { unattended_revoke },
                     JobChanges::default(),
                     "rotation.grace_elapsed",
                 )
@@ -262,6 +259,35 @@ impl Engine {
             (Stage::Revoke, JobStatus::Running) => self.revoke(job).await,
             _ => Err(Stop::Idle),
         }
+    }
+
+    /// Whether this job's revoke may run with nobody present (I2b), decided by the gate that
+    /// applies now and the requester's role, and kept as a decision before anything acts on it.
+    pub(crate) async fn unattended(&self, job: &Job) -> Result<bool, Stop> {
+        let config = self.config();
+        let gate = self
+            .token_spec(job)
+            .ok()
+            .and_then(|t| gate_for(&config.revocation_gates, &t).cloned());
+        let verdict = velvet_core::gate::unattended_revoke(gate.as_ref(), job.requested_role);
+        let resource = match &gate {
+            Some(g) => format!("unattended revoke of {} gate {}", job.job_id, g.name),
+            None => format!("unattended revoke of {}", job.job_id),
+        };
+        let d = Decision::new(
+            &job.requested_by,
+            "velvet.rotations.revoke",
+            &resource,
+            verdict.steps,
+        );
+        if let Err(e) = self.store.record_decision(&d).await {
+            tracing::warn!(job_id = %job.job_id, error = %e, "recording an unattended revoke decision failed; retrying when the lease expires");
+            return Err(Stop::Backoff);
+        }
+        if !d.allowed() {
+            tracing::info!(job_id = %job.job_id, token = %job.token, "the revoke needs a person: pausing at proceed_revoke");
+        }
+        Ok(d.allowed())
     }
 
     /// Persists `event`'s transition with its audit record.
@@ -471,14 +497,16 @@ impl Engine {
             Ok(v) => v,
             Err(e) => return self.fail(job, e).await,
         };
-        if let (Some(new), Some(prev)) = (&vals.new, &vals.previous) {
+        // Also on a first rotation (no previous version): what the source held before Velvet
+        // managed it is retired too (design §4).
+        if let Some(new) = &vals.new {
             let source = match self.source(&spec) {
                 Ok(s) => s,
                 Err(e) => return self.fail(job, e).await,
             };
             if let Err(e) = self
                 .with_retries(&spec, "revoking the previous value at the source", || {
-                    source.revoke(new, prev)
+                    source.revoke(new, vals.previous.as_ref())
                 })
                 .await
             {

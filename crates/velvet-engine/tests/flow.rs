@@ -89,6 +89,7 @@ impl Harness {
                 token: "api",
                 flow,
                 requested_by: "test",
+                requested_role: Some(velvet_core::identity::Role::Admin),
                 reason: None,
                 idempotency: None,
             })
@@ -400,5 +401,113 @@ async fn the_claim_loop_stops_when_its_stop_channel_goes_away() {
     tokio::time::timeout(Duration::from_secs(5), claims)
         .await
         .expect("the claim loop ends")
+        .unwrap();
+}
+
+/// Design §4, the first-rotation rule: a token with no version in the store still runs the
+/// source's revoke, so the password its Redis user had before Velvet managed it dies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_rotation_retires_what_the_source_held_before_velvet() {
+    let url =
+        std::env::var("VELVET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis is required at {url} ({e})"));
+    let user = velvet_testkit::unique_name("velvet_first");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">set-by-hand-before-velvet")
+        .arg("~*")
+        .arg("+@all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let f = Fixture::new(Dialect::Sqlite).await;
+    let yaml = format!(
+        "
+defaults: {{grace_period: 0s}}
+tokens:
+  - {{name: cache, flow: auto, source: {{kind: redis_acl, admin_url_env: REDIS_ADMIN, user: {user}}}}}
+"
+    );
+    let none = |_: &str| None;
+    let config = Config::parse(
+        &yaml,
+        &f.dir.path().join("velvet.yaml"),
+        LoadOptions {
+            env: &none,
+            check_env: false,
+        },
+    )
+    .unwrap();
+    f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
+    let mut opts = EngineOptions::for_this_process();
+    opts.poll_interval = Duration::from_millis(20);
+    let admin = url.clone();
+    opts.env = Arc::new(move |n| (n == "REDIS_ADMIN").then(|| admin.clone()));
+    let engine = Engine::new(
+        f.store.clone(),
+        f.keyring.clone(),
+        Arc::new(RwLock::new(Arc::new(config))),
+        opts,
+    );
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    engine.start(rx);
+    let job = f
+        .store
+        .create_job(&NewJob {
+            token: "cache",
+            flow: FlowType::Auto,
+            requested_by: "test",
+            requested_role: Some(velvet_core::identity::Role::Admin),
+            reason: None,
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(job.previous_version, None, "a first rotation");
+    engine.nudge();
+    let start = Instant::now();
+    loop {
+        let j = f.store.get_job(&job.job_id).await.unwrap().unwrap();
+        if j.state.status == JobStatus::Succeeded {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20) && j.state.status != JobStatus::Failed,
+            "{:?} {:?}",
+            j.state,
+            j.error
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let auth = |p: &str| {
+        let (client, user, p) = (client.clone(), user.clone(), p.to_string());
+        async move {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("AUTH")
+                .arg(&user)
+                .arg(&p)
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+        }
+    };
+    assert!(
+        !auth("set-by-hand-before-velvet").await,
+        "the pre-Velvet password still works after the first rotation"
+    );
+    let sealed = f.store.sealed_version("cache", 1).await.unwrap();
+    let v1 = f.keyring.open(&sealed, &version_aad("cache", 1)).unwrap();
+    assert!(auth(v1.get("password").unwrap().expose()).await);
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut conn)
+        .await
         .unwrap();
 }

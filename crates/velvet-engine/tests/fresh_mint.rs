@@ -49,6 +49,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
             token: "cache",
             flow: FlowType::Auto,
             requested_by: "t",
+            requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
         })

@@ -240,6 +240,7 @@ async fn rotate(
             token: &name,
             flow,
             requested_by: &caller.actor,
+            requested_role: Some(caller.role),
             reason: body.reason.as_deref(),
             idempotency: key.as_deref().map(|key| IdempotencyKey {
                 scope: &caller.actor,

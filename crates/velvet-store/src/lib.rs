@@ -114,6 +114,8 @@ pub struct NewJob<'a> {
     pub token: &'a str,
     pub flow: FlowType,
     pub requested_by: &'a str,
+    /// The requester's role, which bounds what an unattended revoke may do for it (I2b).
+    pub requested_role: Option<velvet_core::identity::Role>,
     pub reason: Option<&'a str>,
     /// A client's `Idempotency-Key`, checked and recorded in the job's own transaction.
     pub idempotency: Option<IdempotencyKey<'a>>,

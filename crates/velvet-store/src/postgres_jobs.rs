@@ -112,8 +112,8 @@ impl JobStore for PostgresStore {
         let id = new_job_id();
         let now = now_micros();
         let inserted = sqlx::query(
-            "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at)
-             VALUES ($1, $2, $3, 'mint', 'pending', $4, $5, $6, $7, $7)",
+            "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at, requested_role)
+             VALUES ($1, $2, $3, 'mint', 'pending', $4, $5, $6, $7, $7, $8)",
         )
         .bind(&id)
         .bind(token_id)
@@ -122,6 +122,7 @@ impl JobStore for PostgresStore {
         .bind(new.requested_by)
         .bind(new.reason)
         .bind(now)
+        .bind(new.requested_role.map(|r| r.as_str()))
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(e)) = &inserted

@@ -5,6 +5,7 @@ use crate::StoreError;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::AuditEntry;
 use velvet_core::config::FlowType;
+use velvet_core::identity::Role;
 use velvet_core::job::{ConsumerStatus, Job, JobConsumer, JobStateView};
 use velvet_core::keyring::Sealed;
 use velvet_core::model::{
@@ -181,6 +182,7 @@ pub(crate) struct JobRow {
     pub new_version: Option<i64>,
     pub previous_version: Option<i64>,
     pub requested_by: String,
+    pub requested_role: Option<String>,
     pub reason: Option<String>,
     pub error: Option<String>,
     pub lease_owner: Option<String>,
@@ -194,7 +196,7 @@ pub(crate) struct JobRow {
 /// The columns [`JobRow`] reads, for `SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t`.
 pub(crate) const JOB_COLUMNS: &str = "j.id, t.name AS token, j.flow_type, j.stage, j.status, j.awaiting, j.revoke_started,
     j.reverting, j.new_version, j.previous_version, j.requested_by, j.reason, j.error, j.lease_owner,
-    j.lease_expires_at, j.wake_at, j.created_at, j.updated_at, j.finished_at";
+    j.lease_expires_at, j.wake_at, j.created_at, j.updated_at, j.finished_at, j.requested_role";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct JobConsumerRow {
@@ -268,6 +270,7 @@ impl JobRow {
             new_version: self.new_version,
             previous_version: self.previous_version,
             requested_by: self.requested_by,
+            requested_role: self.requested_role.as_deref().and_then(Role::parse),
             reason: self.reason,
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -64,6 +64,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         created_at: required_time(r, 16)?,
         updated_at: required_time(r, 17)?,
         finished_at: time_at(r, 18)?,
+        requested_role: r.get(19)?,
     })
 }
 
@@ -170,6 +171,7 @@ impl JobStore for SqliteStore {
             new.requested_by.to_string(),
         );
         let reason = new.reason.map(str::to_string);
+        let role = new.requested_role.map(|r| r.as_str());
         let idem = new.idempotency.as_ref().map(|k| {
             (
                 k.scope.to_string(),
@@ -211,11 +213,11 @@ impl JobStore for SqliteStore {
             let now = ts(now_micros());
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'mint', 'pending', ?4, ?5, ?6, ?7, ?7)",
+                    "INSERT INTO rotation_jobs (id, token_id, flow_type, stage, status, previous_version, requested_by, reason, created_at, updated_at, requested_role)
+                     VALUES (?1, ?2, ?3, 'mint', 'pending', ?4, ?5, ?6, ?7, ?7, ?8)",
                 )
                 .and_then(|mut st| {
-                    st.execute(params![id, token_id, flow.as_str(), previous, requested_by, reason, now])
+                    st.execute(params![id, token_id, flow.as_str(), previous, requested_by, reason, now, role])
                 });
             if let Err(rusqlite::Error::SqliteFailure(e, _)) = &inserted
                 && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE

@@ -61,6 +61,7 @@ fn new_job(flow: FlowType) -> NewJob<'static> {
         token: "api",
         flow,
         requested_by: "tester",
+        requested_role: Some(velvet_core::identity::Role::Admin),
         reason: Some("scheduled"),
         idempotency: None,
     }
@@ -83,6 +84,7 @@ async fn a_job_starts_pending_with_its_consumers(f: Fixture) {
         ),
         (Stage::Mint, JobStatus::Pending, Some(1), None)
     );
+    assert_eq!(job.requested_role, Some(velvet_core::identity::Role::Admin));
     assert_eq!(
         job.consumers
             .iter()
@@ -354,7 +356,9 @@ async fn a_full_rotation_moves_the_version_labels(f: Fixture) {
         &[
             (Event::Minted, JobChanges::default()),
             (
-                Event::AllVerified,
+                Event::AllVerified {
+                    unattended_revoke: true,
+                },
                 JobChanges {
                     promote: true,
                     ..Default::default()
@@ -437,7 +441,9 @@ async fn rollback_discards_the_new_version(f: Fixture) {
                 JobChanges::default(),
             ),
             (
-                Event::AllVerified,
+                Event::AllVerified {
+                    unattended_revoke: true,
+                },
                 JobChanges {
                     promote: true,
                     ..Default::default()

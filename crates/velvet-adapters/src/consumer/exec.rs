@@ -1,6 +1,9 @@
 //! `exec`: runs a command with the value on stdin (never in its arguments or environment, where
 //! other processes could read it). Exit 0 means applied; 75 (EX_TEMPFAIL) or a timeout means
 //! try again; anything else is permanent. `VELVET_ACTION` tells the command what is asked.
+//! The command runs with a cleared environment (design §10): only `PATH`, `HOME`, `LANG`, the
+//! `VELVET_*` facts of the delivery and the consumer's own `env` reach it, never the server's
+//! (which may hold `VELVET_API_KEY`, signing secrets or the master key).
 
 use super::Consumer;
 use crate::{AdapterError, Delivery, Result};
@@ -9,29 +12,45 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use velvet_core::secret::SecretValue;
+use velvet_core::template::Template;
 
 /// sysexits.h: "temporary failure; user is invited to retry".
 const EX_TEMPFAIL: i32 = 75;
 const STDERR_SHOWN: usize = 400;
+
+/// What a command inherits from the server's environment.
+const INHERITED: &[&str] = &["PATH", "HOME", "LANG"];
 
 #[derive(Debug)]
 pub struct Exec {
     command: Vec<String>,
     verify_command: Option<Vec<String>>,
     timeout: Duration,
+    env: Vec<(String, Template)>,
 }
 
 impl Exec {
+    /// `env` entries were checked by the config decoder; one that no longer parses is an error.
     pub fn new(
         command: Vec<String>,
         verify_command: Option<Vec<String>>,
         timeout: Duration,
-    ) -> Self {
-        Self {
+        env: &[(String, String)],
+    ) -> Result<Self> {
+        let env = env
+            .iter()
+            .map(|(k, v)| {
+                Template::parse(v)
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| AdapterError::permanent(format!("env.{k}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
             command,
             verify_command,
             timeout,
-        }
+            env,
+        })
     }
 
     async fn run(
@@ -44,7 +63,20 @@ impl Exec {
         fingerprint: &str,
     ) -> Result<()> {
         let input = super::value_text(value);
-        let mut child = tokio::process::Command::new(&argv[0])
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.env_clear();
+        for name in INHERITED {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        for (name, t) in &self.env {
+            let rendered = t
+                .render(value)
+                .map_err(|e| AdapterError::permanent(format!("env.{name}: {e}")))?;
+            cmd.env(name, rendered.as_str());
+        }
+        let mut child = cmd
             .args(&argv[1..])
             .env("VELVET_ACTION", action)
             .env("VELVET_TOKEN", d.token)
@@ -82,11 +114,9 @@ impl Exec {
         if status.success() {
             return Ok(());
         }
-        // The command might echo its input: mask the value before showing any of stderr.
-        let mut shown = String::from_utf8_lossy(&err).into_owned();
-        if !input.is_empty() {
-            shown = shown.replace(input.as_str(), "***");
-        }
+        // The command might echo its input, or one field of it: mask every field and the whole
+        // text before any of stderr is kept, then cut (a cut first could split a secret).
+        let shown = value.mask(&String::from_utf8_lossy(&err), &[input.as_str()]);
         let shown: String = shown.trim().chars().take(STDERR_SHOWN).collect();
         let message = format!(
             "`{}` exited with {status}{}{shown}",

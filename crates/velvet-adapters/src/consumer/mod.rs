@@ -74,7 +74,13 @@ pub fn build(
             command,
             verify_command,
             timeout,
-        } => Box::new(Exec::new(command.clone(), verify_command.clone(), *timeout)),
+            env,
+        } => Box::new(Exec::new(
+            command.clone(),
+            verify_command.clone(),
+            *timeout,
+            env,
+        )?),
         K::Webhook {
             url,
             signing_secret_env,

@@ -154,6 +154,9 @@ impl Consumer for Webhook {
             return Ok(());
         }
         let e = status_error("the probe", resp.status(), resp.headers());
+        if resp.status().is_redirection() {
+            return Err(e);
+        }
         // A wrong answer may be a deploy still rolling out: retry until attempts run out.
         Err(AdapterError::Retryable {
             message: format!("{e} (expected {})", probe.expect_status),

@@ -29,8 +29,10 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// Proves `new` works with a real login.
     async fn verify(&self, new: &SecretValue) -> Result<()>;
 
-    /// Retires `previous` so that only `current` works.
-    async fn revoke(&self, current: &SecretValue, previous: &SecretValue) -> Result<()>;
+    /// Retires `previous` so that only `current` works. On a token's first rotation there is no
+    /// `previous` in the store, and revoke still retires whatever the source held before Velvet
+    /// managed it (design §4, the first-rotation rule).
+    async fn revoke(&self, current: &SecretValue, previous: Option<&SecretValue>) -> Result<()>;
 
     /// Undoes `activate`: `previous` works as before and `new` no longer does.
     async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()>;

@@ -196,19 +196,27 @@ impl Source for PostgresRole {
         login(opts, &role).await
     }
 
-    async fn revoke(&self, current: &SecretValue, previous: &SecretValue) -> Result<()> {
+    async fn revoke(&self, current: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {
         let (current_role, _) = credentials(current)?;
-        let (previous_role, _) = credentials(previous)?;
-        match &self.strategy {
+        let retired = match (&self.strategy, previous) {
             // The old password died at activation.
-            PgStrategy::Single { .. } => Ok(()),
-            PgStrategy::Alternating { .. } if previous_role == current_role => Ok(()),
-            PgStrategy::Alternating { .. } => {
-                // A password nobody knows, never stored: the retired role cannot log in.
-                self.set_password(previous_role, &crate::random_password(PASSWORD_LEN))
-                    .await
+            (PgStrategy::Single { .. }, _) => return Ok(()),
+            (PgStrategy::Alternating { .. }, Some(p)) => credentials(p)?.0.to_string(),
+            // A first rotation: the role not just minted holds whatever password it had
+            // before Velvet, which must die too.
+            (PgStrategy::Alternating { roles }, None) => {
+                match roles.iter().find(|r| r.as_str() != current_role) {
+                    Some(r) => r.clone(),
+                    None => return Ok(()),
+                }
             }
+        };
+        if retired == current_role {
+            return Ok(());
         }
+        // A password nobody knows, never stored: the retired role cannot log in.
+        self.set_password(&retired, &crate::random_password(PASSWORD_LEN))
+            .await
     }
 
     async fn probe(&self) -> Result<String> {

@@ -44,7 +44,7 @@ impl Source for Random {
         Ok(())
     }
 
-    async fn revoke(&self, _: &SecretValue, _: &SecretValue) -> Result<()> {
+    async fn revoke(&self, _: &SecretValue, _: Option<&SecretValue>) -> Result<()> {
         Ok(())
     }
 

@@ -129,7 +129,7 @@ impl Source for RedisAcl {
         }
     }
 
-    async fn revoke(&self, current: &SecretValue, _: &SecretValue) -> Result<()> {
+    async fn revoke(&self, current: &SecretValue, _: Option<&SecretValue>) -> Result<()> {
         let (_, password) = credentials(current)?;
         self.setuser(&["resetpass".to_string(), hashed(password)])
             .await

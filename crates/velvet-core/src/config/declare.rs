@@ -312,7 +312,7 @@ fn decode_consumers(
         let kind = map.get_scalar("kind").map(|s| s.as_str().to_string());
         let specific: &[&str] = match kind.as_deref() {
             Some("file") => &["path", "format", "key", "previous_key", "template", "mode"],
-            Some("exec") => &["command", "verify_command", "timeout"],
+            Some("exec") => &["command", "verify_command", "timeout", "env"],
             Some("webhook") => &["url", "signing_secret_env", "verify", "timeout"],
             Some("vault_kv") => &[
                 "address",
@@ -373,7 +373,7 @@ fn decode_consumers(
         let lock_key = c.str(cx, "lock_key");
         let decoded = match kind.as_deref() {
             Some("file") => decode_file(cx, &c, fields, base_dir),
-            Some("exec") => decode_exec(cx, &c),
+            Some("exec") => decode_exec(cx, &c, fields),
             Some("webhook") => decode_webhook(cx, &c),
             Some("vault_kv") => decode_vault(cx, &c),
             _ => None,
@@ -525,15 +525,72 @@ fn command(cx: &mut Cx, c: &Map, key: &str, required: bool) -> Option<Vec<String
     Some(argv)
 }
 
-fn decode_exec(cx: &mut Cx, c: &Map) -> Option<ConsumerKind> {
+fn decode_exec(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
     let command = command(cx, c, "command", true);
     let verify_command = command_opt(cx, c);
     let timeout = c.duration(cx, "timeout").unwrap_or(Duration::from_secs(30));
+    let env = exec_env(cx, c, fields);
     Some(ConsumerKind::Exec {
         command: command?,
         verify_command,
         timeout,
+        env,
     })
+}
+
+/// `env: {NAME: "{{field}}" | literal}`: the only variables besides PATH, HOME and LANG that an
+/// `exec` command sees (design §10).
+fn exec_env(cx: &mut Cx, c: &Map, fields: &[&str]) -> Vec<(String, String)> {
+    let Some(node) = c.get("env") else {
+        return vec![];
+    };
+    let path = c.path_of("env");
+    let Some(map) = node.as_mapping() else {
+        cx.err(
+            &path,
+            node.span(),
+            "expected a mapping of variable names to values, e.g. {PGUSER: \"{{username}}\"}",
+        );
+        return vec![];
+    };
+    let mut out = vec![];
+    for (k, v) in map.iter() {
+        let name = k.as_str();
+        let at = super::decode::join(&path, name);
+        let valid = !name.is_empty()
+            && !name.starts_with(|ch: char| ch.is_ascii_digit())
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !valid {
+            cx.err(
+                &at,
+                k.span(),
+                format!("`{name}` is not an environment variable name (letters, digits, `_`)"),
+            );
+            continue;
+        }
+        let Some(text) = v.as_scalar().map(|s| s.as_str().to_string()) else {
+            cx.err(
+                &at,
+                v.span(),
+                "expected a single value: a literal or a template such as \"{{password}}\"",
+            );
+            continue;
+        };
+        match Template::parse(&text) {
+            Ok(t) => {
+                for f in t.fields() {
+                    if !fields.contains(&f) {
+                        cx.err(&at, v.span(), format!("`{{{{{f}}}}}` is not a field of this source's value; available: {}", fields.join(", ")));
+                    }
+                }
+                out.push((name.to_string(), text));
+            }
+            Err(e) => cx.err(&at, v.span(), e),
+        }
+    }
+    out
 }
 
 fn command_opt(cx: &mut Cx, c: &Map) -> Option<Vec<String>> {

@@ -172,6 +172,10 @@ pub enum ConsumerKind {
         verify_command: Option<Vec<String>>,
         #[serde(with = "crate::duration::serde_str")]
         timeout: Duration,
+        /// Variables the command sees besides PATH, HOME and LANG: a literal or a template
+        /// over the value's fields.
+        #[serde(default)]
+        env: Vec<(String, String)>,
     },
     Webhook {
         url: String,

@@ -63,20 +63,24 @@ fn every_row_of_the_design_table() {
         (
             Staged,
             st(Distribute, Running, None),
-            Event::AllVerified,
+            Event::AllVerified {
+                unattended_revoke: true,
+            },
             st(Revoke, AwaitingConfirmation, Some(ProceedRevoke)),
         ),
         (
             Auto,
             st(Distribute, Running, None),
-            Event::AllVerified,
+            Event::AllVerified {
+                unattended_revoke: true,
+            },
             st(Revoke, Waiting, None),
         ),
         (
             Auto,
             st(Revoke, Waiting, None),
             Event::GraceElapsed {
-                gate_needs_human: false,
+                unattended_revoke: true,
             },
             st(Revoke, Running, None),
         ),
@@ -84,15 +88,43 @@ fn every_row_of_the_design_table() {
             Auto,
             st(Revoke, Waiting, None),
             Event::GraceElapsed {
-                gate_needs_human: true,
+                unattended_revoke: false,
             },
             st(Revoke, AwaitingConfirmation, Some(ProceedRevoke)),
         ),
         (
             Emergency,
             st(Distribute, Running, None),
-            Event::AllVerified,
+            Event::AllVerified {
+                unattended_revoke: true,
+            },
             st(Revoke, Running, None),
+        ),
+        // I2b: an emergency whose revoke needs a person (or a role the requester lacks)
+        // pauses for it, like any other flow.
+        (
+            Emergency,
+            st(Distribute, Running, None),
+            Event::AllVerified {
+                unattended_revoke: false,
+            },
+            st(Revoke, AwaitingConfirmation, Some(ProceedRevoke)),
+        ),
+        (
+            Auto,
+            st(Distribute, Running, None),
+            Event::AllVerified {
+                unattended_revoke: false,
+            },
+            st(Revoke, Waiting, None),
+        ),
+        (
+            Staged,
+            st(Distribute, Running, None),
+            Event::AllVerified {
+                unattended_revoke: true,
+            },
+            st(Revoke, AwaitingConfirmation, Some(ProceedRevoke)),
         ),
         (
             Staged,
@@ -178,7 +210,15 @@ fn reverts_finish_and_survive_failures() {
     let f = FlowType::Staged;
     let rb = transition(f, st(Distribute, Failed, None), op(A::Rollback)).unwrap();
     assert_eq!(
-        transition(f, rb, Event::AllVerified).unwrap_err().state,
+        transition(
+            f,
+            rb,
+            Event::AllVerified {
+                unattended_revoke: true
+            }
+        )
+        .unwrap_err()
+        .state,
         rb,
         "no progress while reverting"
     );
@@ -242,13 +282,18 @@ fn reachable() -> Vec<(FlowType, JobState)> {
     let events = [
         Event::Claimed,
         Event::Minted,
-        Event::AllVerified,
+        Event::AllVerified {
+            unattended_revoke: true,
+        },
+        Event::AllVerified {
+            unattended_revoke: false,
+        },
         Event::StepFailed,
         Event::GraceElapsed {
-            gate_needs_human: false,
+            unattended_revoke: true,
         },
         Event::GraceElapsed {
-            gate_needs_human: true,
+            unattended_revoke: false,
         },
         Event::Revoked,
         Event::RolledBack,
