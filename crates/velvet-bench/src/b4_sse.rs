@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const KEY: &str = "bench-bootstrap-key-0123456789";
+pub(crate) const KEY: &str = "bench-bootstrap-key-0123456789abcdef";
 const CONSUMERS: usize = 10;
 
 pub(crate) struct ServerProc {
@@ -31,7 +31,8 @@ fn velvet_bin() -> String {
 
 fn start_server() -> ServerProc {
     let mut yaml = String::from(
-        "defaults: {grace_period: 0s}\ntokens:\n  - name: api\n    flow: staged\n    source: {kind: random}\n    consumers:\n",
+        // Every subscriber comes from this one address, so the per-client stream cap is lifted.
+        "server: {max_streams_per_client: 100000, max_connections: 10000}\ndefaults: {grace_period: 0s}\ntokens:\n  - name: api\n    flow: staged\n    source: {kind: random}\n    consumers:\n",
     );
     for i in 0..CONSUMERS {
         yaml.push_str(&format!(

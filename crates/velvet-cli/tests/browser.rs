@@ -9,17 +9,15 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
 
-const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789abcdef";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn enrol(w: &Workdir, name: &str) -> Value {
+fn enrol(w: &Workdir, name: &str, role: &str) -> Value {
     let out = w.run(
-        &[
-            "--output", "json", "operator", "add", name, "--role", "revoker",
-        ],
+        &["--output", "json", "operator", "add", name, "--role", role],
         &[],
         None,
     );
@@ -76,8 +74,9 @@ tokens:
         consumers("api"),
         consumers("prod-api")
     ));
-    let alice = enrol(&w, "alice");
-    let bob = enrol(&w, "bob");
+    // Alice reads the audit page at the end, which needs audit.read: an admin.
+    let alice = enrol(&w, "alice", "admin");
+    let bob = enrol(&w, "bob", "revoker");
     let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
     let shots = repo().join("target/e2e");
     let out = Command::new("node")

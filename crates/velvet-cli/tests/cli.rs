@@ -510,11 +510,7 @@ fn demo_serves_from_a_throwaway_directory_and_stops_cleanly() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = client
-        .post(s.url("/console/login"))
-        .form(&[("name", "demo"), ("password", &password), ("code", &code)])
-        .send()
-        .unwrap();
+    let r = console_login(&s, "demo", &password, &code);
     assert_eq!(r.status(), 303, "{:?}", r.text());
     let cookie = r.headers()["set-cookie"]
         .to_str()

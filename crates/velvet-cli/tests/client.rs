@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789abcdef";
 
 fn setup() -> (Workdir, Server, Vec<(&'static str, String)>) {
     let w = Workdir::new();

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use velvet_core::operator::totp_code;
 
-const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789abcdef";
 
 fn now() -> u64 {
     chrono::Utc::now().timestamp() as u64

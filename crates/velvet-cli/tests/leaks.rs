@@ -8,7 +8,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use velvet_testkit::servers::{OpenBao, PasswordPostgres};
 
-const KEY: &str = "leak-test-key-0123456789abcdef";
+const KEY: &str = "leak-test-key-0123456789abcdef-0123";
 
 #[test]
 fn no_value_of_any_source_or_consumer_leaks() {
@@ -63,10 +63,12 @@ tokens:
       - {{name: hook, kind: webhook, url: '{hook_url}', signing_secret_env: HOOK_SECRET}}
       - {{name: kv, kind: vault_kv, address: '{bao}', token_env: BAO_TOKEN, path: leak/api, field: TOKEN, previous_field: TOKEN_PREVIOUS}}
       - {{name: cmd, kind: exec, command: [sh, -c, 'cat > {exec_out}']}}
+      - {{name: envdump, kind: exec, command: [sh, -c, 'env > {env_out}']}}
 ",
         port = pg.port,
         bao = bao.address,
         exec_out = w.path("api.exec").display(),
+        env_out = w.path("exec.env").display(),
     ));
     let env = [
         ("VELVET_API_KEY", KEY),
@@ -188,6 +190,15 @@ tokens:
         String::from_utf8_lossy(&login.stderr)
     );
 
+    // An exec command never sees the server's environment (design §10).
+    let exec_env = read("exec.env");
+    assert!(exec_env.contains("VELVET_ACTION=apply"), "{exec_env}");
+    for (name, value) in &env {
+        assert!(
+            !exec_env.contains(name) && !exec_env.contains(value),
+            "exec inherited {name}"
+        );
+    }
     let logs = s.logs();
     let audit = w
         .run(&["--output", "json", "audit", "verify"], &env, None)

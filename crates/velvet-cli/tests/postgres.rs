@@ -124,7 +124,7 @@ fn db_sql(url: &str, sql: &str) -> Vec<i64> {
     })
 }
 
-const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789abcdef";
 
 /// A server on its own fresh PostgreSQL database, ready.
 fn serve_on_a_fresh_database() -> (String, Workdir, Server) {
@@ -229,7 +229,7 @@ fn an_allow_that_cannot_be_recorded_does_not_proceed() {
 
 #[test]
 fn a_job_streams_the_same_from_every_replica() {
-    const KEY: &str = "test-bootstrap-key-0123456789";
+    const KEY: &str = "test-bootstrap-key-0123456789abcdef";
     let url = block(velvet_testkit::fresh_postgres_db());
     let w = Workdir::new();
     w.write_config(

@@ -6,7 +6,7 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "replica-test-key-0123456789";
+const KEY: &str = "replica-test-key-0123456789abcdef";
 const TOKENS: usize = 10;
 const ROUNDS: usize = 5;
 

@@ -7,7 +7,7 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "test-bootstrap-key-0123456789";
+const KEY: &str = "test-bootstrap-key-0123456789abcdef";
 
 fn config(hook_url: &str, flow: &str) -> String {
     format!(

@@ -62,6 +62,22 @@ impl Role {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
+    /// Whether every permission of this role is also `other`'s (a token bound to an operator
+    /// may not do more than the operator).
+    pub fn within(self, other: Role) -> bool {
+        use Permission as P;
+        [
+            P::TokensRead,
+            P::RotationsKickoff,
+            P::RotationsStage,
+            P::RotationsRevoke,
+            P::AuditRead,
+            P::Admin,
+        ]
+        .into_iter()
+        .all(|p| !self.grants(p) || other.grants(p))
+    }
+
     /// Whether this role holds `p`. `admin` holds everything.
     pub fn grants(self, p: Permission) -> bool {
         use Permission as P;
@@ -76,6 +92,15 @@ impl Role {
             Self::Auditor => matches!(p, P::TokensRead | P::AuditRead),
         }
     }
+}
+
+/// Names of operators and service tokens: `^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$`, printable
+/// ASCII so that no bidi or zero-width character can disguise an actor (design §10).
+pub fn valid_actor_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))
 }
 
 pub const SERVICE_TOKEN_PREFIX: &str = "vlt_";
@@ -177,6 +202,36 @@ mod tests {
             Role::ALL.map(|r| r.as_str()).to_vec(),
             crate::config::ROLES.to_vec()
         );
+    }
+
+    #[test]
+    fn roles_nest_by_their_permissions() {
+        use Role::*;
+        assert!(Viewer.within(Operator) && Operator.within(Revoker) && Revoker.within(Admin));
+        assert!(Viewer.within(Auditor) && Auditor.within(Admin));
+        assert!(!Auditor.within(Revoker) && !Operator.within(Auditor));
+        assert!(!Admin.within(Revoker) && !Revoker.within(Operator));
+        for r in Role::ALL {
+            assert!(r.within(r) && r.within(Admin));
+        }
+    }
+
+    #[test]
+    fn actor_names_are_printable_ascii() {
+        for ok in ["alice", "ci-deploy", "bob@example.com", "svc.1_a"] {
+            assert!(valid_actor_name(ok), "{ok}");
+        }
+        for bad in [
+            "admin\u{200b}",
+            "\u{202e}nimda",
+            "",
+            "-x",
+            "a b",
+            "é",
+            &"a".repeat(129),
+        ] {
+            assert!(!valid_actor_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -9,18 +9,12 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::Method;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use velvet_core::decision::{Decision, DecisionStep, SecurityEvent, Severity};
 use velvet_core::identity::{Permission, Role, hash_service_token, looks_like_service_token};
 
-/// Failed authentications allowed per client address per window.
-const FAILURES_PER_WINDOW: u32 = 10;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How stale `last_used_at` may get before a request refreshes it (a write per request
 /// would make every read a write).
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
@@ -54,69 +48,40 @@ impl Caller {
     }
 }
 
-/// Failed attempts per client address in fixed windows.
-#[derive(Debug, Default)]
-pub struct FailureLimiter {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-impl FailureLimiter {
-    /// Seconds until `ip` may try again, if it is over its budget.
-    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<u16> {
-        let windows = self.windows.lock().expect("never poisoned");
-        let (start, n) = windows.get(&ip)?;
-        let left = FAILURE_WINDOW.checked_sub(start.elapsed())?;
-        (*n >= FAILURES_PER_WINDOW).then(|| left.as_secs().clamp(1, 3600) as u16)
-    }
-
-    pub(crate) fn record(&self, ip: IpAddr) {
-        let mut windows = self.windows.lock().expect("never poisoned");
-        // Forget finished windows so the map only holds recent offenders.
-        if windows.len() > 10_000 {
-            windows.retain(|_, (start, _)| start.elapsed() < FAILURE_WINDOW);
-        }
-        let w = windows.entry(ip).or_insert((Instant::now(), 0));
-        if w.0.elapsed() >= FAILURE_WINDOW {
-            *w = (Instant::now(), 0);
-        }
-        w.1 += 1;
-    }
-}
-
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
+/// The client's address: the peer, or what a trusted proxy says in `X-Forwarded-For`
+/// (`server.trusted_proxies`, design §10).
+pub(crate) fn client_ip(parts: &Parts, state: &AppState) -> IpAddr {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    state.config().server.client_ip(peer, forwarded)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = client_ip(parts);
-        if let Some(secs) = state.auth_failures.blocked(ip) {
-            let mut ev = SecurityEvent::new(
-                "rate_limited",
-                Severity::Warning,
-                format!(
-                    "too many failed authentications; {} {}",
-                    parts.method,
-                    parts.uri.path()
-                ),
-            );
-            ev.client = Some(ip.to_string());
-            security_event(state, ev).await;
-            return Err(ApiError::rate_limited(
-                "too many failed authentications from this address; try again later",
-                secs,
-            ));
-        }
+        let ip = client_ip(parts, state);
+        // A valid credential always passes: 256-bit tokens cannot be guessed, and a shared
+        // address (a proxy, a NAT) must not let one client lock out another (design §10).
         match authenticate(parts, state).await {
             Ok(mut caller) => {
                 caller.client = ip.to_string();
                 Ok(caller)
+            }
+            Err(Failure::Rejected { .. }) if state.limits.auth.blocked(&ip).is_some() => {
+                // Over the budget: answer without storing a row per flood request.
+                let secs = state.limits.auth.blocked(&ip).unwrap_or(1);
+                Err(ApiError::rate_limited(
+                    "too many failed authentications from this address; try again later",
+                    secs.min(u16::MAX as u64) as u16,
+                ))
             }
             Err(Failure::Rejected {
                 message,
@@ -129,8 +94,19 @@ impl FromRequestParts<AppState> for Caller {
                 if parts
                     .headers
                     .contains_key(axum::http::header::AUTHORIZATION)
+                    && state.limits.auth.record(&ip)
                 {
-                    state.auth_failures.record(ip);
+                    let mut ev = SecurityEvent::new(
+                        "rate_limited",
+                        Severity::Warning,
+                        format!(
+                            "too many failed authentications; {} {} is refused for a while",
+                            parts.method,
+                            parts.uri.path()
+                        ),
+                    );
+                    ev.client = Some(ip.to_string());
+                    security_event(state, ev).await;
                 }
                 // Every denial is a decision on record, and a security event.
                 let d = Decision::new(&subject, "authenticate", &resource(parts), steps);
@@ -187,11 +163,14 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Failure
             Err(e) => Err(Failure::Store(e)),
         };
     }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let Some(presented) = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
     else {
         let message = "missing `Authorization: Bearer <token>`";
         return Err(rejected(
@@ -381,9 +360,7 @@ macro_rules! needs {
 needs!(
     TokensRead => TokensRead,
     Kickoff => RotationsKickoff,
-    Stage => RotationsStage,
     AuditRead => AuditRead,
-    Revoke => RotationsRevoke,
     AdminOnly => Admin,
 );
 

@@ -33,6 +33,19 @@ pub fn router() -> Router<AppState> {
         .route("/console/assets/{file}", get(crate::assets::serve))
 }
 
+/// Every answer, page or API, says: do not sniff types, do not leak the path in a Referer, and
+/// never render inside a frame (pages keep their fuller policy).
+pub(crate) async fn security_headers(mut r: Response) -> Response {
+    use axum::http::HeaderValue;
+    use axum::http::header::{REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
+    let h = r.headers_mut();
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.entry(CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
+    r
+}
+
 pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -59,23 +72,52 @@ fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Respon
         .into_response()
 }
 
+/// The login form's CSRF token travels in this cookie and in the form; a cross-site page can
+/// make a browser post the form but cannot read or set the cookie (double submit).
+const LOGIN_COOKIE: &str = "velvet_login";
+
 fn login_form(status: StatusCode, error: Option<&str>) -> Response {
     let error = error
         .map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", esc(e)))
         .unwrap_or_default();
-    page(
+    let csrf = session::random_hex(16);
+    let mut r = page(
         status,
         "Log in",
         &format!(
             "<main class=\"login card\"><h1>Velvet</h1>{error}\
              <form method=\"post\" action=\"/console/login\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <label for=\"name\">Operator</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required>\
              <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
              <label for=\"code\">TOTP code or backup code</label><input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" required>\
              <button type=\"submit\">Log in</button></form></main>"
         ),
         "",
-    )
+    );
+    let cookie = format!(
+        "{LOGIN_COOKIE}={csrf}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+    );
+    r.headers_mut().insert(
+        axum::http::header::SET_COOKIE,
+        cookie.parse().expect("hex and ASCII"),
+    );
+    r
+}
+
+/// Whether the login form's token matches the cookie set with the form.
+fn login_csrf_ok(headers: &HeaderMap, sent: &str) -> bool {
+    let cookie = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == LOGIN_COOKIE)
+        .map(|(_, v)| v);
+    cookie.is_some_and(|c| {
+        !c.is_empty() && bool::from(subtle::ConstantTimeEq::ct_eq(c.as_bytes(), sent.as_bytes()))
+    })
 }
 
 async fn login_page() -> Response {
@@ -84,6 +126,8 @@ async fn login_page() -> Response {
 
 #[derive(Debug, Deserialize)]
 struct LoginForm {
+    #[serde(default)]
+    csrf: String,
     name: String,
     password: String,
     code: String,
@@ -92,9 +136,18 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    match session::login(&state, peer.ip(), f.name.trim(), &f.password, &f.code).await {
+    if !login_csrf_ok(&headers, &f.csrf) {
+        return login_form(
+            StatusCode::FORBIDDEN,
+            Some("The login form expired or came from another site; log in from this page."),
+        );
+    }
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = state.config().server.client_ip(peer.ip(), forwarded);
+    match session::login(&state, client, f.name.trim(), &f.password, &f.code).await {
         Ok((id, _csrf)) => (
             StatusCode::SEE_OTHER,
             session::set_cookie_header(&state, Some(&id)),
@@ -108,7 +161,7 @@ async fn login(
         Err(LoginError::Limited(secs)) => {
             let mut r = login_form(
                 StatusCode::TOO_MANY_REQUESTS,
-                Some("Too many failed attempts from this address; try again in a minute."),
+                Some("Too many failed attempts; try again later."),
             );
             r.headers_mut().insert(RETRY_AFTER, secs.into());
             r
@@ -136,13 +189,18 @@ pub(crate) fn shell(s: &session::Session, title: &str, body: &str) -> Response {
         title,
         &format!(
             "<header class=\"top\"><a class=\"brand\" href=\"/console\">Velvet</a>\
-             <nav aria-label=\"Main\"><a href=\"/console\">Tokens</a><a href=\"/console/audit\">Audit</a></nav>\
+             <nav aria-label=\"Main\"><a href=\"/console\">Tokens</a>{audit}</nav>\
              <span class=\"who\">{} ({})</span>\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\" class=\"secondary\">Log out</button></form></header><main>{body}</main>",
             esc(&s.operator),
             s.role.as_str(),
-            esc(&s.csrf)
+            esc(&s.csrf),
+            audit = if s.role.grants(velvet_core::identity::Permission::AuditRead) {
+                "<a href=\"/console/audit\">Audit</a>"
+            } else {
+                ""
+            }
         ),
         &format!("<meta name=\"csrf-token\" content=\"{}\">", esc(&s.csrf)),
     )

@@ -227,7 +227,11 @@ pub(crate) async fn token(
         })
         .collect();
     let ui = crate::flags::enabled(&state, "velvet_v2_rotation_ui").await?;
-    let rotate = if ui {
+    // A viewer or auditor may not start a rotation: no button that can only fail.
+    let may_rotate = s
+        .role
+        .grants(velvet_core::identity::Permission::RotationsKickoff);
+    let rotate = if ui && may_rotate {
         format!(
             "<div class=\"actions\"><button type=\"button\" id=\"open-rotation\">Rotate…</button></div>{}",
             rotation_modal(&t.name, None)
@@ -317,6 +321,13 @@ pub(crate) async fn audit(
         Ok(s) => s,
         Err(r) => return Ok(r),
     };
+    // The page shows what the API would: audit.read or nothing (design §10).
+    if !s.role.grants(velvet_core::identity::Permission::AuditRead) {
+        return Err(ApiError::forbidden(format!(
+            "role `{}` does not grant velvet.audit.read, so the audit log is not shown",
+            s.role.as_str()
+        )));
+    }
     let report = state.store.verify_audit(&state.keyring, None).await?;
     let after = (report.entries as i64 - 50).max(0);
     let mut events = state.store.audit_page(after, 50).await?;

@@ -263,11 +263,11 @@ async fn changed(bus: &mut Option<broadcast::Receiver<String>>, job_id: &str) ->
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = crate::openapi::ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = crate::openapi::ErrorBody),
         (status = 422, description = "`validation_failed`: Last-Event-ID is not an id this stream gave out", body = crate::openapi::ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = crate::openapi::ErrorBody,
+        (status = 429, description = "`rate_limited`: too many failed authentications, or this address has `server.max_streams_per_client` streams open", body = crate::openapi::ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
     ))]
 pub async fn stream(
-    _: Can<TokensRead>,
+    Can(caller, ..): Can<TokensRead>,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     headers: HeaderMap,
@@ -291,11 +291,26 @@ pub async fn stream(
     if state.store.get_job(&job_id).await?.is_none() {
         return Err(missing());
     }
+    let max = state.config().server.max_streams_per_client;
+    let slot = state
+        .limits
+        .streams
+        .take(&caller.client, max)
+        .ok_or_else(|| {
+            ApiError::rate_limited(
+                format!(
+                    "this address has {max} event streams open (server.max_streams_per_client); \
+                     close some or raise the limit"
+                ),
+                5,
+            )
+        })?;
     // Follow first, then read the state: whatever happens in between arrives twice at worst
     // (and is skipped by its seq), never not at all.
     let start = state.store.last_event_seq(&job_id).await?;
     let (feed, rx) = state.feeds.follow(&state, &job_id, start);
     let client = Client {
+        _slot: slot,
         state,
         job_id,
         rx,
@@ -323,6 +338,8 @@ pub async fn stream(
 
 /// One client's stream.
 struct Client {
+    /// Frees this address's stream slot when the stream ends.
+    _slot: crate::limits::StreamSlot,
     state: AppState,
     job_id: String,
     rx: broadcast::Receiver<Arc<Batch>>,

@@ -4,7 +4,7 @@
 //! approvals by other operators (`POST /api/v1/rotations/{id}/approvals`), and for one of some
 //! roles. Every outcome is a decision on record; every refusal a security event.
 
-use crate::auth::{Caller, Can, Revoke};
+use crate::auth::Caller;
 use crate::body::Body;
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
@@ -89,7 +89,41 @@ async fn allow(
     Ok(())
 }
 
-/// Checks `code` as a fresh TOTP code of the caller's operator; the operator's name if it is.
+/// 429 while `operator` has spent its wrong step-up codes (design §10: 5 in 15 minutes). No
+/// decision is stored for such a request, so a flood adds no rows.
+pub(crate) fn step_up_limited(state: &AppState, operator: &str) -> Result<(), ApiError> {
+    match state.limits.step_up.blocked(&operator.to_string()) {
+        Some(secs) => Err(ApiError::rate_limited(
+            format!(
+                "too many wrong codes for operator {operator}; step-ups are refused for {} more \
+                 minute(s). If these were not your attempts, tell an admin: someone holds a \
+                 token of yours",
+                secs.div_ceil(60)
+            ),
+            secs.min(u16::MAX as u64) as u16,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Counts a wrong step-up code; the one that spends the budget is a critical `totp_locked`.
+async fn wrong_code(state: &AppState, caller: &Caller, job: &Job, operator: &str) {
+    if state.limits.step_up.record(&operator.to_string()) {
+        let mut ev = SecurityEvent::new(
+            "totp_locked",
+            Severity::Critical,
+            format!(
+                "5 wrong step-up codes for operator {operator} within 15 minutes; step-ups refused until the window passes"
+            ),
+        );
+        ev.subject = Some(caller.actor.clone());
+        ev.client = Some(caller.client.clone());
+        ev.job_id = Some(job.job_id.clone());
+        crate::auth::security_event(state, ev).await;
+    }
+}
+
+/// Checks `code` as a fresh TOTP code of the caller's operator; the operator if it is.
 async fn fresh_totp(
     state: &AppState,
     caller: &Caller,
@@ -97,7 +131,7 @@ async fn fresh_totp(
     resource: &str,
     gate: &str,
     code: Option<&str>,
-) -> Result<String, ApiError> {
+) -> Result<velvet_store::OperatorRecord, ApiError> {
     let Some(name) = caller.operator.clone() else {
         return Err(deny(state, caller, job, resource,
             DecisionStep::new("gate_totp", false, "the caller is not an operator"), "gate_required", "gate_denied", format!("the gate `{gate}` needs an operator's TOTP code: use a service token owned by an operator (auth create-token --operator)")).await);
@@ -106,6 +140,7 @@ async fn fresh_totp(
         return Err(deny(state, caller, job, resource,
             DecisionStep::new("gate_totp", false, "no code given"), "gate_required", "gate_denied", format!("the gate `{gate}` needs a TOTP code: send `totp` with the current code from your authenticator")).await);
     };
+    step_up_limited(state, &name)?;
     let op = state
         .store
         .operator(&name)
@@ -125,7 +160,8 @@ async fn fresh_totp(
         .as_ref()
         .and_then(|s| s.get("value"))
         .and_then(|s| operator::totp_step(s.expose(), code, now));
-    let Some(step) = step else {
+    let (Some(step), Some(op)) = (step, op) else {
+        wrong_code(state, caller, job, &name).await;
         return Err(deny(
             state,
             caller,
@@ -143,6 +179,7 @@ async fn fresh_totp(
         .await);
     };
     if !state.store.accept_totp_step(&name, step as i64).await? {
+        wrong_code(state, caller, job, &name).await;
         return Err(deny(
             state,
             caller,
@@ -155,11 +192,18 @@ async fn fresh_totp(
             ),
             "gate_denied",
             "totp_replayed",
-            "this TOTP code was already used; wait for the next one".into(),
+            "this TOTP code was already used (each code counts once per operator, so the \
+             code you just logged in with is spent); wait for the next code, at most 30 s"
+                .into(),
         )
         .await);
     }
-    Ok(name)
+    Ok(op)
+}
+
+/// Whether an operator of `role` may approve or pass `gate` (its `roles`, when it lists any).
+fn role_fits(gate: &GateSpec, role: &str) -> bool {
+    gate.require.roles.is_empty() || gate.require.roles.iter().any(|r| r == role)
 }
 
 /// Evaluates `gate` for `caller` proceeding to revoke `job` (awaiting it): Ok when it passes.
@@ -203,13 +247,19 @@ pub(crate) async fn pass(
     let mut passed = vec![];
     // Approvals first: a TOTP code is spent when checked, so it is checked last.
     if r.approvals > 0 {
-        let others = state
-            .store
-            .approvals(&job.job_id)
-            .await?
-            .into_iter()
-            .filter(|a| Some(&a.operator) != caller.operator.as_ref())
-            .count() as u32;
+        // Approvals count only from other operators who hold one of the gate's roles now.
+        let mut others = 0u32;
+        for a in state.store.approvals(&job.job_id).await? {
+            if Some(&a.operator) == caller.operator.as_ref() {
+                continue;
+            }
+            let fits = state
+                .store
+                .operator(&a.operator)
+                .await?
+                .is_some_and(|o| o.disabled_at.is_none() && role_fits(gate, &o.role));
+            others += u32::from(fits);
+        }
         if others < r.approvals {
             let message = format!(
                 "the gate `{}` needs {} approval(s) by other operators \
@@ -237,7 +287,7 @@ pub(crate) async fn pass(
     }
     if r.totp {
         let who = fresh_totp(state, caller, job, &resource, &gate.name, totp).await?;
-        passed.push(format!("fresh TOTP of operator {who}"));
+        passed.push(format!("fresh TOTP of operator {}", who.name));
     }
     allow(
         state,
@@ -349,11 +399,24 @@ pub struct ApproveBody {
         (status = 503, description = "`audit_unavailable`: the approval could not be audited, so it was not recorded", body = ErrorBody),
     ))]
 pub(crate) async fn approve(
-    Can(caller, ..): Can<Revoke>,
+    caller: Caller,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     Body(body): Body<ApproveBody>,
 ) -> Result<Json<Job>, ApiError> {
+    // A locked operator's flood is answered before anything is recorded.
+    if let Some(op) = &caller.operator {
+        step_up_limited(&state, op)?;
+    }
+    let resource = format!("POST /api/v1/rotations/{job_id}/approvals");
+    crate::auth::authorize(
+        &state,
+        &caller,
+        velvet_core::identity::Permission::RotationsRevoke,
+        &resource,
+        true,
+    )
+    .await?;
     let job = crate::rotations::load(&state, &job_id).await?;
     let conflict = |m: String| {
         ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
@@ -373,7 +436,7 @@ pub(crate) async fn approve(
         "POST /api/v1/rotations/{job_id}/approvals gate {}",
         gate.name
     );
-    let operator = fresh_totp(
+    let op = fresh_totp(
         &state,
         &caller,
         &job,
@@ -382,6 +445,29 @@ pub(crate) async fn approve(
         Some(&body.totp),
     )
     .await?;
+    let operator = op.name;
+    if !role_fits(&gate, &op.role) {
+        return Err(deny(
+            &state,
+            &caller,
+            &job,
+            &resource,
+            DecisionStep::new(
+                "gate_role",
+                false,
+                format!("operator {operator} has role {}", op.role),
+            ),
+            "gate_denied",
+            "gate_denied",
+            format!(
+                "operator {operator} has role {}; the gate `{}` takes approvals only from {}",
+                op.role,
+                gate.name,
+                gate.require.roles.join(", ")
+            ),
+        )
+        .await);
+    }
     allow(
         &state,
         &caller,

@@ -12,6 +12,8 @@ mod events;
 mod flags;
 mod gate;
 mod health;
+mod limits;
+mod listen;
 mod metrics;
 mod openapi;
 mod rotations;
@@ -41,8 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The rotation engine, when this process runs one.
     pub engine: Option<Arc<velvet_engine::Engine>>,
-    /// Failed authentications per client address.
-    pub auth_failures: Arc<auth::FailureLimiter>,
+    /// Failed authentications, logins and step-up codes.
+    pub limits: Arc<limits::Limiters>,
     /// One event feed per job followed over SSE.
     pub feeds: Arc<events::Feeds>,
 }
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(console::security_headers))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

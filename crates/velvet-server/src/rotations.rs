@@ -1,7 +1,7 @@
 //! `/api/v1/rotations/{id}`: a job, and the operator actions that move it.
 
 use crate::audit::Params;
-use crate::auth::{Can, Stage, TokensRead};
+use crate::auth::{Can, TokensRead};
 use crate::body::Body;
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
@@ -170,11 +170,26 @@ pub struct StageBody {
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
     ))]
 async fn stage(
-    Can(caller, ..): Can<Stage>,
+    caller: crate::auth::Caller,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     Body(body): Body<StageBody>,
 ) -> Result<Json<Job>, ApiError> {
+    // A locked operator's step-up flood is answered before anything is recorded (§10).
+    if body.action == Action::ProceedRevoke.as_str()
+        && body.totp.is_some()
+        && let Some(op) = &caller.operator
+    {
+        crate::gate::step_up_limited(&state, op)?;
+    }
+    crate::auth::authorize(
+        &state,
+        &caller,
+        Permission::RotationsStage,
+        &format!("POST /api/v1/rotations/{job_id}/stage"),
+        true,
+    )
+    .await?;
     crate::flags::require_rotation(&state).await?;
     let action = Action::parse(&body.action).ok_or_else(|| {
         let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();

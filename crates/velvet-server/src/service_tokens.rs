@@ -18,7 +18,7 @@ use velvet_core::identity::{Role, mint_service_token, new_service_token_id};
 use velvet_core::model::ServiceTokenRecord;
 use velvet_store::NewServiceToken;
 
-const MAX_NAME: usize = 100;
+const MAX_NAME: usize = 128;
 /// Ten years: further than that is "never", which is what leaving `expires_in` out says.
 const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
@@ -139,12 +139,11 @@ pub struct CreatedServiceToken {
 }
 
 fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty()
-        || value.chars().count() > MAX_NAME
-        || value.chars().any(char::is_control)
-    {
+    if !velvet_core::identity::valid_actor_name(value) {
         return Err(ApiError::validation(format!(
-            "{field}: give 1 to {MAX_NAME} printable characters"
+            "{field}: `{}` is not a name: 1 to {MAX_NAME} ASCII letters, digits, `_`, `.`, `@` \
+             or `-`, starting with a letter or digit",
+            value.escape_default()
         )));
     }
     Ok(())
@@ -177,8 +176,27 @@ async fn create(
             roles.join(", ")
         ))
     })?;
-    if let Some(op) = &body.operator {
-        checked_name("operator", op)?;
+    if let Some(name) = &body.operator {
+        checked_name("operator", name)?;
+        let op = state
+            .store
+            .operator(name)
+            .await?
+            .filter(|o| o.disabled_at.is_none())
+            .ok_or_else(|| {
+                ApiError::validation(format!(
+                    "operator: no operator `{name}` (add one with `velvet operator add {name} --role R`)"
+                ))
+            })?;
+        let op_role = Role::parse(&op.role).unwrap_or(Role::Viewer);
+        if !role.within(op_role) {
+            return Err(ApiError::validation(format!(
+                "role: `{}` grants more than operator {name}'s role `{}`; a token may not do \
+                 more than the operator it belongs to",
+                role.as_str(),
+                op.role
+            )));
+        }
     }
     let expires_at = match &body.expires_in {
         None => None,

@@ -24,7 +24,7 @@ const ABSOLUTE: Duration = Duration::hours(12);
 /// How stale `last_seen_at` may get before a request refreshes it.
 const TOUCH_EVERY: Duration = Duration::seconds(60);
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     getrandom::fill(&mut raw).expect("OS randomness");
     hex::encode(raw)
@@ -87,11 +87,28 @@ pub(crate) async fn login(
     password: &str,
     code: &str,
 ) -> Result<(String, String), LoginError> {
-    if let Some(secs) = state.auth_failures.blocked(client) {
-        return Err(LoginError::Limited(secs));
+    // Limited per address and per operator name (design §10): a spread-out guesser is caught by
+    // the second, a shared address only by the first.
+    let limits = &state.limits;
+    if let Some(secs) = limits
+        .auth
+        .blocked(&client)
+        .or_else(|| limits.login.blocked(&name.to_string()))
+    {
+        return Err(LoginError::Limited(secs.min(u16::MAX as u64) as u16));
     }
     let fail = |why: String| async move {
-        state.auth_failures.record(client);
+        limits.auth.record(&client);
+        if limits.login.record(&name.to_string()) {
+            let mut ev = SecurityEvent::new(
+                "login_locked",
+                Severity::Critical,
+                "too many failed logins for this operator; logins refused for 15 minutes",
+            );
+            ev.subject = Some(format!("operator:{name}"));
+            ev.client = Some(client.to_string());
+            crate::auth::security_event(state, ev).await;
+        }
         let mut ev = SecurityEvent::new("login_failed", Severity::Warning, why);
         ev.subject = Some(format!("operator:{name}"));
         ev.client = Some(client.to_string());

@@ -97,7 +97,7 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
         config,
         metrics: Arc::new(Metrics::default()),
         engine: Some(engine),
-        auth_failures: Default::default(),
+        limits: Default::default(),
         feeds: Default::default(),
     };
     reconcile(&state).await?;
@@ -198,22 +198,14 @@ pub async fn serve(
     if let Some(engine) = &state.engine {
         engine.start(engine_stopped);
     }
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Event streams write small frames: without TCP_NODELAY a frame can wait on the client's
-    // delayed ACK (tens of milliseconds).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Stop claiming work; a job left mid-step resumes from its stored state (I4).
-            let _ = stop_engine.send(true);
-        })
-        .await
-        .map_err(StartError::Serve)?;
+    let app = router(state);
+    crate::listen::serve(listener, app, &config.server, async move {
+        shutdown_signal().await;
+        // Stop claiming work; a job left mid-step resumes from its stored state (I4).
+        let _ = stop_engine.send(true);
+    })
+    .await
+    .map_err(StartError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -256,3 +256,52 @@ pub fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+/// A client that shows redirects instead of following them.
+pub fn no_redirects() -> reqwest::blocking::Client {
+    let _ = http();
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The login form's CSRF token and the cookie that carries it, as a browser gets them.
+pub fn login_form(s: &Server) -> (String, String) {
+    let r = no_redirects().get(s.url("/console/login")).send().unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let html = r.text().unwrap();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .unwrap()
+        .to_string();
+    (token, cookie)
+}
+
+/// Posts the console login form as a browser would: with the form's CSRF token and cookie.
+pub fn console_login(
+    s: &Server,
+    name: &str,
+    password: &str,
+    code: &str,
+) -> reqwest::blocking::Response {
+    let (token, cookie) = login_form(s);
+    no_redirects()
+        .post(s.url("/console/login"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", name),
+            ("password", password),
+            ("code", code),
+        ])
+        .send()
+        .unwrap()
+}

@@ -128,6 +128,8 @@ pub struct Config {
     pub file: PathBuf,
     pub base_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Connection limits and who may name the client address (design §10).
+    pub server: ServerConfig,
     pub store: StoreUrl,
     pub keyring: KeyringSource,
     /// `VELVET_API_KEY`, the bootstrap admin bearer.
@@ -306,11 +308,14 @@ fn decode_root(
 
     // server
     let mut listen_text = "127.0.0.1:8700".to_string();
+    let mut server_config = ServerConfig::default();
     if let Some(node) = root.get("server")
-        && let Some(server) = Map::new(cx, node, "server", &["listen"])
-        && let Some(l) = server.str(cx, "listen")
+        && let Some(server) = Map::new(cx, node, "server", SERVER_KEYS)
     {
-        listen_text = l;
+        if let Some(l) = server.str(cx, "listen") {
+            listen_text = l;
+        }
+        server_config = declare::decode_server(cx, &server);
     }
     let mut listen_origin = "server.listen".to_string();
     if let Some(v) = env("VELVET_LISTEN").filter(|v| !v.is_empty()) {
@@ -382,11 +387,10 @@ fn decode_root(
         file: file.to_path_buf(),
         base_dir,
         listen: listen?,
+        server: server_config,
         store: store?,
         keyring,
-        api_key: env("VELVET_API_KEY")
-            .filter(|v| !v.is_empty())
-            .map(SecretString::new),
+        api_key: api_key(cx, env),
         flags,
         flags_in_file,
         defaults,
@@ -400,6 +404,34 @@ fn decode_root(
         revocation_gates,
     })
 }
+
+/// The shortest `VELVET_API_KEY` accepted: a bootstrap admin bearer must not be guessable.
+pub const MIN_API_KEY_LEN: usize = 32;
+
+fn api_key(cx: &mut Cx, env: EnvLookup) -> Option<SecretString> {
+    let key = env("VELVET_API_KEY").filter(|v| !v.is_empty())?;
+    if key.chars().count() < MIN_API_KEY_LEN {
+        cx.err(
+            "VELVET_API_KEY",
+            &marked_yaml::Span::new_blank(),
+            format!(
+                "is {} characters; the bootstrap admin key needs at least {MIN_API_KEY_LEN} \
+                 (make one with `openssl rand -hex 32`), or unset it and use service tokens",
+                key.chars().count()
+            ),
+        );
+        return None;
+    }
+    Some(SecretString::new(key))
+}
+
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "trusted_proxies",
+    "header_timeout",
+    "max_connections",
+    "max_streams_per_client",
+];
 
 fn decode_flags(cx: &mut Cx, root: &Map) -> (BTreeMap<String, bool>, BTreeSet<String>) {
     let mut flags: BTreeMap<String, bool> = KNOWN_FLAGS

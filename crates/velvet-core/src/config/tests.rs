@@ -238,14 +238,25 @@ fn environment_overrides_the_file() {
             ("VELVET_LISTEN", "0.0.0.0:9000"),
             ("VELVET_DATABASE_URL", "postgres://velvet:pw@db/velvet"),
             ("VELVET_MASTER_KEY", "AAAA"),
-            ("VELVET_API_KEY", "bootstrap"),
+            ("VELVET_API_KEY", "bootstrap-key-of-at-least-32-chars"),
         ],
     )
     .unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
     assert_eq!(c.store.to_string(), "postgres://velvet:***@db/velvet");
     assert!(matches!(c.keyring, KeyringSource::MasterKey(_)));
-    assert_eq!(c.api_key.unwrap().expose(), "bootstrap");
+    assert_eq!(
+        c.api_key.unwrap().expose(),
+        "bootstrap-key-of-at-least-32-chars"
+    );
+    let e = parse_with("flags: {}\n", &[("VELVET_API_KEY", "x")]).unwrap_err();
+    assert!(
+        e.problems[0]
+            .to_string()
+            .starts_with("VELVET_API_KEY: is 1 characters")
+            && e.problems[0].message.contains("at least 32"),
+        "{e}"
+    );
     let e = parse_with("", &[("VELVET_LISTEN", "bad")]).unwrap_err();
     assert!(e.to_string().contains("empty"));
     let e = parse_with("flags: {}\n", &[("VELVET_LISTEN", "bad")]).unwrap_err();
@@ -346,4 +357,60 @@ fn sources_consumers_and_gates_are_validated() {
             "{text}\nexpected `{expected}` in {p:#?}"
         );
     }
+}
+
+#[test]
+fn server_limits_and_trusted_proxies() {
+    let c = parse_with(
+        "server: {listen: 127.0.0.1:1, trusted_proxies: [10.0.0.0/8, 127.0.0.1], header_timeout: 2s, max_connections: 100, max_streams_per_client: 3}\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.server.header_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        (c.server.max_connections, c.server.max_streams_per_client),
+        (100, 3)
+    );
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    // An untrusted peer cannot name another address.
+    assert_eq!(
+        c.server.client_ip(ip("203.0.113.9"), Some("1.2.3.4")),
+        ip("203.0.113.9")
+    );
+    // A trusted one can; the rightmost hop that is not a trusted proxy is the client.
+    assert_eq!(
+        c.server
+            .client_ip(ip("127.0.0.1"), Some("6.6.6.6, 198.51.100.7, 10.1.2.3")),
+        ip("198.51.100.7")
+    );
+    assert_eq!(c.server.client_ip(ip("10.9.9.9"), None), ip("10.9.9.9"));
+    assert_eq!(
+        c.server
+            .client_ip(ip("10.9.9.9"), Some("garbage, 10.0.0.1")),
+        ip("10.0.0.1")
+    );
+    let d = parse_with("flags: {}\n", &[]).unwrap().server;
+    assert_eq!(
+        (
+            d.header_timeout.as_secs(),
+            d.max_connections,
+            d.max_streams_per_client,
+            d.trusted_proxies.len()
+        ),
+        (10, 4096, 64, 0)
+    );
+    let e = parse_with(
+        "server: {trusted_proxies: [nope], header_timeout: 1h}\n",
+        &[],
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("server.trusted_proxies[0]: `nope` is not an address or CIDR"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server.header_timeout: must be between"),
+        "{text}"
+    );
 }
