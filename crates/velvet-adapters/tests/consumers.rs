@@ -43,6 +43,7 @@ fn file(
             previous_key: previous_key.map(str::to_string),
             template: None,
             mode: 0o600,
+            follow_symlinks: false,
         },
     };
     consumer::build(&spec, &no_env).unwrap()
@@ -79,7 +80,8 @@ async fn dotenv_file_dual_acceptance_and_only_its_keys() {
         format!("{others}API_TOKEN=new-value\nAPI_TOKEN_PREVIOUS=old-value\n"),
         "I7: other lines byte for byte"
     );
-    assert_eq!(mode(&path), 0o600);
+    // The file existed (0644 from std::fs::write): its mode is kept, less access for others.
+    assert_eq!(mode(&path), 0o640);
     c.revoke_previous(&d).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
@@ -513,5 +515,82 @@ async fn webhook_and_probe_never_follow_a_redirect() {
     assert!(
         !e.is_retryable() && e.to_string().contains("302"),
         "a redirected probe is not verified: {e}"
+    );
+}
+
+fn file_following(path: &std::path::Path, follow: bool) -> Box<dyn Consumer> {
+    let spec = ConsumerSpec {
+        name: "f".into(),
+        lock_key: None,
+        kind: ConsumerKind::File {
+            path: path.to_path_buf(),
+            format: FileFormat::Dotenv,
+            key: Some("TOKEN".into()),
+            previous_key: None,
+            template: None,
+            mode: 0o600,
+            follow_symlinks: follow,
+        },
+    };
+    consumer::build(&spec, &no_env).unwrap()
+}
+
+/// Design §10: the file consumer keeps what it does not own: an existing file's owner, group
+/// and mode; it refuses a symbolic link unless told; it removes temp files a crash left.
+#[tokio::test]
+async fn file_keeps_owner_and_mode_refuses_links_and_cleans_up_after_a_crash() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.env");
+    std::fs::write(&path, "OTHER=1\nTOKEN=old\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        std::os::unix::fs::chown(&path, Some(4321), Some(4322)).unwrap();
+    }
+    let before = std::fs::metadata(&path).unwrap();
+    // What a crash between write and rename leaves behind, holding a secret.
+    let leftover = dir.path().join(".app.env.0123456789ab.tmp");
+    std::fs::write(&leftover, "TOKEN=secret-from-a-crash\n").unwrap();
+    let new = SecretValue::single("new-value".into());
+    let d = delivery(&new, None);
+    let c = file_following(&path, false);
+    c.apply(&d).await.unwrap();
+    c.verify(&d).await.unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode() & 0o777),
+        (before.uid(), before.gid(), 0o640),
+        "owner, group and mode kept"
+    );
+    assert!(!leftover.exists(), "the crash's temp file is gone");
+
+    // A link at the path: refused for reading and writing alike, unless allowed.
+    let real = dir.path().join("real.env");
+    std::fs::write(&real, "TOKEN=old\n").unwrap();
+    let link = dir.path().join("link.env");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let refused = file_following(&link, false);
+    let e = refused.apply(&d).await.unwrap_err();
+    assert!(
+        !e.is_retryable() && e.to_string().contains("symbolic link"),
+        "{e}"
+    );
+    assert!(refused.verify(&d).await.is_err());
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "TOKEN=old\n");
+    let followed = file_following(&link, true);
+    followed.apply(&d).await.unwrap();
+    followed.verify(&d).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "TOKEN=new-value\n");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
     );
 }

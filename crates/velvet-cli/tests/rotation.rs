@@ -305,12 +305,16 @@ fn a_crash_after_storing_the_value_resumes_with_that_value() {
 /// old value is revoked only after every consumer holds the new one.
 #[test]
 fn kill_9_during_distribute_and_after_revoking_the_source_then_restart_finishes() {
-    for point in ["during_distribute", "after_source_revoked"] {
+    for point in [
+        "during_distribute",
+        "after_consumer_applied",
+        "after_source_revoked",
+    ] {
         let (hook, url) = receiver::start(Duration::from_millis(1500));
         let w = adopted(&config(&url, "auto"));
         let mut first_env = env();
-        if point == "after_source_revoked" {
-            first_env.push(("VELVET_CRASH_AT", "after_source_revoked"));
+        if point != "during_distribute" {
+            first_env.push(("VELVET_CRASH_AT", point));
             *hook.delay_ms.lock().unwrap() = 0;
         }
         let mut s = w.serve(&[], &first_env);
@@ -426,4 +430,35 @@ fn a_totp_gate_stops_a_revoke_by_a_caller_who_is_no_operator() {
         env_file(&w).contains("API_TOKEN_PREVIOUS=initial-value"),
         "the previous value is still live"
     );
+}
+
+/// A step that panics leaves no lease renewed behind it: the lease runs out and the job is
+/// claimed again (before, the renewal outlived the step and held the job until a restart).
+#[test]
+fn a_step_that_panics_releases_its_job_to_be_claimed_again() {
+    let (_, url) = receiver::start(Duration::ZERO);
+    let w = adopted(&config(&url, "auto"));
+    let mut panicking = env();
+    panicking.push(("VELVET_PANIC_AT", "after_version_stored"));
+    let s = w.serve(&[], &panicking);
+    let (code, _) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202);
+    let start = Instant::now();
+    loop {
+        let claims = s
+            .logs()
+            .lines()
+            .filter(|l| l.contains("claimed job"))
+            .count();
+        if claims >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the job was never claimed again after its step panicked (lease 5s):\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.get("/healthz").0, 200, "the server lives on");
 }

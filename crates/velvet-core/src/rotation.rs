@@ -297,8 +297,9 @@ pub fn transition(
         {
             JobState::at(stage, Running, None, false).reverting(Revert::Rollback)
         }
-        // Abort: before anything was distributed.
-        (Mint, Pending, None, _)
+        // Abort: before anything was distributed (a failed mint included: it must have a way
+        // to end that is not a rollback of what never went out).
+        (Mint, Pending | Failed, None, _)
         | (Distribute, AwaitingConfirmation, Some(ProceedDistribute), _)
             if op(Action::Abort) =>
         {

@@ -13,6 +13,9 @@ pub enum ActionError {
     NotFound(String),
     #[error(transparent)]
     Invalid(InvalidTransition),
+    /// The token left velvet.yaml: the job can only be ended (abort or rollback).
+    #[error("{0}")]
+    Retired(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,6 +38,15 @@ impl Engine {
                 .await?
                 .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
             let from: JobState = job.state.into();
+            if !matches!(action, Action::Abort | Action::Rollback) && self.token_spec(&job).is_err()
+            {
+                return Err(ActionError::Retired(format!(
+                    "token `{}` is no longer declared in velvet.yaml, so this job can only be \
+                     ended: `velvet rotations stage {job_id} abort` (before distribution) or \
+                     `rollback`",
+                    job.token
+                )));
+            }
             let to = transition(
                 job.flow_type,
                 from,

@@ -159,6 +159,7 @@ async fn deliver(
         let d = shared.delivery();
         let result = match consumer.apply(&d).await {
             Ok(()) => {
+                crate::runner::crash_point("after_consumer_applied");
                 shared.update(&name, ConsumerStatus::Distributed, attempts, None, None);
                 consumer.verify(&d).await
             }
@@ -322,36 +323,61 @@ pub(crate) async fn revoke_previous(
     Ok(())
 }
 
-/// Puts the previous value back where the new one landed: consumers that were distributed or
-/// verified, and those caught mid-apply (it may have landed). A consumer whose apply failed
-/// never took the new value, and may be the very reason for the rollback, so it is left alone.
+/// Puts the previous value back wherever the new one may have landed: every consumer that was
+/// tried (distributed, verified, mid-apply, or failed: a failure after the target took the
+/// value still left it there). Returns the failed consumers that could not be reverted, which
+/// the job then names; a verified one that cannot be reverted fails the step instead.
 pub(crate) async fn roll_back(
     engine: &Engine,
     job: &Job,
     spec: &TokenSpec,
     vals: &JobValues,
-) -> Result<(), String> {
-    let Some(new) = &vals.new else { return Ok(()) };
+) -> Result<Vec<String>, String> {
+    let Some(new) = &vals.new else {
+        return Ok(vec![]);
+    };
+    let mut not_reverted = vec![];
     for (jc, (name, built)) in job.consumers.iter().zip(consumers_of(spec, engine, job)) {
-        if !matches!(
+        // Every consumer that might hold the new value gets the previous one back: a failed
+        // one too (a webhook may have taken the value and then failed its verify).
+        if matches!(
             jc.status,
-            ConsumerStatus::InProgress | ConsumerStatus::Distributed | ConsumerStatus::Verified
+            ConsumerStatus::Pending | ConsumerStatus::RolledBack
         ) {
             continue;
         }
-        let (consumer, _) = built?;
         let d = delivery_of(job, new, vals);
-        engine
-            .with_retries(spec, &format!("rolling back `{name}`"), || {
-                consumer.rollback(&d)
-            })
-            .await?;
-        let u = ConsumerUpdate {
-            status: ConsumerStatus::RolledBack,
-            attempts: jc.attempts,
-            last_error: None,
-            fingerprint: None,
-            next_attempt_at: None,
+        let result = match built {
+            Ok((consumer, _)) => {
+                engine
+                    .with_retries(spec, &format!("rolling back `{name}`"), || {
+                        consumer.rollback(&d)
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let u = match result {
+            Ok(()) => ConsumerUpdate {
+                status: ConsumerStatus::RolledBack,
+                attempts: jc.attempts,
+                last_error: None,
+                fingerprint: None,
+                next_attempt_at: None,
+            },
+            // One that never verified may well not hold the new value: say it was not
+            // reverted and go on, so the job can end. One that verified must be reverted.
+            Err(e) if jc.status == ConsumerStatus::Failed => {
+                not_reverted.push(format!("{name} ({e})"));
+                ConsumerUpdate {
+                    status: ConsumerStatus::Failed,
+                    attempts: jc.attempts,
+                    last_error: Some(format!("not reverted: {e}")),
+                    fingerprint: None,
+                    next_attempt_at: None,
+                }
+            }
+            Err(e) => return Err(e),
         };
         let change = ConsumerChange {
             consumer: name.clone(),
@@ -364,5 +390,5 @@ pub(crate) async fn roll_back(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(not_reverted)
 }

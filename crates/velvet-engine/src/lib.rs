@@ -10,4 +10,4 @@ mod runner;
 mod values;
 
 pub use actions::ActionError;
-pub use runner::{Engine, EngineOptions, EnvLookup};
+pub use runner::{CRASH_POINTS, Engine, EngineOptions, EnvLookup};

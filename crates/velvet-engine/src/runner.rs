@@ -18,12 +18,24 @@ use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transitio
 use velvet_core::secret::SecretValue;
 use velvet_store::{Store, StoreError};
 
+/// The points `VELVET_CRASH_AT` and `VELVET_PANIC_AT` can name (the README lists the same).
+pub const CRASH_POINTS: &[&str] = &[
+    "after_version_stored",
+    "after_consumer_applied",
+    "after_source_revoked",
+];
+
 /// Fault injection for crash-safety tests: when `VELVET_CRASH_AT` names this point, the process
-/// dies on the spot (abort: no destructors, no flush), exactly like `kill -9` for what is on disk.
+/// dies on the spot (abort: no destructors, no flush), exactly like `kill -9` for what is on disk;
+/// when `VELVET_PANIC_AT` names it, the step panics (the process lives on).
 pub(crate) fn crash_point(name: &str) {
+    debug_assert!(CRASH_POINTS.contains(&name), "{name} is listed");
     if std::env::var("VELVET_CRASH_AT").is_ok_and(|v| v == name) {
         eprintln!("VELVET_CRASH_AT={name}: aborting");
         std::process::abort();
+    }
+    if std::env::var("VELVET_PANIC_AT").is_ok_and(|v| v == name) {
+        panic!("VELVET_PANIC_AT={name}");
     }
 }
 
@@ -182,7 +194,9 @@ impl Engine {
                 lost.clone(),
             );
             let lease = self.config().engine.lease;
-            tokio::spawn(async move {
+            // Aborted when dropped: a step that panics must not leave its lease renewed forever
+            // (the job would be stuck until a restart).
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     match store.renew_lease(&id, &owner, lease).await {
@@ -197,7 +211,7 @@ impl Engine {
                         }
                     }
                 }
-            })
+            }))
         };
         let stop = loop {
             if lost.load(Ordering::SeqCst) {
@@ -211,7 +225,7 @@ impl Engine {
                 Err(stop) => break stop,
             }
         };
-        renew.abort();
+        drop(renew);
         // A terminal transition already cleared the lease; releasing one another replica took
         // over matches no row.
         if matches!(stop, Stop::Idle | Stop::Stale) && !job.state.status.is_terminal() {
@@ -531,17 +545,39 @@ impl Engine {
 
     /// Rollback or abort: put the previous value back where the new one went, revert the source.
     async fn revert(&self, job: &Job) -> Step {
-        let spec = match self.token_spec(job) {
-            Ok(s) => s,
-            Err(e) => return self.fail(job, e).await,
+        let (event, action) = match job.state.reverting {
+            Some(Revert::Abort) => (Event::Aborted, "rotation.aborted"),
+            _ => (Event::RolledBack, "rotation.rolled_back"),
+        };
+        let Ok(spec) = self.token_spec(job) else {
+            // The token left velvet.yaml: Velvet no longer knows its source or consumers, so
+            // the job ends here, discarding the new version, and says what was not undone.
+            let note = format!(
+                "token `{}` is no longer declared in velvet.yaml: the new version was discarded, \
+                 but nothing was reverted at its source or consumers; check them by hand",
+                job.token
+            );
+            return self
+                .advance(
+                    job,
+                    event,
+                    JobChanges {
+                        discard_new: true,
+                        error: Some(Some(note)),
+                        ..Default::default()
+                    },
+                    action,
+                )
+                .await;
         };
         let vals = match values::of_job(&*self.store, &self.keyring, job).await {
             Ok(v) => v,
             Err(e) => return self.fail(job, e).await,
         };
-        if let Err(e) = crate::distribute::roll_back(self, job, &spec, &vals).await {
-            return self.fail(job, e).await;
-        }
+        let not_reverted = match crate::distribute::roll_back(self, job, &spec, &vals).await {
+            Ok(n) => n,
+            Err(e) => return self.fail(job, e).await,
+        };
         if let Some(new) = &vals.new {
             let source = match self.source(&spec) {
                 Ok(s) => s,
@@ -556,15 +592,19 @@ impl Engine {
                 return self.fail(job, e).await;
             }
         }
-        let (event, action) = match job.state.reverting {
-            Some(Revert::Abort) => (Event::Aborted, "rotation.aborted"),
-            _ => (Event::RolledBack, "rotation.rolled_back"),
-        };
+        let error = (!not_reverted.is_empty()).then(|| {
+            format!(
+                "rolled back, but these consumers could not be given the previous value and may \
+                 hold the discarded one: {}; check them by hand",
+                not_reverted.join("; ")
+            )
+        });
         self.advance(
             job,
             event,
             JobChanges {
                 discard_new: true,
+                error: error.map(Some),
                 ..Default::default()
             },
             action,

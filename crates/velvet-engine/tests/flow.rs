@@ -16,6 +16,7 @@ use velvet_testkit::Fixture;
 struct Harness {
     f: Fixture,
     engine: Arc<Engine>,
+    config: Arc<RwLock<Arc<Config>>>,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -65,17 +66,14 @@ async fn harness(extra_consumer: &str, flow: &str) -> Harness {
     .unwrap();
     let mut opts = EngineOptions::for_this_process();
     opts.poll_interval = Duration::from_millis(20);
-    let engine = Engine::new(
-        f.store.clone(),
-        f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
-        opts,
-    );
+    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let engine = Engine::new(f.store.clone(), f.keyring.clone(), config.clone(), opts);
     let (stop, rx) = tokio::sync::watch::channel(false);
     engine.start(rx);
     Harness {
         f,
         engine,
+        config,
         _stop: stop,
     }
 }
@@ -510,4 +508,216 @@ tokens:
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+/// The README lists exactly the crash points the code has.
+#[test]
+fn the_readme_lists_every_crash_point_and_no_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../../README.md")).unwrap();
+    let sentence = readme
+        .split("VELVET_CRASH_AT=<point>")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the README names the crash points");
+    let mut listed: Vec<&str> = sentence.split('`').skip(2).step_by(2).collect();
+    listed.sort();
+    let mut used = vec![];
+    for file in ["src/runner.rs", "src/distribute.rs"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for part in text.split("crash_point(\"").skip(1) {
+            used.push(part.split('"').next().unwrap().to_string());
+        }
+    }
+    used.sort();
+    let mut declared = velvet_engine::CRASH_POINTS.to_vec();
+    declared.sort();
+    assert_eq!(listed, declared, "README vs CRASH_POINTS");
+    assert_eq!(used, declared, "calls vs CRASH_POINTS");
+}
+
+/// A consumer that took the new value and then failed its verify still gets the previous
+/// value back on rollback; and neither a rollback nor an abort moves `last_rotated_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_reverts_a_failed_consumer_and_leaves_last_rotated_at() {
+    let out = tempfile::tempdir().unwrap();
+    let flaky = out.path().join("flaky.out");
+    let extra = format!(
+        "      - {{name: flaky, kind: exec, command: [sh, -c, 'cat > {}'], verify_command: [sh, -c, 'exit 3']}}\n",
+        flaky.display()
+    );
+    let h = harness(&extra, "auto").await;
+    let imported =
+        h.f.store
+            .token_view("api")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .last_rotated_at;
+    let job = h.kickoff(FlowType::Auto).await;
+    let j = h
+        .until(
+            &job.job_id,
+            "failed",
+            is(Stage::Distribute, JobStatus::Failed),
+        )
+        .await;
+    assert_eq!(std::fs::read_to_string(&flaky).unwrap(), h.value(2).await);
+    assert!(
+        j.consumers
+            .iter()
+            .any(|c| c.consumer == "flaky" && c.status == ConsumerStatus::Failed)
+    );
+    h.engine
+        .act(&job.job_id, Action::Rollback, false, "operator", None)
+        .await
+        .unwrap();
+    h.until(
+        &job.job_id,
+        "rolled back",
+        is(Stage::Done, JobStatus::RolledBack),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&flaky).unwrap(),
+        "version-one",
+        "the failed consumer holds the previous value again"
+    );
+    let last = |h: &Harness| {
+        let store = h.f.store.clone();
+        async move {
+            store
+                .token_view("api")
+                .await
+                .unwrap()
+                .unwrap()
+                .token
+                .last_rotated_at
+        }
+    };
+    assert_eq!(last(&h).await, imported, "a rolled-back job is no rotation");
+}
+
+/// A staged job rolled back at its revoke pause (the new version was promoted by then) does
+/// not move `last_rotated_at`; one that succeeds does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_succeeded_rotation_moves_last_rotated_at() {
+    let h = harness("", "staged").await;
+    let last = || async {
+        h.f.store
+            .token_view("api")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .last_rotated_at
+    };
+    let imported = last().await;
+    let job = h.kickoff(FlowType::Staged).await;
+    h.until(
+        &job.job_id,
+        "proceed_distribute",
+        is(Stage::Distribute, JobStatus::AwaitingConfirmation),
+    )
+    .await;
+    h.engine
+        .act(&job.job_id, Action::ProceedDistribute, true, "op", None)
+        .await
+        .unwrap();
+    h.until(
+        &job.job_id,
+        "proceed_revoke",
+        is(Stage::Revoke, JobStatus::AwaitingConfirmation),
+    )
+    .await;
+    assert_eq!(last().await, imported, "promoted is not rotated yet");
+    h.engine
+        .act(&job.job_id, Action::Rollback, false, "op", None)
+        .await
+        .unwrap();
+    h.until(
+        &job.job_id,
+        "rolled back",
+        is(Stage::Done, JobStatus::RolledBack),
+    )
+    .await;
+    assert_eq!(last().await, imported);
+    let job = h.kickoff(FlowType::Emergency).await;
+    h.until(
+        &job.job_id,
+        "succeeded",
+        is(Stage::Done, JobStatus::Succeeded),
+    )
+    .await;
+    assert!(last().await > imported);
+}
+
+/// A failed mint can be aborted; a job whose token left velvet.yaml refuses to go on but can
+/// be ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_unfinished_job_has_a_way_to_end() {
+    let h = harness("", "staged").await;
+    let job = h.kickoff(FlowType::Staged).await;
+    h.until(
+        &job.job_id,
+        "proceed_distribute",
+        is(Stage::Distribute, JobStatus::AwaitingConfirmation),
+    )
+    .await;
+    let dir = h.f.dir.path().to_path_buf();
+    let none = |_: &str| None;
+    let parse = |yaml: &str| {
+        Config::parse(
+            yaml,
+            &dir.join("velvet.yaml"),
+            LoadOptions {
+                env: &none,
+                check_env: false,
+            },
+        )
+        .unwrap()
+    };
+    // The token leaves the file (as a SIGHUP with it removed would do).
+    *h.config.write().unwrap() = Arc::new(parse("tokens: []\n"));
+    let e = h
+        .engine
+        .act(&job.job_id, Action::ProceedDistribute, true, "op", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ActionError::Retired(m) if m.contains("abort")),
+        "{e}"
+    );
+    h.engine
+        .act(&job.job_id, Action::Abort, false, "op", None)
+        .await
+        .unwrap();
+    let j = h
+        .until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
+        .await;
+    assert!(
+        j.error.as_deref().unwrap().contains("nothing was reverted"),
+        "{:?}",
+        j.error
+    );
+    assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
+
+    // A mint that fails (its source cannot be built: the admin URL is not set) can be aborted.
+    *h.config.write().unwrap() = Arc::new(parse(
+        "tokens: [{name: api, flow: staged, source: {kind: redis_acl, admin_url_env: NOT_SET_ANYWHERE, user: u}}]\n",
+    ));
+    let job = h.kickoff(FlowType::Staged).await;
+    h.until(
+        &job.job_id,
+        "mint failed",
+        is(Stage::Mint, JobStatus::Failed),
+    )
+    .await;
+    h.engine
+        .act(&job.job_id, Action::Abort, false, "op", None)
+        .await
+        .unwrap();
+    h.until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
+        .await;
 }

@@ -266,6 +266,13 @@ async fn stage(
                     .with("awaiting", e.state.awaiting),
             )
         }
+        Err(ActionError::Retired(m)) => {
+            let job = load(&state, &job_id).await?;
+            Err(ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
+                .with("stage", job.state.stage)
+                .with("status", job.state.status)
+                .with("awaiting", job.state.awaiting))
+        }
         Err(ActionError::Store(e)) => Err(e.into()),
     }
 }

@@ -346,9 +346,6 @@ impl JobStore for PostgresStore {
                     "UPDATE secret_versions SET label = 'current', activated_at = $2 WHERE token_id = {token_of} AND version = {} AND label = 'pending'",
                     version_of("new_version")
                 ),
-                format!(
-                    "UPDATE tokens SET last_rotated_at = $2, updated_at = $2 WHERE id = {token_of}"
-                ),
             ] {
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(job_id)
@@ -368,6 +365,16 @@ impl JobStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .ctx("marking the previous version revoked")?;
+            // A rotation has happened only once it succeeded: a rollback after promotion must
+            // not move it (design §11).
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE tokens SET last_rotated_at = $2, updated_at = $2 WHERE id = {token_of}"
+            )))
+            .bind(job_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("recording the rotation")?;
         }
         if changes.discard_new {
             for sql in [

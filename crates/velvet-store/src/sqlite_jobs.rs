@@ -443,7 +443,6 @@ impl JobStore for SqliteStore {
                         "UPDATE secret_versions SET label = 'current', activated_at = ?2 WHERE token_id = {token_of} AND version = {} AND label = 'pending'",
                         version_of("new_version")
                     ),
-                    format!("UPDATE tokens SET last_rotated_at = ?2, updated_at = ?2 WHERE id = {token_of}"),
                 ] {
                     statements.push((sql, "promoting the new version"));
                 }
@@ -455,6 +454,12 @@ impl JobStore for SqliteStore {
                         version_of("previous_version")
                     ),
                     "marking the previous version revoked",
+                ));
+                // A rotation has happened only once it succeeded: a rollback after promotion
+                // must not move it (design §11).
+                statements.push((
+                    format!("UPDATE tokens SET last_rotated_at = ?2, updated_at = ?2 WHERE id = {token_of}"),
+                    "recording the rotation",
                 ));
             }
             if changes.discard_new {

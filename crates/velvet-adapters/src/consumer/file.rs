@@ -1,6 +1,8 @@
-//! `file`: a raw, dotenv or JSON file. Writes are atomic (temp file, fsync, rename) with the
-//! declared mode; only `key` and `previous_key` are ever written or removed, and every other
-//! line (dotenv) or entry (JSON) is kept byte for byte.
+//! `file`: a raw, dotenv or JSON file. Writes are atomic (temp file, fsync, rename); a new file
+//! gets the declared mode, an existing one keeps its owner, group and mode (never with access
+//! for others). Only `key` and `previous_key` are ever written or removed, and every other
+//! line (dotenv) or entry (JSON) is kept byte for byte. A symbolic link at the path is refused
+//! unless `follow_symlinks`, and temp files a crash left behind are removed on the next write.
 
 use super::{Consumer, Renderer};
 use crate::{AdapterError, Delivery, Result, same_secret};
@@ -18,6 +20,7 @@ pub struct File {
     previous_key: Option<String>,
     renderer: Renderer,
     mode: u32,
+    follow_symlinks: bool,
 }
 
 /// The keys this consumer owns, and what to set them to (`None` removes the key).
@@ -33,6 +36,7 @@ impl File {
         previous_key: Option<String>,
         renderer: Renderer,
         mode: u32,
+        follow_symlinks: bool,
     ) -> Self {
         Self {
             path,
@@ -41,6 +45,27 @@ impl File {
             previous_key,
             renderer,
             mode,
+            follow_symlinks,
+        }
+    }
+
+    /// The file to read and write: the path, or with `follow_symlinks` what a link there
+    /// points to. A link is refused otherwise: it could point anywhere (another service's
+    /// file, a file an attacker can read).
+    fn target(&self) -> Result<PathBuf> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if !self.follow_symlinks {
+                    return Err(AdapterError::permanent(format!(
+                        "{} is a symbolic link; Velvet does not write or read through one \
+                         unless the consumer sets `follow_symlinks: true`",
+                        self.path.display()
+                    )));
+                }
+                std::fs::canonicalize(&self.path)
+                    .map_err(|e| self.io_error("following the link at", e))
+            }
+            _ => Ok(self.path.clone()),
         }
     }
 
@@ -55,7 +80,7 @@ impl File {
     }
 
     fn read(&self) -> Result<Option<Zeroizing<String>>> {
-        match std::fs::read_to_string(&self.path) {
+        match std::fs::read_to_string(self.target()?) {
             Ok(s) => Ok(Some(Zeroizing::new(s))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_error("reading", e)),
@@ -63,7 +88,8 @@ impl File {
     }
 
     fn write(&self, text: &str) -> Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+        let target = self.target()?;
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {
             return Err(AdapterError::permanent(format!(
@@ -71,19 +97,29 @@ impl File {
                 dir.display()
             )));
         }
-        velvet_core::fs::write_atomic(&self.path, text.as_bytes(), self.mode)
+        velvet_core::fs::replace_keeping_owner(&target, text.as_bytes(), self.mode)
             .map_err(|e| self.io_error("writing", e))
     }
 
     /// Applies `edit` to the file's current text.
     fn edit(&self, edit: &Edit) -> Result<()> {
+        // A crash between a temp file's write and its rename leaves a secret beside the file.
+        if let Ok(target) = self.target() {
+            match velvet_core::fs::remove_stale_temps(&target) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(file = %target.display(), removed = n, "removed temp files left by an earlier crash")
+                }
+                Err(e) => tracing::debug!(error = %e, "looking for stale temp files failed"),
+            }
+        }
         let current = self.read()?;
         let current = current.as_deref().map(|s| s.as_str()).unwrap_or("");
         let next = match self.format {
             FileFormat::Raw => match edit.set.first() {
                 Some((_, Some(v))) => Zeroizing::new(v.to_string()),
                 _ => {
-                    return match std::fs::remove_file(&self.path) {
+                    return match std::fs::remove_file(self.target()?) {
                         Ok(()) => Ok(()),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                         Err(e) => Err(self.io_error("removing", e)),
@@ -98,7 +134,7 @@ impl File {
                 ))
             })?),
         };
-        if next.as_str() == current && self.path.exists() {
+        if next.as_str() == current && self.target()?.exists() {
             return Ok(()); // idempotent: nothing to change
         }
         self.write(&next)
@@ -215,13 +251,42 @@ fn dotenv_line(key: &str, value: &str) -> String {
     if plain {
         format!("{key}={value}")
     } else {
-        let escaped = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('$', "\\$")
-            .replace('\n', "\\n");
+        // Inside double quotes a shell still expands `$`, `` ` `` and `\`: escape all three
+        // (and `"`), so sourcing the file runs nothing; newlines become `\n` as dotenv reads.
+        let mut escaped = String::with_capacity(value.len() + 8);
+        for c in value.chars() {
+            match c {
+                '\\' | '"' | '$' | '`' => {
+                    escaped.push('\\');
+                    escaped.push(c);
+                }
+                '\n' => escaped.push_str("\\n"),
+                '\r' => escaped.push_str("\\r"),
+                c => escaped.push(c),
+            }
+        }
         format!("{key}=\"{escaped}\"")
     }
+}
+
+/// The inverse of [`dotenv_line`]'s escaping, read in one pass (replacing escape by escape in
+/// turn would misread `\\n`).
+fn dotenv_unescape(inner: &str) -> String {
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 fn dotenv_key(line: &str) -> Option<&str> {
@@ -275,11 +340,7 @@ fn dotenv_get(text: &str, key: &str) -> Option<String> {
     let v = v.trim();
     Some(
         match v.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-            Some(inner) => inner
-                .replace("\\n", "\n")
-                .replace("\\$", "$")
-                .replace("\\\"", "\"")
-                .replace("\\\\", "\\"),
+            Some(inner) => dotenv_unescape(inner),
             None => v.to_string(),
         },
     )
@@ -388,6 +449,82 @@ mod tests {
         );
         let quoted = dotenv_edit("", &[("B", Some("q\"uote $x"))]);
         assert_eq!(dotenv_get(&quoted, "B"), Some("q\"uote $x".into()));
+    }
+
+    /// Arbitrary values (every character a shell or dotenv treats specially, and some that
+    /// no one does) written with `dotenv_line` read back as themselves, and a shell that
+    /// sources the file gets the same value and runs nothing.
+    #[test]
+    fn dotenv_round_trips_arbitrary_values() {
+        const ALPHABET: &[char] = &[
+            'a', 'Z', '0', ' ', '\\', '"', '\'', '$', '`', '\n', '\r', '\t', '#', '=', '!', '{',
+            '}', '(', ')', ';', '&', '|', '*', '?', 'n', 'r', 'é', '€', '-', '_',
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut values: Vec<String> = vec![
+            String::new(),
+            "\\n".into(),
+            "\\\\n".into(),
+            "a\\".into(),
+            "`touch /tmp/velvet-pwned`".into(),
+            "$(id)".into(),
+        ];
+        for _ in 0..3000 {
+            let len = (next() % 24) as usize;
+            values.push(
+                (0..len)
+                    .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for v in &values {
+            let file = dotenv_edit("OTHER=1\n", &[("K", Some(v))]);
+            assert_eq!(
+                dotenv_get(&file, "K").as_deref(),
+                Some(v.as_str()),
+                "{file:?}"
+            );
+            assert_eq!(dotenv_get(&file, "OTHER").as_deref(), Some("1"));
+        }
+        // What a shell makes of it, for values without line breaks (dotenv's `\n` is not a
+        // shell's): one sh process for a few hundred values.
+        let dir = tempfile::tempdir().unwrap();
+        let sample: Vec<&String> = values
+            .iter()
+            .filter(|v| !v.contains('\n') && !v.contains('\r'))
+            .take(300)
+            .collect();
+        let mut script = String::new();
+        for (i, v) in sample.iter().enumerate() {
+            let f = dir.path().join(format!("{i}.env"));
+            std::fs::write(&f, dotenv_edit("", &[("K", Some(v))])).unwrap();
+            script.push_str(&format!(". '{}'; printf '%s\\0' \"$K\"\n", f.display()));
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .map(str::to_string)
+            .collect();
+        for (i, v) in sample.iter().enumerate() {
+            assert_eq!(&got[i], *v, "sourced value {i}");
+        }
+        assert!(!std::path::Path::new("/tmp/velvet-pwned").exists());
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub fn build(
             previous_key,
             template,
             mode,
+            follow_symlinks,
         } => Box::new(File::new(
             path.clone(),
             *format,
@@ -69,6 +70,7 @@ pub fn build(
             previous_key.clone(),
             Renderer::new(template.as_deref())?,
             *mode,
+            *follow_symlinks,
         )),
         K::Exec {
             command,

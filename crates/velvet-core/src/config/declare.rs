@@ -348,7 +348,15 @@ fn decode_consumers(
         };
         let kind = map.get_scalar("kind").map(|s| s.as_str().to_string());
         let specific: &[&str] = match kind.as_deref() {
-            Some("file") => &["path", "format", "key", "previous_key", "template", "mode"],
+            Some("file") => &[
+                "path",
+                "format",
+                "key",
+                "previous_key",
+                "template",
+                "mode",
+                "follow_symlinks",
+            ],
             Some("exec") => &["command", "verify_command", "timeout", "env"],
             Some("webhook") => &["url", "signing_secret_env", "verify", "timeout"],
             Some("vault_kv") => &[
@@ -532,6 +540,7 @@ fn decode_file(cx: &mut Cx, c: &Map, fields: &[&str], base_dir: &Path) -> Option
         },
         None => 0o600,
     };
+    let follow_symlinks = c.bool(cx, "follow_symlinks").unwrap_or(false);
     Some(ConsumerKind::File {
         path: path?,
         format,
@@ -539,6 +548,7 @@ fn decode_file(cx: &mut Cx, c: &Map, fields: &[&str], base_dir: &Path) -> Option
         previous_key,
         template,
         mode,
+        follow_symlinks,
     })
 }
 

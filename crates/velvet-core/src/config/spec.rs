@@ -166,6 +166,9 @@ pub enum ConsumerKind {
         previous_key: Option<String>,
         template: Option<String>,
         mode: u32,
+        /// Write through a symbolic link at `path` (refused unless set).
+        #[serde(default)]
+        follow_symlinks: bool,
     },
     Exec {
         command: Vec<String>,

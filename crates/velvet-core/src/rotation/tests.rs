@@ -340,7 +340,9 @@ fn every_action_not_in_the_table_is_an_invalid_transition() {
                 }
                 A::Abort => {
                     s.reverting.is_none()
-                        && (s == JobState::NEW || s.awaiting == Some(ProceedDistribute))
+                        && (s == JobState::NEW
+                            || s.awaiting == Some(ProceedDistribute)
+                            || (s.stage == Mint && s.status == Failed))
                 }
             };
             let got = transition(flow, s, op(action));
