@@ -11,11 +11,26 @@ pub enum Code {
     GateDenied = 5,
 }
 
+impl Code {
+    /// The `error` of a JSON failure when the server named none.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Usage => "usage",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::GateDenied => "gate_denied",
+        }
+    }
+}
+
 /// A command failure: what to print and how to exit.
 #[derive(Debug)]
 pub struct Failure {
     pub code: Code,
     pub message: String,
+    /// The API's error code (`job_active`, `gate_required`…) when the server refused.
+    pub error: Option<String>,
 }
 
 impl Failure {
@@ -23,6 +38,27 @@ impl Failure {
         Self {
             code,
             message: message.to_string(),
+            error: None,
+        }
+    }
+
+    pub fn with_error(mut self, error: &str) -> Self {
+        if !error.is_empty() {
+            self.error = Some(error.to_string());
+        }
+        self
+    }
+
+    /// Prints the failure on stderr: a line for people, or `{"error", "message"}` for scripts.
+    pub fn print(&self, json: bool) {
+        if json {
+            let v = serde_json::json!({
+                "error": self.error.as_deref().unwrap_or(self.code.word()),
+                "message": self.message,
+            });
+            eprintln!("{v}");
+        } else {
+            eprintln!("error: {}", self.message);
         }
     }
 

@@ -178,6 +178,13 @@ enum RotationsCommand {
     },
     /// Follow a job live until it ends.
     Watch { id: String },
+    /// Approve a job's gated revoke as an operator (asks for the code on a terminal).
+    Approve {
+        id: String,
+        /// Your current TOTP code.
+        #[arg(long)]
+        totp: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -269,7 +276,9 @@ fn init_logging(serving: bool) {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
+    let json = cli.output == Output::Json;
     init_logging(matches!(cli.command, Command::Serve { .. } | Command::Demo));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -278,10 +287,29 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            f.print(json);
             ExitCode::from(f.code as u8)
         }
     }
+}
+
+/// `velvet audit tail | head -1`: once the reader goes away, printing fails with EPIPE and
+/// `println!` panics. That is no error of ours: leave quietly, as a tool killed by SIGPIPE
+/// would (status 141), without a panic message.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("Broken pipe") || text.contains("os error 32") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -335,6 +363,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .await
             }
             RotationsCommand::Watch { id } => commands::rotations::watch(&ctx, &id).await,
+            RotationsCommand::Approve { id, totp } => {
+                commands::rotations::approve(&ctx, &id, totp.as_deref()).await
+            }
         },
         Command::Audit { command } => match command {
             AuditCommand::Verify {

@@ -576,6 +576,35 @@ fn demo_serves_from_a_throwaway_directory_and_stops_cleanly() {
     assert_eq!(consumers.len(), 7, "{j}");
     assert!(consumers.iter().all(|c| c["status"] == "verified"), "{j}");
 
+    // The banner gives the CLI what it needs: the address and two service tokens.
+    assert!(
+        s.logs()
+            .contains(&format!("export VELVET_ADDR={}", s.url("")))
+    );
+    let tokens: Vec<String> = s
+        .logs()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("export VELVET_TOKEN="))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{}", s.logs());
+    let status = |token: &str, method: &str, path: &str| s.call(method, path, Some(token), None).0;
+    assert_eq!(
+        status(&tokens[0], "GET", "/api/v1/tokens"),
+        200,
+        "the viewer reads"
+    );
+    assert_eq!(
+        status(&tokens[0], "POST", "/api/v1/tokens/payments-api-key/rotate"),
+        403,
+        "and only reads"
+    );
+    assert_eq!(
+        status(&tokens[1], "POST", "/api/v1/tokens/payments-api-key/rotate"),
+        202,
+        "the operator's token rotates"
+    );
+
     s.signal("INT");
     assert_eq!(s.wait(Duration::from_secs(30)), 0);
     assert!(

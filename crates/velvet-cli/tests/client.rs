@@ -111,11 +111,13 @@ fn rotate_follow_yes_runs_every_stage_and_shows_each_consumer() {
 #[test]
 fn a_staged_rotation_waits_for_a_yes_and_the_stages_go_by_hand() {
     let (w, _s, env) = setup();
-    // No terminal and no --yes: it stops at the first awaited stage and says how to go on.
+    // No terminal and no --yes: it stops at the first awaited stage, says how to go on, and
+    // exits 1: only a succeeded rotation exits 0.
     let out = run(&w, &env, &["rotate", "api", "--follow"]);
-    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(out.code, 1, "{}", out.all());
     assert!(
-        out.stderr.contains("awaiting proceed_distribute"),
+        out.stderr.contains("awaits proceed_distribute")
+            && out.stderr.contains("velvet rotations stage"),
         "{}",
         out.stderr
     );
@@ -198,4 +200,105 @@ fn on_a_terminal_follow_draws_a_bar_and_asks_before_each_stage() {
     assert!(text.contains("— succeeded"), "{text}");
     // The bar, not the line-per-event output of a pipe.
     assert!(!text.contains("consumer env: verified"), "{text}");
+}
+
+/// A failed job sends no `end`: following it ends with exit 1 and the commands that go on.
+#[test]
+fn following_a_failed_rotation_ends_and_says_what_to_do_next() {
+    let w = Workdir::new();
+    w.write_config(
+        "
+defaults: {grace_period: 0s, retry: {attempts: 1}}
+tokens:
+  - name: api
+    flow: auto
+    source: {kind: random}
+    consumers:
+      - {name: broken, kind: exec, command: [sh, -c, 'echo refused >&2; exit 3']}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let env = vec![
+        ("VELVET_ADDR", s.url("")),
+        ("VELVET_TOKEN", KEY.to_string()),
+    ];
+    let start = Instant::now();
+    let out = run(&w, &env, &["rotate", "api", "--follow"]);
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.code, 1, "{}", out.all());
+    for next in ["retry_failed", "rollback", "rotations show"] {
+        assert!(out.stderr.contains(next), "{next}: {}", out.stderr);
+    }
+    assert!(
+        out.stderr.contains("refused") || out.stderr.contains("failed"),
+        "{}",
+        out.stderr
+    );
+    let id = out
+        .stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("rot_"))
+        .unwrap()
+        .to_string();
+    let out = run(&w, &env, &["rotations", "watch", &id]);
+    assert_eq!(out.code, 1, "watch ends too: {}", out.all());
+    // Rollback answers with how it ended, not with the state before it.
+    let out = run(&w, &env, &["rotations", "stage", &id, "rollback"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("rolled_back"), "{}", out.stdout);
+}
+
+#[test]
+fn errors_are_json_with_output_json_and_a_closed_pipe_is_no_panic() {
+    let (w, _s, env) = setup();
+    let out = run(
+        &w,
+        &env,
+        &[
+            "rotations",
+            "show",
+            "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 3, "{}", out.all());
+    let e: Value =
+        serde_json::from_str(out.stderr.trim()).unwrap_or_else(|_| panic!("{}", out.stderr));
+    assert_eq!(e["error"], "not_found", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("not found"), "{e}");
+    let out = run(&w, &env, &["rotations", "show", "nope", "--output", "json"]);
+    let e: Value =
+        serde_json::from_str(out.stderr.trim()).unwrap_or_else(|_| panic!("{}", out.stderr));
+    assert_eq!((out.code, e["error"].as_str()), (2, Some("usage")));
+
+    // Abort prints the state it ended in.
+    let out = run(&w, &env, &["rotate", "api"]);
+    let id = out.stdout.trim().to_string();
+    awaiting(&w, &env, &id, "proceed_distribute");
+    let out = run(&w, &env, &["rotations", "stage", &id, "abort"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("aborted"), "{}", out.stdout);
+
+    // `audit tail | head -1` ends quietly: here the reader is gone before the first write.
+    let line = format!(
+        "{BIN} --config {} audit tail | true; echo \"${{PIPESTATUS[0]}}\"",
+        w.config()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &line])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        status == "141" || status == "0",
+        "exit status {status}: {stderr}"
+    );
+
+    // A malformed --expect-head is a usage error.
+    let out = run(&w, &env, &["audit", "verify", "--expect-head", "12:nothex"]);
+    assert_eq!(out.code, 2, "{}", out.all());
 }

@@ -339,3 +339,36 @@ fn the_rotation_modal_follows_the_ui_flag_and_pages_need_a_session() {
     assert_eq!(get(&s, "/console/audit", &cookie).status(), 403);
     assert_eq!(get(&s, "/console/tokens/nope", &cookie).status(), 404);
 }
+
+/// The tokens table has a header for every cell, and a token whose job awaits a person says so
+/// instead of "rotating".
+#[test]
+fn the_tokens_table_lines_up_and_names_what_a_job_waits_for() {
+    let (_w, s, e) = setup();
+    let (code, kicked) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202, "{kicked}");
+    let job = kicked["job_id"].as_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let (_, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
+        if j["awaiting"] == "proceed_distribute" {
+            assert!(j["consumers"].as_array().is_some());
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "{j}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    let cookie = session_of(&login(&s, &e.password, &e.codes[0]));
+    let page = get(&s, "/console", &cookie).text().unwrap();
+    let headers = page.matches("<th scope").count();
+    let row = page
+        .split("<tbody>")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert_eq!(row.matches("<td").count(), headers, "{page}");
+    assert!(row.contains("awaiting distribute"), "{row}");
+    assert!(page.contains("rel=\"icon\""), "a favicon");
+}

@@ -116,3 +116,103 @@ tokens:
     assert!(find(&rows, "keyring opens stored values", "").starts_with("ok"));
     assert!(find(&rows, "consumer exec", "api/hook").starts_with("ok: runs /"));
 }
+
+/// A PostgreSQL admin that cannot set passwords, and a Redis admin that may not run
+/// ACL SETUSER, fail the check before a rotation would.
+#[test]
+fn doctor_checks_the_privileges_minting_needs() {
+    let admin = velvet_testkit::admin_url();
+    let weak = velvet_testkit::unique_name("doctor_weak");
+    let target = velvet_testkit::unique_name("doctor_target");
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(&admin)
+            .args(["-qc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&format!(
+        "CREATE ROLE {weak} LOGIN NOSUPERUSER NOCREATEROLE; CREATE ROLE {target} LOGIN"
+    ));
+    // The local server trusts logins: the same URL as another user.
+    let weak_url = admin
+        .replacen("postgres@", &format!("{weak}@"), 1)
+        .replacen("user=postgres", &format!("user={weak}"), 1);
+    assert_ne!(weak_url, admin);
+    let redis_url =
+        std::env::var("VELVET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut rc = redis.get_connection().unwrap();
+    let (user, limited) = (
+        velvet_testkit::unique_name("velvet_u"),
+        velvet_testkit::unique_name("velvet_admin"),
+    );
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">x")
+        .exec(&mut rc)
+        .unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&limited)
+        .arg("on")
+        .arg(">limited-pw")
+        .arg("+@all")
+        .arg("-acl|setuser")
+        .exec(&mut rc)
+        .unwrap();
+    let limited_url = redis_url.replacen("redis://", &format!("redis://{limited}:limited-pw@"), 1);
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "
+tokens:
+  - name: db
+    source: {{kind: postgres_role, admin_url_env: PG_WEAK, role: {target}}}
+  - name: db-ok
+    source: {{kind: postgres_role, admin_url_env: PG_ADMIN, role: {target}}}
+  - name: cache
+    source: {{kind: redis_acl, admin_url_env: REDIS_LIMITED, user: {user}}}
+  - name: cache-ok
+    source: {{kind: redis_acl, admin_url_env: REDIS_ADMIN, user: {user}}}
+"
+    ));
+    let env = [
+        ("PG_WEAK", weak_url.as_str()),
+        ("PG_ADMIN", admin.as_str()),
+        ("REDIS_LIMITED", limited_url.as_str()),
+        ("REDIS_ADMIN", redis_url.as_str()),
+    ];
+    let out = w.run(&["doctor", "--output", "json"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let rows = results(&out);
+    let db = find(&rows, "source postgres_role", "db");
+    assert!(db.starts_with("fail") && db.contains("CREATEROLE"), "{db}");
+    assert!(
+        find(&rows, "source postgres_role", "db-ok").starts_with("ok"),
+        "{rows:?}"
+    );
+    let cache = find(&rows, "source redis_acl", "cache");
+    assert!(
+        cache.starts_with("fail") && cache.contains("ACL SETUSER"),
+        "{cache}"
+    );
+    assert!(
+        find(&rows, "source redis_acl", "cache-ok").starts_with("ok"),
+        "{rows:?}"
+    );
+    psql(&format!("DROP ROLE {weak}; DROP ROLE {target}"));
+    for u in [&user, &limited] {
+        redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(u)
+            .exec(&mut rc)
+            .unwrap();
+    }
+}

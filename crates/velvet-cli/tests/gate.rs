@@ -595,3 +595,65 @@ revocation_gates:
         }
     }
 }
+
+/// A gate can be passed from the CLI: `rotations approve` and `stage … proceed_revoke`, and a
+/// refusal names the command to run, not an API path.
+#[test]
+fn the_cli_approves_and_passes_a_gate() {
+    let w = Workdir::new();
+    w.write_config(
+        "
+tokens:
+  - {name: prod-api, tags: [prod], flow: staged, source: {kind: random}}
+revocation_gates:
+  - {name: production, match: {tags: [prod]}, require: {approvals: 1}}
+",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let alice = add_operator(&w, &s, "alice");
+    let bob = add_operator(&w, &s, "bob");
+    let addr = s.url("");
+    let as_ = |token: &str, args: &[&str]| {
+        w.run(
+            args,
+            &[("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", token)],
+            None,
+        )
+    };
+    let out = as_(&alice.token, &["rotate", "prod-api"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let job = out.stdout.trim().to_string();
+    wait_for(&s, &job, "proceed_distribute");
+    assert_eq!(
+        as_(
+            &alice.token,
+            &["rotations", "stage", &job, "proceed_distribute"]
+        )
+        .code,
+        0
+    );
+    wait_for(&s, &job, "proceed_revoke");
+    let out = as_(
+        &alice.token,
+        &["rotations", "stage", &job, "proceed_revoke"],
+    );
+    assert_eq!(out.code, 5, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains(&format!("velvet rotations approve {job} --totp CODE")),
+        "{}",
+        out.stderr
+    );
+    let out = as_(&bob.token, &["rotations", "approve", &job]);
+    assert_eq!(out.code, 2, "no code and no terminal: {}", out.all());
+    let code = totp_code(&bob.secret, now()).unwrap();
+    let out = as_(&bob.token, &["rotations", "approve", &job, "--totp", &code]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stderr.contains("approved (1 of 1)"), "{}", out.stderr);
+    let out = as_(
+        &alice.token,
+        &["rotations", "stage", &job, "proceed_revoke"],
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    wait_for(&s, &job, "");
+}

@@ -222,8 +222,13 @@ fn the_api_drives_a_staged_rotation_with_the_contract_shapes() {
             "attempts",
             "last_error",
             "fingerprint",
-            "updated_at"
+            "updated_at",
+            "started_at"
         ]
+    );
+    assert!(
+        c["started_at"].is_string(),
+        "a consumer that ran has a start: {c}"
     );
     let (code, t) = s.call("GET", "/api/v1/tokens/api", Some(KEY), None);
     assert_eq!(

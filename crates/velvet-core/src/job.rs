@@ -72,7 +72,7 @@ pub struct JobConsumer {
     pub lock_key: Option<String>,
     #[serde(skip)]
     pub next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
+    /// When its first attempt began (the console's timeline starts each bar there).
     pub started_at: Option<DateTime<Utc>>,
 }
 

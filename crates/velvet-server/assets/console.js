@@ -107,10 +107,11 @@ function rotationModal(dialog) {
     }
   }
 
+  const terminal = (x) => ["succeeded", "aborted", "rolled_back"].includes(x?.status);
+
   function renderJob(j) {
     // An action's answer and the stream race: never show an older state over a newer one
     // (a late "running" answer after the stream's "succeeded" would strand the modal).
-    const terminal = (x) => ["succeeded", "aborted", "rolled_back"].includes(x?.status);
     if (job && job.job_id === j.job_id
         && (terminal(job) || Date.parse(j.updated_at) < Date.parse(job.updated_at))) {
       return;
@@ -125,7 +126,8 @@ function rotationModal(dialog) {
       if (i === at) li.setAttribute("aria-current", "step"); else li.removeAttribute("aria-current");
     });
     const waiting = j.awaiting ? `, waiting for ${j.awaiting.replace("_", " ")}` : "";
-    status.textContent = `Job ${j.job_id}: ${j.stage} — ${j.status.replaceAll("_", " ")}${waiting}${j.error ? ` (${j.error})` : ""}`;
+    const why = j.reason ? ` Reason: ${j.reason}.` : "";
+    status.textContent = `Job ${j.job_id}: ${j.stage} — ${j.status.replaceAll("_", " ")}${waiting}${j.error ? ` (${j.error})` : ""}.${why}${summary(j)}`;
     actions.replaceChildren();
     const button = (label, action, cls = "") => {
       const b = el("button", { type: "button", class: cls }, label);
@@ -147,6 +149,15 @@ function rotationModal(dialog) {
     for (const c of j.consumers ?? []) renderConsumer({ ...c, job_id: j.job_id });
   }
 
+  // Once a job has ended: how many consumers hold the new value and how long it took.
+  function summary(j) {
+    if (!terminal(j)) return "";
+    const list = j.consumers ?? [];
+    const verified = list.filter((c) => c.status === "verified").length;
+    const took = j.finished_at ? ` in ${((Date.parse(j.finished_at) - Date.parse(j.created_at)) / 1000).toFixed(1)} s` : "";
+    return ` Finished${took}: ${verified} of ${list.length} consumer(s) verified.`;
+  }
+
   function renderGate(j) {
     const awaitingRevoke = j.awaiting === "proceed_revoke";
     gate.hidden = !awaitingRevoke;
@@ -164,8 +175,11 @@ function rotationModal(dialog) {
     if (g?.requires?.approvals) needs.push(`${g.requires.approvals} approval(s) by other operators`);
     if (g?.requires?.roles?.length) needs.push(`role ${g.requires.roles.join(" or ")}`);
     const who = (g?.approvals ?? []).map((a) => a.operator).join(", ") || "none yet";
+    const hint = g?.requires?.totp || g?.requires?.approvals
+      ? " Enter the code your authenticator shows now; each code counts once per operator, so the one you logged in with is spent: wait for the next."
+      : "";
     gateText.textContent = g
-      ? `Revocation gate “${g.name}” needs ${needs.join(", ") || "nothing more"}. Approvals: ${who}.`
+      ? `Revocation gate “${g.name}” needs ${needs.join(", ") || "nothing more"}. Approvals: ${who}.${hint}`
       : "No revocation gate applies: revoking retires the previous value.";
     dialog.querySelector("#gate-approve").hidden = !(g?.requires?.approvals > 0);
     gateTotp.closest(".field").hidden = !(g?.requires?.totp || g?.requires?.approvals > 0);
@@ -187,10 +201,16 @@ function rotationModal(dialog) {
   });
 
   function renderConsumer(c) {
-    const seen = consumers.get(c.consumer) ?? { first: null, last: null };
+    const seen = consumers.get(c.consumer) ?? { first: null, last: null, done: null };
     const at = Date.parse(c.updated_at);
-    if (c.status === "in_progress" && seen.first === null) seen.first = at;
-    seen.last = at;
+    // The stored start survives a reload; a bar ends when its consumer first finished (later
+    // changes, such as the revoke, would otherwise stretch every bar to the end).
+    if (c.started_at) seen.first = Date.parse(c.started_at);
+    else if (c.status === "in_progress" && seen.first === null) seen.first = at;
+    const finished = ["verified", "failed", "rolled_back"].includes(c.status);
+    if (finished && seen.done === null) seen.done = at;
+    if (!finished) seen.done = null;
+    seen.last = seen.done ?? at;
     Object.assign(seen, c);
     consumers.set(c.consumer, seen);
     let tr = rows.querySelector(`tr[data-consumer="${CSS.escape(c.consumer)}"]`);

@@ -54,10 +54,15 @@ pub(crate) fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// A violet rounded square with a "V", inline (the CSP allows `data:` images), so no page
+/// load asks for a /favicon.ico that is not there.
+const FAVICON: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E%3Crect width='16' height='16' rx='3' fill='%236b3fa0'/%3E%3Cpath d='M4 4l4 8 4-8' stroke='white' stroke-width='2' fill='none'/%3E%3C/svg%3E";
+
 fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{extra_head}\
+         <link rel=\"icon\" href=\"{FAVICON}\">\
          <link rel=\"stylesheet\" href=\"{}\"><script src=\"{}\" defer></script>\
          <title>{} · Velvet</title></head><body>{body}</body></html>",
         crate::assets::path("console.css"),

@@ -63,6 +63,13 @@ pub(crate) async fn tokens(
         Err(r) => return Ok(r),
     };
     let tokens = state.store.list_tokens().await?;
+    // What each active job is doing: a failed or paused job needs a person, not patience.
+    let mut active = std::collections::HashMap::new();
+    for id in tokens.iter().filter_map(|t| t.active_job_id.as_ref()) {
+        if let Some(j) = state.store.get_job(id).await? {
+            active.insert(id.clone(), (j.state.status, j.state.awaiting));
+        }
+    }
     let rows: Vec<String> = tokens
         .iter()
         .filter(|t| t.status == TokenStatus::Active)
@@ -77,7 +84,19 @@ pub(crate) async fn tokens(
                 .as_ref()
                 .map(|j| format!("<a href=\"/console/rotations/{0}\">{0}</a>", esc(j)))
                 .unwrap_or_else(|| "—".into());
-            let (status, class) = if t.active_job_id.is_some() {
+            let job_state = t.active_job_id.as_ref().and_then(|j| active.get(j));
+            let (status, class) = if let Some((s, awaiting)) = job_state {
+                use velvet_core::rotation::{Awaiting, JobStatus};
+                match (s, awaiting) {
+                    (JobStatus::Failed, _) => ("rotation failed", "failed"),
+                    (_, Some(Awaiting::ProceedDistribute)) => {
+                        ("awaiting distribute", "awaiting_confirmation")
+                    }
+                    (_, Some(Awaiting::ProceedRevoke)) => ("awaiting revoke", "awaiting_confirmation"),
+                    (JobStatus::Waiting, _) => ("grace period", "waiting"),
+                    _ => ("rotating", "running"),
+                }
+            } else if t.active_job_id.is_some() {
                 ("rotating", "running")
             } else if t.next_rotation_at.is_some_and(|n| n <= Utc::now()) {
                 ("overdue", "failed")
@@ -114,6 +133,7 @@ pub(crate) async fn tokens(
                 "Tokens under management",
                 &[
                     "Token",
+                    "Status",
                     "Source",
                     "Current",
                     "Last rotated",

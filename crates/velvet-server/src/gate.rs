@@ -134,11 +134,11 @@ async fn fresh_totp(
 ) -> Result<velvet_store::OperatorRecord, ApiError> {
     let Some(name) = caller.operator.clone() else {
         return Err(deny(state, caller, job, resource,
-            DecisionStep::new("gate_totp", false, "the caller is not an operator"), "gate_required", "gate_denied", format!("the gate `{gate}` needs an operator's TOTP code: use a service token owned by an operator (auth create-token --operator)")).await);
+            DecisionStep::new("gate_totp", false, "the caller is not an operator"), "gate_required", "gate_denied", format!("the gate `{gate}` needs an operator's TOTP code: use a service token owned by an operator (velvet auth create-token --name N --role R --operator NAME) or log in to the console")).await);
     };
     let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
         return Err(deny(state, caller, job, resource,
-            DecisionStep::new("gate_totp", false, "no code given"), "gate_required", "gate_denied", format!("the gate `{gate}` needs a TOTP code: send `totp` with the current code from your authenticator")).await);
+            DecisionStep::new("gate_totp", false, "no code given"), "gate_required", "gate_denied", format!("the gate `{gate}` needs a TOTP code from your authenticator: velvet rotations stage {} proceed_revoke --totp CODE (the API's `totp` field)", job.job_id)).await);
     };
     step_up_limited(state, &name)?;
     let op = state
@@ -262,9 +262,16 @@ pub(crate) async fn pass(
         }
         if others < r.approvals {
             let message = format!(
-                "the gate `{}` needs {} approval(s) by other operators \
-                 (POST /api/v1/rotations/{}/approvals); it has {others}",
-                gate.name, r.approvals, job.job_id
+                "the gate `{}` needs {} approval(s) by other operators{}; it has {others}: \
+                 each approves with `velvet rotations approve {} --totp CODE` or in the console",
+                gate.name,
+                r.approvals,
+                if r.roles.is_empty() {
+                    String::new()
+                } else {
+                    format!(" holding one of {}", r.roles.join(", "))
+                },
+                job.job_id
             );
             let step = DecisionStep::new(
                 "gate_approvals",

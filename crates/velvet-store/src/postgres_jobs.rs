@@ -511,12 +511,12 @@ impl JobStore for PostgresStore {
         .ctx("numbering job events")?;
         for ch in changes {
             let u = &ch.update;
-            let kind: Option<String> = sqlx::query_scalar(
+            let found: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
                 "UPDATE rotation_job_consumers SET status = $3, attempts = $4, last_error = $5, fingerprint = $6, next_attempt_at = $7,
                      updated_at = $8, started_at = COALESCE(started_at, CASE WHEN $3 = 'in_progress' THEN $8 END)
                  WHERE job_id = $1 AND consumer_id = (SELECT c.id FROM consumers c
                      WHERE c.token_id = (SELECT token_id FROM rotation_jobs WHERE id = $1) AND c.name = $2)
-                 RETURNING (SELECT kind FROM consumers WHERE id = consumer_id)",
+                 RETURNING (SELECT kind FROM consumers WHERE id = consumer_id), started_at",
             )
             .bind(job_id)
             .bind(&ch.consumer)
@@ -529,7 +529,7 @@ impl JobStore for PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .ctx("updating a job consumer")?;
-            let Some(kind) = kind else {
+            let Some((kind, started_at)) = found else {
                 return Err(StoreError::NotFound(format!(
                     "consumer `{}` of job `{job_id}`",
                     ch.consumer
@@ -544,6 +544,7 @@ impl JobStore for PostgresStore {
                 "last_error": u.last_error,
                 "fingerprint": u.fingerprint,
                 "updated_at": now,
+                "started_at": started_at,
                 "job_id": job_id,
             });
             sqlx::query("INSERT INTO rotation_events (job_id, seq, at, event, data) VALUES ($1, $2, $3, 'consumer', $4)")

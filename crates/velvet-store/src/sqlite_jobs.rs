@@ -595,7 +595,7 @@ impl JobStore for SqliteStore {
                          updated_at = ?8, started_at = COALESCE(started_at, CASE WHEN ?3 = 'in_progress' THEN ?8 END)
                      WHERE job_id = ?1 AND consumer_id = (SELECT c.id FROM consumers c
                          WHERE c.token_id = (SELECT token_id FROM rotation_jobs WHERE id = ?1) AND c.name = ?2)
-                     RETURNING (SELECT kind FROM consumers WHERE id = consumer_id)",
+                     RETURNING (SELECT kind FROM consumers WHERE id = consumer_id), started_at",
                 )
                 .ctx("updating a job consumer")?;
             let mut insert = conn
@@ -603,7 +603,7 @@ impl JobStore for SqliteStore {
                 .ctx("appending a job event")?;
             for ch in &changes {
                 let u = &ch.update;
-                let kind: Option<String> = update
+                let found: Option<(String, Option<DateTime<Utc>>)> = update
                     .query_row(
                         params![
                             job_id,
@@ -615,11 +615,11 @@ impl JobStore for SqliteStore {
                             u.next_attempt_at.map(ts),
                             ts(now)
                         ],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, time_at(r, 1)?)),
                     )
                     .optional()
                     .ctx("updating a job consumer")?;
-                let Some(kind) = kind else {
+                let Some((kind, started_at)) = found else {
                     return Err(StoreError::NotFound(format!(
                         "consumer `{}` of job `{job_id}`",
                         ch.consumer
@@ -634,6 +634,7 @@ impl JobStore for SqliteStore {
                     "last_error": u.last_error,
                     "fingerprint": u.fingerprint,
                     "updated_at": now,
+                    "started_at": started_at,
                     "job_id": job_id,
                 });
                 insert

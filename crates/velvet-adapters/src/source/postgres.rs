@@ -231,15 +231,55 @@ impl Source for PostgresRole {
                 .fetch_all(&pool)
                 .await
                 .map_err(|e| db_error("connecting to PostgreSQL as admin", e))?;
-        match roles.iter().find(|r| !found.contains(r)) {
-            Some(missing) => Err(AdapterError::permanent(format!(
+        if let Some(missing) = roles.iter().find(|r| !found.contains(r)) {
+            return Err(AdapterError::permanent(format!(
                 "role {missing} does not exist; create it (with LOGIN and its grants) first"
-            ))),
-            None => Ok(format!(
-                "admin login works; role(s) {} exist",
-                roles.join(", ")
-            )),
+            )));
         }
+        // Minting is ALTER ROLE … PASSWORD: a superuser, or CREATEROLE on roles that are not
+        // superusers (and from PostgreSQL 16 on, ADMIN OPTION on each of them).
+        let (admin, superuser, createrole, version): (String, bool, bool, i32) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper, rolcreaterole, current_setting('server_version_num')::int
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| db_error("reading the admin's privileges", e))?;
+        if !superuser {
+            if !createrole {
+                return Err(AdapterError::permanent(format!(
+                    "the admin role {admin} has neither SUPERUSER nor CREATEROLE, so it cannot set \
+                     passwords: ALTER ROLE {admin} CREATEROLE"
+                )));
+            }
+            let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+                "SELECT rolname::text, rolsuper, pg_has_role(current_user, oid, 'USAGE WITH ADMIN OPTION') OR $2 < 160000
+                 FROM pg_roles WHERE rolname = ANY($1)",
+            )
+            .bind(&roles)
+            .bind(version)
+            .fetch_all(&pool)
+            .await
+            .map_err(|e| db_error("reading the roles' attributes", e))?;
+            for (role, role_super, admin_option) in rows {
+                if role_super {
+                    return Err(AdapterError::permanent(format!(
+                        "role {role} is a superuser; only a superuser admin may change its password"
+                    )));
+                }
+                if !admin_option {
+                    return Err(AdapterError::permanent(format!(
+                        "the admin role {admin} lacks ADMIN OPTION on {role} (PostgreSQL 16+): \
+                         GRANT {role} TO {admin} WITH ADMIN OPTION"
+                    )));
+                }
+            }
+        }
+        Ok(format!(
+            "admin login works as {admin} ({}); role(s) {} exist",
+            if superuser { "superuser" } else { "CREATEROLE" },
+            roles.join(", ")
+        ))
     }
 
     async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {

@@ -94,7 +94,31 @@ impl Source for RedisAcl {
     async fn probe(&self) -> Result<String> {
         let mut conn = self.admin().await?;
         self.require_user(&mut conn).await?;
-        Ok(format!("admin login works; ACL user {} exists", self.user))
+        // Whether the admin may change the user, asked without changing it (Redis 7 DRYRUN).
+        let me: String = redis::cmd("ACL")
+            .arg("WHOAMI")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| redis_error("asking who the admin is", e))?;
+        let dry: redis::RedisResult<String> = redis::cmd("ACL")
+            .arg("DRYRUN")
+            .arg(&me)
+            .arg("ACL")
+            .arg("SETUSER")
+            .arg(&self.user)
+            .query_async(&mut conn)
+            .await;
+        match dry {
+            Ok(s) if s == "OK" => Ok(format!(
+                "admin login works as {me}; ACL user {} exists; {me} may run ACL SETUSER",
+                self.user
+            )),
+            Ok(why) => Err(AdapterError::permanent(format!(
+                "the admin user {me} may not run ACL SETUSER ({why}); grant it with \
+                 `ACL SETUSER {me} +acl|setuser` or use an admin that has +@admin"
+            ))),
+            Err(e) => Err(redis_error("checking the admin's ACL permissions", e)),
+        }
     }
 
     fn generate(&self, _: Option<&SecretValue>) -> Result<SecretValue> {

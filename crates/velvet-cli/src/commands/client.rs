@@ -120,10 +120,7 @@ impl Client {
             (403, "gate_required" | "gate_denied") => Code::GateDenied,
             _ => Code::Failed,
         };
-        Err(Failure::new(
-            exit,
-            format!("{message} ({} {code})", status.as_u16()),
-        ))
+        Err(Failure::new(exit, format!("{message} ({} {code})", status.as_u16())).with_error(code))
     }
 }
 

@@ -132,6 +132,29 @@ pub async fn run(_ctx: &Context) -> Result<(), Failure> {
     let (password, secret) =
         super::operators::create(&*state.store, &state.keyring, "demo", Role::Revoker, "demo")
             .await?;
+    // Service tokens for the CLI: one that reads, one of the demo operator's that rotates and
+    // passes the gate with its TOTP code.
+    let mut cli_tokens = vec![];
+    for (name, role, operator) in [
+        ("demo-viewer", Role::Viewer, None),
+        ("demo-cli", Role::Revoker, Some("demo")),
+    ] {
+        let minted = velvet_core::identity::mint_service_token();
+        state
+            .store
+            .create_service_token(&velvet_store::NewServiceToken {
+                id: &velvet_core::identity::new_service_token_id(),
+                name,
+                role: role.as_str(),
+                prefix: &minted.prefix,
+                hash: &minted.hash,
+                operator,
+                created_by: "demo",
+                expires_at: None,
+            })
+            .await?;
+        cli_tokens.push((role, minted.token));
+    }
     let dir_shown = dir.path().display().to_string();
     velvet_server::serve(prepared, |addr| {
         println!();
@@ -147,6 +170,19 @@ pub async fn run(_ctx: &Context) -> Result<(), Failure> {
         println!("  Rotate example-api-token to watch six webhooks answer after {delay:?} each;");
         println!("  payments-api-key asks for a TOTP code before it revokes.");
         println!("    API:       curl http://{addr}/api/v1/openapi.json");
+        println!("  The CLI, from another terminal (a read-only token, then one that rotates):");
+        println!("    export VELVET_ADDR=http://{addr}");
+        for (role, token) in &cli_tokens {
+            println!(
+                "    export VELVET_TOKEN={}   # {}",
+                token.expose(),
+                if *role == Role::Viewer {
+                    "viewer: tokens list, rotations show"
+                } else {
+                    "operator demo's: velvet rotate example-api-token --follow"
+                }
+            );
+        }
         println!("  Its files (config, keyring, SQLite store) are in {dir_shown}");
         println!("  Inspect them: velvet --config {dir_shown}/velvet.yaml audit verify");
         println!("  Press Ctrl-C to stop; the directory is removed on exit.");

@@ -160,21 +160,79 @@ pub async fn stage(
     reason: Option<&str>,
 ) -> Result<(), Failure> {
     checked_id(id)?;
+    let client = Client::from_env()?;
     let mut body = json!({"action": action});
-    if let Some(t) = totp {
+    let asked = match totp {
+        None if action == "proceed_revoke" && std::io::stdin().is_terminal() => {
+            gate_code(&client, &View::new(false, true), id).await?
+        }
+        t => t.map(str::to_string),
+    };
+    if let Some(t) = asked {
         body["totp"] = json!(t);
     }
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
-    let job = Client::from_env()?
+    let mut job = client
         .call(
             Method::POST,
             &format!("/api/v1/rotations/{id}/stage"),
             Some(body),
         )
         .await?;
+    // Abort and rollback answer while the engine is still undoing: show how it ended.
+    if matches!(action, "abort" | "rollback") {
+        let start = std::time::Instant::now();
+        while job["status"] == "running" && start.elapsed() < std::time::Duration::from_secs(60) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            job = client
+                .call(Method::GET, &format!("/api/v1/rotations/{id}"), None)
+                .await?;
+        }
+    }
     emit(ctx.output, &job, |j| println!("{}", job_line(j)));
+    if job["status"] == "failed" {
+        return Err(Failure::failed(failed_with_next_steps(&job)));
+    }
+    Ok(())
+}
+
+/// `velvet rotations approve ID --totp CODE`: an operator approves a gated revoke.
+pub async fn approve(ctx: &Context, id: &str, totp: Option<&str>) -> Result<(), Failure> {
+    checked_id(id)?;
+    let client = Client::from_env()?;
+    let code = match totp {
+        Some(t) => t.to_string(),
+        None if std::io::stdin().is_terminal() => prompt(
+            &View::new(false, true),
+            "Your current TOTP code: ".into(),
+            true,
+        )
+        .await?
+        .trim()
+        .to_string(),
+        None => {
+            return Err(Failure::usage(format!(
+                "an approval needs your TOTP code: velvet rotations approve {id} --totp CODE"
+            )));
+        }
+    };
+    let job = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/rotations/{id}/approvals"),
+            Some(json!({"totp": code})),
+        )
+        .await?;
+    emit(ctx.output, &job, |j| {
+        let have = j["gate"]["approvals"].as_array().map_or(0, Vec::len);
+        let need = j["gate"]["requires"]["approvals"].as_u64().unwrap_or(0);
+        println!("{}", job_line(j));
+        eprintln!(
+            "approved ({have} of {need}); the revoke goes on with: velvet rotations stage {id} proceed_revoke"
+        );
+    });
     Ok(())
 }
 
@@ -224,22 +282,33 @@ async fn follow_job(
                 "job" => {
                     job = e.data.clone();
                     view.job(&job);
+                    // A failed job waits for a person and sends no `end`: say what can be done.
+                    if job["status"] == "failed" {
+                        view.finish(&job);
+                        return Err(Failure::failed(failed_with_next_steps(&job)));
+                    }
                     if let (Some(confirm), Some(awaiting)) = (confirm, job["awaiting"].as_str())
                         && matches!(awaiting, "proceed_distribute" | "proceed_revoke")
                         && acted.insert(awaiting.to_string())
                     {
                         if !(confirm || ask(&view, awaiting).await?) {
                             view.finish(&job);
-                            eprintln!(
-                                "left {id} awaiting {awaiting}; go on with: velvet rotations stage {id} {awaiting}"
-                            );
-                            return Ok(());
+                            // Not finished is not succeeded: the exit status says so (§6).
+                            return Err(Failure::failed(format!(
+                                "not finished: {id} awaits {awaiting}; go on with: velvet rotations stage {id} {awaiting}"
+                            )));
+                        }
+                        let mut body = json!({"action": awaiting});
+                        if awaiting == "proceed_revoke"
+                            && let Some(code) = gate_code(client, &view, id).await?
+                        {
+                            body["totp"] = json!(code);
                         }
                         client
                             .call(
                                 Method::POST,
                                 &format!("/api/v1/rotations/{id}/stage"),
-                                Some(json!({"action": awaiting})),
+                                Some(body),
                             )
                             .await?;
                     }
@@ -254,6 +323,55 @@ async fn follow_job(
     ))
 }
 
+/// What failed and the commands that go on from there.
+fn failed_with_next_steps(job: &Value) -> String {
+    let id = job["job_id"].as_str().unwrap_or("ID");
+    let stage = job["stage"].as_str().unwrap_or("?");
+    let mut text = format!(
+        "the rotation failed at {stage}{}\nnext, one of:\n  velvet rotations stage {id} retry_failed   # run again what failed\n",
+        job["error"]
+            .as_str()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    if stage != "revoke" {
+        text.push_str(&format!(
+            "  velvet rotations stage {id} rollback       # put the previous value back everywhere\n"
+        ));
+    }
+    if stage == "mint" {
+        text.push_str(&format!(
+            "  velvet rotations stage {id} abort          # discard the new value\n"
+        ));
+    }
+    text.push_str(&format!(
+        "  velvet rotations show {id}                 # each consumer's last error"
+    ));
+    text
+}
+
+/// Asks a question on the terminal and reads the answer, with the progress bar out of the way
+/// for the whole exchange (its ticks would redraw over the prompt). `hidden` reads without echo.
+async fn prompt(view: &View, question: String, hidden: bool) -> Result<String, Failure> {
+    let bar = view.bar.clone();
+    let read = move || -> std::io::Result<String> {
+        eprint!("{question}");
+        if hidden {
+            rpassword::read_password()
+        } else {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        }
+    };
+    tokio::task::spawn_blocking(move || match bar {
+        Some(b) => b.suspend(read),
+        None => read(),
+    })
+    .await
+    .map_err(Failure::failed)?
+    .map_err(|e| Failure::new(Code::Failed, e))
+}
+
 /// Asks on the terminal whether to run the awaited stage; anything but yes is no, and without
 /// a terminal the answer is no (scripts pass --yes).
 async fn ask(view: &View, awaiting: &str) -> Result<bool, Failure> {
@@ -264,15 +382,38 @@ async fn ask(view: &View, awaiting: &str) -> Result<bool, Failure> {
         "proceed_distribute" => "Distribute the new value to every consumer?",
         _ => "Revoke the previous value now?",
     };
-    view.suspend(|| eprint!("{question} [y/N] "));
-    let answer = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .map_err(Failure::failed)?
-    .map_err(|e| Failure::new(Code::Failed, e))?;
+    let answer = prompt(view, format!("{question} [y/N] "), false).await?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The TOTP code the job's revocation gate asks for, read from the terminal; `None` when the
+/// gate asks for none. Without a terminal, the refusal says how to pass one.
+async fn gate_code(client: &Client, view: &View, id: &str) -> Result<Option<String>, Failure> {
+    let job = client
+        .call(Method::GET, &format!("/api/v1/rotations/{id}"), None)
+        .await?;
+    if job["gate"]["requires"]["totp"] != true {
+        return Ok(None);
+    }
+    let gate = job["gate"]["name"].as_str().unwrap_or("");
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            Code::GateDenied,
+            format!(
+                "the gate `{gate}` needs a TOTP code: velvet rotations stage {id} proceed_revoke --totp CODE"
+            ),
+        ));
+    }
+    let code = prompt(
+        view,
+        format!(
+            "The gate `{gate}` needs your current TOTP code (a code counts once: if you just \
+             used it, wait for the next): "
+        ),
+        true,
+    )
+    .await?;
+    Ok(Some(code.trim().to_string()))
 }
 
 /// Progress: a bar of verified consumers on a terminal, one line per event otherwise, nothing
@@ -372,13 +513,6 @@ impl View {
             } else {
                 String::new()
             });
-        }
-    }
-
-    fn suspend(&self, f: impl FnOnce()) {
-        match &self.bar {
-            Some(b) => b.suspend(f),
-            None => f(),
         }
     }
 

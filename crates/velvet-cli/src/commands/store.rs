@@ -87,6 +87,11 @@ pub async fn audit_verify(
     export_head: bool,
     expect_head: Option<&str>,
 ) -> Result<(), Failure> {
+    // `SEQ:HASH`, as `--export-head` prints it: a usage error before anything is opened.
+    if let Some(h) = expect_head {
+        velvet_core::audit::parse_head(h)
+            .map_err(|e| Failure::usage(format!("--expect-head: {e}")))?;
+    }
     let config = ctx.load_config_for_store()?;
     let keyring = Arc::new(velvet_server::open_keyring(&config)?);
     let store = open(&config, Some(keyring.clone())).await?;
@@ -100,10 +105,13 @@ pub async fn audit_verify(
     }
     emit(ctx.output, &report, |r| {
         println!("entries:       {}", r.entries);
-        println!(
-            "head:          {}",
-            r.head.as_deref().unwrap_or("(empty chain)")
-        );
+        let head = match (&r.head, r.ok, r.entries) {
+            (Some(h), _, _) => h.as_str(),
+            (None, true, 0) => "(empty chain)",
+            // A broken chain has no head to trust.
+            (None, _, _) => "(none: the chain is broken)",
+        };
+        println!("head:          {head}");
         match r.first_bad_seq {
             None => println!("first bad seq: none — the chain is intact"),
             Some(seq) => println!(
