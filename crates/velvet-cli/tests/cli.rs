@@ -179,6 +179,11 @@ fn audit_verify_detects_tampering_and_truncation() {
     let out = w.run(&["audit", "verify"], &[], None);
     assert_eq!(out.code, 1, "{}", out.all());
     assert!(out.stdout.contains("first bad seq: 2"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("(empty chain)") && out.stdout.contains("the chain is broken"),
+        "a broken chain is not an empty one: {}",
+        out.stdout
+    );
     let w2 = Workdir::new();
     w2.write_config(TOKENS);
     assert_eq!(
