@@ -58,43 +58,6 @@ pub(super) fn decode_defaults(cx: &mut Cx, root: &Map) -> Defaults {
     }
 }
 
-pub(super) fn decode_server(cx: &mut Cx, s: &Map) -> ServerConfig {
-    let mut out = ServerConfig::default();
-    if let Some(list) = s.str_list(cx, "trusted_proxies") {
-        for (i, text) in list.iter().enumerate() {
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(n) => out.trusted_proxies.push(n),
-                Err(_) => cx.err(
-                    &format!("server.trusted_proxies[{i}]"),
-                    s.get("trusted_proxies").expect("present").span(),
-                    format!("`{text}` is not an address or CIDR such as 10.0.0.0/8"),
-                ),
-            }
-        }
-    }
-    if let Some(d) = s.duration(cx, "header_timeout") {
-        if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
-            cx.err(
-                "server.header_timeout",
-                s.get("header_timeout").expect("present").span(),
-                "must be between 100ms and 5m",
-            );
-        } else {
-            out.header_timeout = d;
-        }
-    }
-    if let Some(n) = s.uint(cx, "max_connections", 1, 1_000_000) {
-        out.max_connections = n as usize;
-    }
-    if let Some(n) = s.uint(cx, "max_streams_per_client", 1, 100_000) {
-        out.max_streams_per_client = n as usize;
-    }
-    out
-}
-
 pub(super) fn decode_engine(cx: &mut Cx, root: &Map) -> EngineConfig {
     let mut engine = EngineConfig {
         concurrency: 64,

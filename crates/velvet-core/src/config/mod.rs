@@ -3,9 +3,11 @@
 
 mod declare;
 mod decode;
+mod server;
 mod spec;
 
 pub use decode::{EnvLookup, valid_name};
+pub use server::ServerConfig;
 pub use spec::*;
 
 use crate::secret::SecretString;
@@ -315,7 +317,7 @@ fn decode_root(
         if let Some(l) = server.str(cx, "listen") {
             listen_text = l;
         }
-        server_config = declare::decode_server(cx, &server);
+        server_config = server::decode(cx, &server);
     }
     let mut listen_origin = "server.listen".to_string();
     if let Some(v) = env("VELVET_LISTEN").filter(|v| !v.is_empty()) {

@@ -219,62 +219,6 @@ pub(super) const LATER_CONSUMERS: &[&str] = &[
 ];
 
 /// Roles of design §7, and those that hold `rotations.revoke`.
-/// `server:` beyond `listen` (design §10).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    /// Peers allowed to name the client address in `X-Forwarded-For`.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// How long a request's headers may take to arrive.
-    pub header_timeout: Duration,
-    /// Connections served at once; more wait in the listen queue.
-    pub max_connections: usize,
-    /// Event streams open at once per client address.
-    pub max_streams_per_client: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            trusted_proxies: vec![],
-            header_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            max_streams_per_client: 64,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// The client's address: the peer, unless the peer is a trusted proxy, in which case the
-    /// rightmost `X-Forwarded-For` hop that is not itself a trusted proxy.
-    pub fn client_ip(
-        &self,
-        peer: std::net::IpAddr,
-        forwarded_for: Option<&str>,
-    ) -> std::net::IpAddr {
-        let trusted = |ip: &std::net::IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
-        if !trusted(&peer) {
-            return peer;
-        }
-        let Some(header) = forwarded_for else {
-            return peer;
-        };
-        let mut client = peer;
-        for hop in header.rsplit(',') {
-            match hop.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) => {
-                    client = ip;
-                    if !trusted(&ip) {
-                        break;
-                    }
-                }
-                // A hop that is not an address ends what can be believed.
-                Err(_) => break,
-            }
-        }
-        client
-    }
-}
-
 pub const ROLES: &[&str] = &["viewer", "operator", "revoker", "auditor", "admin"];
 pub const REVOKE_ROLES: &[&str] = &["revoker", "admin"];
 
