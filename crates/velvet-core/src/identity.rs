@@ -16,6 +16,15 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 6] = [
+        Self::TokensRead,
+        Self::RotationsKickoff,
+        Self::RotationsStage,
+        Self::RotationsRevoke,
+        Self::AuditRead,
+        Self::Admin,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TokensRead => "velvet.tokens.read",
@@ -65,17 +74,9 @@ impl Role {
     /// Whether every permission of this role is also `other`'s (a token bound to an operator
     /// may not do more than the operator).
     pub fn within(self, other: Role) -> bool {
-        use Permission as P;
-        [
-            P::TokensRead,
-            P::RotationsKickoff,
-            P::RotationsStage,
-            P::RotationsRevoke,
-            P::AuditRead,
-            P::Admin,
-        ]
-        .into_iter()
-        .all(|p| !self.grants(p) || other.grants(p))
+        Permission::ALL
+            .into_iter()
+            .all(|p| !self.grants(p) || other.grants(p))
     }
 
     /// Whether this role holds `p`. `admin` holds everything.
@@ -170,14 +171,7 @@ mod tests {
     #[test]
     fn roles_grant_what_the_design_says_and_nothing_else() {
         use Permission as P;
-        let all = [
-            P::TokensRead,
-            P::RotationsKickoff,
-            P::RotationsStage,
-            P::RotationsRevoke,
-            P::AuditRead,
-            P::Admin,
-        ];
+        let all = Permission::ALL;
         let granted = |r: Role| -> Vec<P> { all.into_iter().filter(|p| r.grants(*p)).collect() };
         assert_eq!(granted(Role::Viewer), vec![P::TokensRead]);
         assert_eq!(
