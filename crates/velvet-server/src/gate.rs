@@ -401,7 +401,7 @@ pub struct ApproveBody {
         (status = 409, description = "`invalid_transition`: the job is not awaiting proceed_revoke, or its gate needs no approvals", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: too many failed authentications, or the operator spent its wrong step-up codes (5 in 15 minutes)", body = ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
         (status = 503, description = "`audit_unavailable`: the approval could not be audited, so it was not recorded", body = ErrorBody),
     ))]

@@ -164,7 +164,7 @@ pub struct StageBody {
         (status = 409, description = "`invalid_transition`: the job cannot take this action now (`stage`, `status`, `awaiting`)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a field is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: too many failed authentications, or the operator spent its wrong step-up codes (5 in 15 minutes)", body = ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
         (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off, or this server runs no engine", body = ErrorBody),
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
