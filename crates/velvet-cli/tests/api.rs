@@ -290,3 +290,19 @@ fn an_oversized_body_is_refused_with_413() {
     let (_, list) = s.call("GET", "/api/v1/auth/tokens", Some(KEY), None);
     assert_eq!(list["tokens"].as_array().unwrap().len(), 0);
 }
+
+/// A kickoff's body is optional, but a body that is there must be JSON: whitespace is not.
+#[test]
+fn a_whitespace_body_is_not_an_empty_one() {
+    let (_w, s) = serve();
+    let r = http()
+        .post(s.url("/api/v1/tokens/api/rotate"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body("\r")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let (code, _) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202, "no body at all is fine");
+}

@@ -606,7 +606,7 @@ fn the_cli_approves_and_passes_a_gate() {
 tokens:
   - {name: prod-api, tags: [prod], flow: staged, source: {kind: random}}
 revocation_gates:
-  - {name: production, match: {tags: [prod]}, require: {approvals: 1}}
+  - {name: production, match: {tags: [prod]}, require: {approvals: 1, totp: true}}
 ",
     );
     let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
@@ -650,10 +650,42 @@ revocation_gates:
     let out = as_(&bob.token, &["rotations", "approve", &job, "--totp", &code]);
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stderr.contains("approved (1 of 1)"), "{}", out.stderr);
+    // Without a terminal the gate's code cannot be asked for: the refusal says how to pass it.
     let out = as_(
         &alice.token,
         &["rotations", "stage", &job, "proceed_revoke"],
     );
-    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(out.code, 5, "{}", out.all());
+    assert!(out.stderr.contains("--totp CODE"), "{}", out.stderr);
+    // On a terminal (`script` gives one) it asks for the code, hidden, and passes the gate.
+    let line = format!(
+        "{BIN} --config {} rotations stage {job} proceed_revoke",
+        w.config()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("VELVET_ADDR", &addr)
+        .env("VELVET_TOKEN", &alice.token)
+        .env("TERM", "xterm")
+        .current_dir(w.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    {
+        use std::io::Write;
+        let code = totp_code(&alice.secret, now()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{code}\n").as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("needs your current TOTP code"), "{text}");
     wait_for(&s, &job, "");
 }

@@ -472,3 +472,48 @@ fn a_short_bootstrap_key_is_refused() {
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.all().contains("VELVET_API_KEY") && out.all().contains("at least 32"));
 }
+
+/// Console logins are limited per operator too: a guesser spread over many addresses (here
+/// behind a trusted proxy) is stopped all the same.
+#[test]
+fn failed_logins_are_limited_per_operator_across_addresses() {
+    let w = Workdir::new();
+    w.write_config("server: {trusted_proxies: [127.0.0.1/32]}\ntokens: []\n");
+    let out = w.run(
+        &[
+            "--output", "json", "operator", "add", "olga", "--role", "viewer",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let attempt = |from: &str| {
+        let (token, cookie) = login_form(&s);
+        no_redirects()
+            .post(s.url("/console/login"))
+            .header("cookie", cookie)
+            .header("x-forwarded-for", from)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("name", "olga"),
+                ("password", "not-her-password"),
+                ("code", "000000"),
+            ])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..10 {
+        assert_eq!(attempt(&format!("198.51.100.{i}")), 401);
+    }
+    assert_eq!(
+        attempt("198.51.100.99"),
+        429,
+        "a new address, the same operator"
+    );
+    let locked = security_events(&s, "login_locked");
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["severity"], "critical");
+}

@@ -38,8 +38,11 @@ impl Engine {
                 .await?
                 .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
             let from: JobState = job.state.into();
-            if !matches!(action, Action::Abort | Action::Rollback) && self.token_spec(&job).is_err()
-            {
+            // Ending a job never needs its token's declaration (a revert that failed is ended
+            // by retrying it); going on does.
+            let ends = matches!(action, Action::Abort | Action::Rollback)
+                || (action == Action::RetryFailed && from.reverting.is_some());
+            if !ends && self.token_spec(&job).is_err() {
                 return Err(ActionError::Retired(format!(
                     "token `{}` is no longer declared in velvet.yaml, so this job can only be \
                      ended: `velvet rotations stage {job_id} abort` (before distribution) or \
