@@ -258,10 +258,7 @@ impl Engine {
                 if job.wake_at.is_some_and(|t| t > Utc::now()) {
                     return Err(Stop::Idle);
                 }
-                let unattended_revoke = match self.unattended(job).await {
-                    Ok(u) => u,
-                    Err(stop) => return Err(stop),
-                };
+                let unattended_revoke = self.unattended(job).await?;
                 self.advance(
                     job,
                     Event::GraceElapsed { unattended_revoke },
