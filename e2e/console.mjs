@@ -109,8 +109,13 @@ try {
   await dialog.getByRole("button", { name: "Revoke previous value" }).click();
   await a.waitForSelector('dialog#rotation[data-status="succeeded"]');
   expect((await dialog.locator("ol.stages li.done").count()) === 3, "all three stages done");
+  const summary = await dialog.locator("#job-status").textContent();
+  expect(summary.includes("4 of 4 consumer(s) verified") && summary.includes("Reason:"), `a finished job says how it went: ${summary}`);
   await shot(a, "revoked");
-  await dialog.getByRole("button", { name: "Close" }).click();
+  // A reload keeps the timeline: each consumer's start comes with the job, not only live.
+  const finishedUrl = a.url();
+  await a.goto(finishedUrl); // the job's page opens its modal by itself
+  await a.waitForFunction(() => document.querySelectorAll("#timeline rect").length === 4);
 
   // 3. The gated token: approval by another operator, then a fresh code.
   dialog = await rotate(a, "prod-api");
