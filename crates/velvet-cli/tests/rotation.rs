@@ -467,3 +467,34 @@ fn a_step_that_panics_releases_its_job_to_be_claimed_again() {
     }
     assert_eq!(s.get("/healthz").0, 200, "the server lives on");
 }
+
+/// SIGTERM mid-distribute: the running step finishes, its lease is released, and the server
+/// restarted at once takes the job over without waiting out the 30 s lease.
+#[test]
+fn a_stop_drains_the_running_step_and_releases_its_lease() {
+    let (hook, url) = receiver::start(Duration::from_millis(2500));
+    let w = adopted(&config(&url, "auto").replace("lease: 5s", "lease: 30s"));
+    let mut s = w.serve(&[], &env());
+    let (_, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    let job = body["job_id"].as_str().unwrap().to_string();
+    wait_job(&s, &job, "distribute running", |j| {
+        j["stage"] == "distribute" && j["status"] == "running"
+    });
+    s.signal("TERM");
+    assert_eq!(s.wait(Duration::from_secs(40)), 0, "{}", s.logs());
+    assert!(
+        s.logs()
+            .contains("every job driver stopped and released its lease"),
+        "{}",
+        s.logs()
+    );
+    *hook.delay_ms.lock().unwrap() = 0;
+    let start = Instant::now();
+    let s = w.serve(&[], &env());
+    wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "taken over at once, not after the lease: {:?}",
+        start.elapsed()
+    );
+}

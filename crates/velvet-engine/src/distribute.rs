@@ -96,7 +96,8 @@ async fn writer(
 
 impl Engine {
     fn lock_key(&self, key: &str) -> Arc<Semaphore> {
-        let per = self.config().engine.per_lock_key;
+        // The size the limits currently have (a reload resizes every key's semaphore).
+        let per = self.per_lock_key();
         self.lock_keys
             .lock()
             .expect("lock-key map is never poisoned")

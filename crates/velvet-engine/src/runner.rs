@@ -39,6 +39,24 @@ pub(crate) fn crash_point(name: &str) {
     }
 }
 
+/// Moves `sem` from `from` permits to `to`.
+fn resize(sem: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
+    if to > from {
+        sem.add_permits(to - from);
+    } else if from > to {
+        let owed = (from - to) - sem.forget_permits(from - to);
+        if owed > 0 {
+            // The rest are in use: take them out as they come back.
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(owed as u32).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+}
+
 /// Looks up `*_env` variables for adapters.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -86,6 +104,12 @@ pub struct Engine {
     pub(crate) global: Arc<tokio::sync::Semaphore>,
     pub(crate) lock_keys:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// The limits the semaphores were sized for, so a reload can resize them.
+    sized: std::sync::Mutex<(usize, usize)>,
+    /// Every job driver, so a stop can wait for them.
+    drivers: tokio_util::task::TaskTracker,
+    /// Set once a stop was asked for: drivers finish their step, release the lease and end.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -118,7 +142,10 @@ impl Engine {
         config: Arc<RwLock<Arc<Config>>>,
         opts: EngineOptions,
     ) -> Arc<Self> {
-        let concurrency = config.read().expect("config lock").engine.concurrency;
+        let (concurrency, per_lock_key) = {
+            let c = config.read().expect("config lock");
+            (c.engine.concurrency, c.engine.per_lock_key)
+        };
         Arc::new(Self {
             store,
             keyring,
@@ -128,7 +155,62 @@ impl Engine {
             bus: broadcast::channel(1024).0,
             global: Arc::new(tokio::sync::Semaphore::new(concurrency)),
             lock_keys: Default::default(),
+            sized: std::sync::Mutex::new((concurrency, per_lock_key)),
+            drivers: tokio_util::task::TaskTracker::new(),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Applies `engine.concurrency` and `engine.per_lock_key` of the configuration in force
+    /// (after SIGHUP) to the running limits: permits are added at once; removed ones are taken
+    /// out as work in flight gives them back, so nothing running is cut short.
+    pub fn resize(&self) {
+        let engine = self.config().engine.clone();
+        let mut sized = self.sized.lock().expect("never poisoned");
+        let (global, per_key) = *sized;
+        resize(&self.global, global, engine.concurrency);
+        for sem in self
+            .lock_keys
+            .lock()
+            .expect("lock-key map is never poisoned")
+            .values()
+        {
+            resize(sem, per_key, engine.per_lock_key);
+        }
+        if (global, per_key) != (engine.concurrency, engine.per_lock_key) {
+            tracing::info!(
+                concurrency = engine.concurrency,
+                per_lock_key = engine.per_lock_key,
+                "engine limits resized"
+            );
+        }
+        *sized = (engine.concurrency, engine.per_lock_key);
+    }
+
+    pub(crate) fn per_lock_key(&self) -> usize {
+        self.sized.lock().expect("never poisoned").1
+    }
+
+    /// Stops taking work and waits, at most `within`, for every job driver to finish its
+    /// current step and release its lease, so another replica (or this one restarted) takes
+    /// the jobs over at once instead of after the lease. A driver still busy then is left to
+    /// the lease, as a crash would be (I4).
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        self.drivers.close();
+        let drained = tokio::time::timeout(within, self.drivers.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("every job driver stopped and released its lease");
+        } else {
+            tracing::warn!(
+                busy = self.drivers.len(),
+                "job drivers still busy at stop; their jobs resume when the lease expires"
+            );
+        }
+        drained
     }
 
     /// Job ids, each time one of them changes (for live views; the store's events are the truth).
@@ -157,7 +239,7 @@ impl Engine {
         tokio::spawn(async move {
             tracing::info!(owner = %me.opts.owner, "engine started");
             loop {
-                if *shutdown.borrow() {
+                if *shutdown.borrow() || me.stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let lease = me.config().engine.lease;
@@ -165,7 +247,7 @@ impl Engine {
                     Ok(Some(job)) => {
                         tracing::info!(job_id = %job.job_id, token = %job.token, stage = %job.state.stage, status = %job.state.status, "claimed job");
                         let driver = me.clone();
-                        tokio::spawn(async move { driver.drive(job).await });
+                        me.drivers.spawn(async move { driver.drive(job).await });
                         continue;
                     }
                     Ok(None) => {}
@@ -216,6 +298,10 @@ impl Engine {
         let stop = loop {
             if lost.load(Ordering::SeqCst) {
                 break Stop::Stale;
+            }
+            // Stopping: leave the job where its last step put it, and hand it back.
+            if self.stopping.load(Ordering::SeqCst) {
+                break Stop::Idle;
             }
             match self.step(&job).await {
                 Ok(next) => {

@@ -79,6 +79,10 @@ async fn harness(extra_consumer: &str, flow: &str) -> Harness {
 }
 
 impl Harness {
+    fn engine_config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+
     async fn kickoff(&self, flow: FlowType) -> Job {
         let job = self
             .f
@@ -720,4 +724,74 @@ async fn every_unfinished_job_has_a_way_to_end() {
         .unwrap();
     h.until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
         .await;
+}
+
+/// SIGHUP's reload resizes the engine's concurrency: down to one consumer at a time, then up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_the_concurrency_limit() {
+    let h = harness("", "auto").await;
+    let dir = h.f.dir.path().to_path_buf();
+    let running = dir.join("running");
+    std::fs::create_dir(&running).unwrap();
+    let counts = dir.join("counts");
+    // Each consumer notes how many consumers run at once, from inside its own run.
+    let probe = format!(
+        "touch {r}/$$; sleep 0.3; ls {r} | wc -l >> {c}; rm {r}/$$",
+        r = running.display(),
+        c = counts.display()
+    );
+    let with = |concurrency: usize| {
+        let consumers: String = (0..4)
+            // Distinct arguments, so distinct lock keys: only the global limit applies.
+            .map(|i| {
+                format!("      - {{name: c{i}, kind: exec, command: [sh, -c, '{probe}', c{i}]}}\n")
+            })
+            .collect();
+        let yaml = format!(
+            "engine: {{concurrency: {concurrency}}}\ndefaults: {{grace_period: 0s}}\ntokens:\n  - name: api\n    flow: auto\n    source: {{kind: random}}\n    consumers:\n{consumers}"
+        );
+        let none = |_: &str| None;
+        Config::parse(
+            &yaml,
+            &dir.join("velvet.yaml"),
+            LoadOptions {
+                env: &none,
+                check_env: false,
+            },
+        )
+        .unwrap()
+    };
+    let most_at_once = || {
+        let n = std::fs::read_to_string(&counts)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse::<usize>().unwrap())
+            .max()
+            .unwrap();
+        std::fs::remove_file(&counts).unwrap();
+        n
+    };
+    *h.config.write().unwrap() = Arc::new(with(1));
+    h.engine.resize();
+    rotate_declared(&h).await;
+    assert_eq!(most_at_once(), 1, "concurrency 1 after the reload");
+    *h.config.write().unwrap() = Arc::new(with(4));
+    h.engine.resize();
+    rotate_declared(&h).await;
+    assert!(most_at_once() >= 2, "more at once after raising it");
+}
+
+/// Reconciles the configuration in force and runs one auto rotation to its end.
+async fn rotate_declared(h: &Harness) {
+    h.f.store
+        .reconcile(&h.engine_config().tokens, Utc::now())
+        .await
+        .unwrap();
+    let job = h.kickoff(FlowType::Auto).await;
+    h.until(
+        &job.job_id,
+        "succeeded",
+        is(Stage::Done, JobStatus::Succeeded),
+    )
+    .await;
 }

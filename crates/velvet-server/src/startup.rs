@@ -149,6 +149,9 @@ async fn reload_on_hangup(state: AppState, file: PathBuf) {
         match loaded {
             Ok(c) => {
                 *state.config.write().expect("config lock is never poisoned") = Arc::new(c);
+                if let Some(engine) = &state.engine {
+                    engine.resize();
+                }
                 if let Err(e) = reconcile(&state).await {
                     tracing::error!(error = %e, "reconcile after SIGHUP failed");
                 }
@@ -198,6 +201,7 @@ pub async fn serve(
     if let Some(engine) = &state.engine {
         engine.start(engine_stopped);
     }
+    let engine = state.engine.clone();
     let app = router(state);
     crate::listen::serve(listener, app, &config.server, async move {
         shutdown_signal().await;
@@ -206,6 +210,11 @@ pub async fn serve(
     })
     .await
     .map_err(StartError::Serve)?;
+    // Let each job finish its step and release its lease, bounded by the lease itself (after
+    // that another replica would take the job over anyway).
+    if let Some(engine) = engine {
+        engine.drain(config.engine.lease).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
