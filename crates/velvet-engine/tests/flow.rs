@@ -34,9 +34,14 @@ tokens:
 {extra_consumer}",
         dir = dir.display()
     );
+    parse(dir, &yaml)
+}
+
+/// A configuration as `velvet.yaml` in `dir` would give, with no environment.
+fn parse(dir: &Path, yaml: &str) -> Config {
     let env = |_: &str| None;
     Config::parse(
-        &yaml,
+        yaml,
         &dir.join("velvet.yaml"),
         LoadOptions {
             env: &env,
@@ -436,16 +441,7 @@ tokens:
   - {{name: cache, flow: auto, source: {{kind: redis_acl, admin_url_env: REDIS_ADMIN, user: {user}}}}}
 "
     );
-    let none = |_: &str| None;
-    let config = Config::parse(
-        &yaml,
-        &f.dir.path().join("velvet.yaml"),
-        LoadOptions {
-            env: &none,
-            check_env: false,
-        },
-    )
-    .unwrap();
+    let config = parse(f.dir.path(), &yaml);
     f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
     let mut opts = EngineOptions::for_this_process();
     opts.poll_interval = Duration::from_millis(20);
@@ -670,18 +666,7 @@ async fn every_unfinished_job_has_a_way_to_end() {
     )
     .await;
     let dir = h.f.dir.path().to_path_buf();
-    let none = |_: &str| None;
-    let parse = |yaml: &str| {
-        Config::parse(
-            yaml,
-            &dir.join("velvet.yaml"),
-            LoadOptions {
-                env: &none,
-                check_env: false,
-            },
-        )
-        .unwrap()
-    };
+    let parse = |yaml: &str| parse(&dir, yaml);
     // The token leaves the file (as a SIGHUP with it removed would do).
     *h.config.write().unwrap() = Arc::new(parse("tokens: []\n"));
     let e = h
@@ -750,16 +735,7 @@ async fn a_reload_resizes_the_concurrency_limit() {
         let yaml = format!(
             "engine: {{concurrency: {concurrency}}}\ndefaults: {{grace_period: 0s}}\ntokens:\n  - name: api\n    flow: auto\n    source: {{kind: random}}\n    consumers:\n{consumers}"
         );
-        let none = |_: &str| None;
-        Config::parse(
-            &yaml,
-            &dir.join("velvet.yaml"),
-            LoadOptions {
-                env: &none,
-                check_env: false,
-            },
-        )
-        .unwrap()
+        parse(&dir, &yaml)
     };
     let most_at_once = || {
         let n = std::fs::read_to_string(&counts)
