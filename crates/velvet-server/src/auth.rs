@@ -50,17 +50,22 @@ impl Caller {
 
 /// The client's address: the peer, or what a trusted proxy says in `X-Forwarded-For`
 /// (`server.trusted_proxies`, design §10).
-pub(crate) fn client_ip(parts: &Parts, state: &AppState) -> IpAddr {
+pub(crate) fn client_addr(
+    state: &AppState,
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> IpAddr {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    state.config().server.client_ip(peer, forwarded)
+}
+
+fn client_ip(parts: &Parts, state: &AppState) -> IpAddr {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    state.config().server.client_ip(peer, forwarded)
+    client_addr(state, peer, &parts.headers)
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -150,8 +150,7 @@ async fn login(
             Some("The login form expired or came from another site; log in from this page."),
         );
     }
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client = state.config().server.client_ip(peer.ip(), forwarded);
+    let client = crate::auth::client_addr(&state, peer.ip(), &headers);
     match session::login(&state, client, f.name.trim(), &f.password, &f.code).await {
         Ok((id, _csrf)) => (
             StatusCode::SEE_OTHER,

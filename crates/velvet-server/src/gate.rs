@@ -92,7 +92,7 @@ async fn allow(
 /// 429 while `operator` has spent its wrong step-up codes (design §10: 5 in 15 minutes). No
 /// decision is stored for such a request, so a flood adds no rows.
 pub(crate) fn step_up_limited(state: &AppState, operator: &str) -> Result<(), ApiError> {
-    match state.limits.step_up.blocked(&operator.to_string()) {
+    match state.limits.step_up.blocked(operator) {
         Some(secs) => Err(ApiError::rate_limited(
             format!(
                 "too many wrong codes for operator {operator}; step-ups are refused for {} more \
@@ -108,7 +108,7 @@ pub(crate) fn step_up_limited(state: &AppState, operator: &str) -> Result<(), Ap
 
 /// Counts a wrong step-up code; the one that spends the budget is a critical `totp_locked`.
 async fn wrong_code(state: &AppState, caller: &Caller, job: &Job, operator: &str) {
-    if state.limits.step_up.record(&operator.to_string()) {
+    if state.limits.step_up.record(operator) {
         let mut ev = SecurityEvent::new(
             "totp_locked",
             Severity::Critical,

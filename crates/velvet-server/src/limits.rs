@@ -4,6 +4,7 @@
 //! Kept per process: a replica restart forgets them, which only ever lets a locked-out caller
 //! try again sooner.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ pub struct FailureLimiter<K> {
     windows: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
-impl<K: Hash + Eq + Clone> FailureLimiter<K> {
+impl<K: Hash + Eq> FailureLimiter<K> {
     pub fn new(budget: u32, window: Duration) -> Self {
         Self {
             budget,
@@ -26,7 +27,11 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     }
 
     /// Seconds until `key` may try again, if it spent its budget in the current window.
-    pub fn blocked(&self, key: &K) -> Option<u64> {
+    pub fn blocked<Q>(&self, key: &Q) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let windows = self.windows.lock().expect("never poisoned");
         let (start, n) = windows.get(key)?;
         let left = self.window.checked_sub(start.elapsed())?;
@@ -34,14 +39,21 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     }
 
     /// Counts a failure; true when this one spent the budget (the moment to raise an alarm).
-    pub fn record(&self, key: &K) -> bool {
+    pub fn record<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut windows = self.windows.lock().expect("never poisoned");
         // Forget finished windows so the map only holds recent offenders.
         if windows.len() > 10_000 {
             let window = self.window;
             windows.retain(|_, (start, _)| start.elapsed() < window);
         }
-        let w = windows.entry(key.clone()).or_insert((Instant::now(), 0));
+        let w = match windows.get_mut(key) {
+            Some(w) => w,
+            None => windows.entry(key.to_owned()).or_insert((Instant::now(), 0)),
+        };
         if w.0.elapsed() >= self.window {
             *w = (Instant::now(), 0);
         }

@@ -93,13 +93,13 @@ pub(crate) async fn login(
     if let Some(secs) = limits
         .auth
         .blocked(&client)
-        .or_else(|| limits.login.blocked(&name.to_string()))
+        .or_else(|| limits.login.blocked(name))
     {
         return Err(LoginError::Limited(secs.min(u16::MAX as u64) as u16));
     }
     let fail = |why: String| async move {
         limits.auth.record(&client);
-        if limits.login.record(&name.to_string()) {
+        if limits.login.record(name) {
             let mut ev = SecurityEvent::new(
                 "login_locked",
                 Severity::Critical,

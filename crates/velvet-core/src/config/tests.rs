@@ -414,3 +414,47 @@ fn server_limits_and_trusted_proxies() {
         "{text}"
     );
 }
+
+#[test]
+fn exec_env_and_file_links_are_checked() {
+    let c = parse_with(
+        "tokens:\n  - name: db\n    source: {kind: postgres_role, admin_url_env: PG, role: app}\n    consumers:\n      - {name: e, kind: exec, command: [true], env: {PGPASSWORD: '{{password}}', MODE: plain}}\n      - {name: f, kind: file, path: x.env, format: dotenv, key: K, template: '{{password}}', follow_symlinks: true}\n",
+        &[("PG", "postgres://a@b/c")],
+    )
+    .unwrap();
+    match &c.tokens[0].consumers[0].kind {
+        ConsumerKind::Exec { env, .. } => assert_eq!(
+            env,
+            &vec![
+                ("PGPASSWORD".to_string(), "{{password}}".to_string()),
+                ("MODE".to_string(), "plain".to_string())
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.tokens[0].consumers[1].kind,
+        ConsumerKind::File {
+            follow_symlinks: true,
+            ..
+        }
+    ));
+    for (yaml, expected) in [
+        ("env: {'1X': a}", "`1X` is not an environment variable name"),
+        ("env: {A-B: a}", "`A-B` is not an environment variable name"),
+        ("env: {A: '{{secret}}'}", "`{{secret}}` is not a field"),
+        ("env: {A: [1]}", "expected a single value"),
+        ("env: [A]", "expected a mapping of variable names"),
+    ] {
+        let text = format!(
+            "tokens:\n  - name: t\n    source: {{kind: random}}\n    consumers:\n      - {{name: e, kind: exec, command: [true], {yaml}}}\n"
+        );
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains(expected) && p.contains("consumers[0].env")),
+            "{yaml}: {found:?}"
+        );
+    }
+}
