@@ -218,8 +218,10 @@ impl crate::sqlite::SqliteStore {
         &self,
         hash: &str,
     ) -> Result<Option<ServiceTokenRecord>, StoreError> {
-        self.reads.read("looking up a service token", |c| {
-            crate::sqlite_reader::service_token_by_hash(c, hash)
+        use crate::Context;
+        self.db.readers.read("looking up a service token", |c| {
+            crate::sqlite_reader::service_token_by_hash(c.raw(), hash)
+                .ctx("looking up a service token")
         })
     }
 }

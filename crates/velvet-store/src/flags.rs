@@ -2,11 +2,14 @@
 //! body for both dialects.
 
 use crate::StoreError;
+use crate::audit;
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use velvet_core::audit::{AuditDraft, now_micros};
 
 /// A flag's stored override.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlagOverride {
     pub name: String,
     pub enabled: bool,
@@ -34,45 +37,55 @@ const UPSERT: &str =
          updated_by = excluded.updated_by
      RETURNING name, enabled, updated_at, updated_by";
 
-macro_rules! impl_flag_store {
-    ($store:ty, $reader:ident) => {
-        #[async_trait]
-        impl FlagStore for $store {
-            async fn flag_overrides(&self) -> Result<Vec<FlagOverride>, StoreError> {
-                use crate::Context;
-                sqlx::query_as(LIST)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .ctx("reading feature flags")
-            }
-
-            async fn set_flag(
-                &self,
-                name: &str,
-                enabled: bool,
-                actor: &str,
-            ) -> Result<FlagOverride, StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::flag_set(actor, name, enabled),
-                )
-                .await?;
-                let row: FlagOverride = sqlx::query_as(UPSERT)
-                    .bind(name)
-                    .bind(enabled)
-                    .bind(velvet_core::audit::now_micros())
-                    .bind(actor)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .ctx("setting a feature flag")?;
-                tx.commit().await.ctx("committing a feature flag")?;
-                Ok(row)
-            }
-        }
-    };
+impl FromRow for FlagOverride {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(FlagOverride {
+            name: r.text()?,
+            enabled: r.bool()?,
+            updated_at: r.time()?,
+            updated_by: r.text()?,
+        })
+    }
 }
 
-impl_flag_store!(crate::sqlite::SqliteStore, reader);
-impl_flag_store!(crate::postgres::PostgresStore, pool);
+#[async_trait]
+impl<B: Backend> FlagStore for B {
+    async fn flag_overrides(&self) -> Result<Vec<FlagOverride>, StoreError> {
+        const WHAT: &str = "reading feature flags";
+        self.driver()
+            .read(WHAT, |c| {
+                Box::pin(async move { c.all(WHAT, LIST, &[]).await })
+            })
+            .await
+    }
+
+    async fn set_flag(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<FlagOverride, StoreError> {
+        const WHAT: &str = "setting a feature flag";
+        let keyring = audit_keyring(self.keyring())?;
+        let (name, actor) = (name.to_owned(), actor.to_owned());
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &AuditDraft::flag_set(&actor, &name, enabled))
+                        .await?;
+                    c.one(
+                        WHAT,
+                        UPSERT,
+                        &[
+                            (&name).into(),
+                            enabled.into(),
+                            now_micros().into(),
+                            (&actor).into(),
+                        ],
+                    )
+                    .await
+                })
+            })
+            .await
+    }
+}

@@ -2,8 +2,10 @@
 //! for PostgreSQL (several replicas). Each implementation owns its SQL; nothing branches on the
 //! dialect at run time.
 
+mod audit;
 mod auth;
 mod chain;
+mod db;
 mod decisions;
 mod flags;
 mod migrate;
@@ -16,7 +18,6 @@ mod sessions;
 mod sqlite;
 mod sqlite_jobs;
 mod sqlite_reader;
-mod sqlite_writer;
 
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
@@ -67,34 +68,41 @@ pub enum StoreError {
     /// I6: the audit record could not be written, so the action did not happen.
     #[error("the audit log could not be written, so the action was refused: {0}")]
     AuditUnavailable(String),
+    /// A statement failed; `retryable` when trying again may succeed (busy, connection lost).
     #[error("database error while {context}: {source}")]
     Database {
         context: &'static str,
+        retryable: bool,
         #[source]
-        source: sqlx::Error,
-    },
-    #[error("database error while {context}: {source}")]
-    Sqlite {
-        context: &'static str,
-        #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
-/// Attaches what the store was doing to a database error.
-pub(crate) trait Context<T> {
-    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+impl StoreError {
+    /// Whether the same call may succeed later: the engine backs off on these instead of
+    /// failing the job.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database {
+                retryable: true,
+                ..
+            } | StoreError::Unavailable(_)
+        )
+    }
 }
+
+pub(crate) use db::Ctx as Context;
 
 impl<T> Context<T> for Result<T, sqlx::Error> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Database { context, source })
+        self.map_err(db::postgres::db_error).ctx(context)
     }
 }
 
 impl<T> Context<T> for Result<T, rusqlite::Error> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Sqlite { context, source })
+        self.map_err(db::sqlite::db_error).ctx(context)
     }
 }
 

@@ -28,6 +28,7 @@ const RECONCILE_LOCK: i64 = 0x0076_656c_7665_7403;
 
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
+    pub(crate) db: crate::db::postgres::PgDb,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     keyring: Option<Arc<Keyring>>,
     /// The URL with its password masked, for messages.
@@ -43,6 +44,16 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 pub(crate) type Tx = Transaction<'static, Postgres>;
+
+impl crate::db::Backend for PostgresStore {
+    type Driver = crate::db::postgres::PgDb;
+    fn driver(&self) -> &crate::db::postgres::PgDb {
+        &self.db
+    }
+    fn keyring(&self) -> Option<&Arc<Keyring>> {
+        self.keyring.as_ref()
+    }
+}
 
 impl PostgresStore {
     /// Connects, retrying with backoff for `opts.connect_budget` so a database that starts
@@ -82,6 +93,7 @@ impl PostgresStore {
             match result {
                 Ok(pool) => {
                     return Ok(Self {
+                        db: crate::db::postgres::PgDb { pool: pool.clone() },
                         pool,
                         keyring,
                         shown_url,

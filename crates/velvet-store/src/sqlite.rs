@@ -2,11 +2,10 @@
 //! `BEGIN IMMEDIATE`, so writers queue instead of failing with SQLITE_BUSY; reads use a small
 //! read-only pool.
 
+use crate::db::sqlite::{Readers, SqliteDb, Writer};
 use crate::migrate::{self, AppliedMigration, Dialect, MigrationSet, MigrationState};
 use crate::reconcile::{self, Change};
 use crate::rows::*;
-use crate::sqlite_reader::Readers;
-use crate::sqlite_writer::Writer;
 use crate::{Context, Reseal, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,15 +37,23 @@ pub struct SqliteStore {
     path: PathBuf,
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
-    /// Job changes, on their own thread (`sqlite_writer`).
-    pub(crate) jobs: Writer,
-    /// The hot reads, on rusqlite (`sqlite_reader`).
-    pub(crate) reads: Readers,
+    /// rusqlite: the writer thread and the read pool (`db::sqlite`).
+    pub(crate) db: SqliteDb,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     pub(crate) keyring: Option<Arc<Keyring>>,
 }
 
 pub(crate) type Tx = Transaction<'static, Sqlite>;
+
+impl crate::db::Backend for SqliteStore {
+    type Driver = SqliteDb;
+    fn driver(&self) -> &SqliteDb {
+        &self.db
+    }
+    fn keyring(&self) -> Option<&Arc<Keyring>> {
+        self.keyring.as_ref()
+    }
+}
 
 impl SqliteStore {
     pub async fn open(path: &Path, keyring: Option<Arc<Keyring>>) -> Result<Self, StoreError> {
@@ -89,11 +96,13 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
         })?;
         Ok(Self {
-            reads: Readers::new(path, BUSY_TIMEOUT),
+            db: SqliteDb {
+                writer: jobs,
+                readers: Readers::new(path, BUSY_TIMEOUT),
+            },
             path: path.to_path_buf(),
             writer,
             reader,
-            jobs,
             keyring,
         })
     }
@@ -519,9 +528,10 @@ impl Store for SqliteStore {
     }
 
     async fn token_view(&self, name: &str) -> Result<Option<crate::TokenView>, StoreError> {
-        self.reads
+        self.db
+            .readers
             .read("reading a token", |c| {
-                crate::sqlite_reader::token_view(c, name)
+                crate::sqlite_reader::token_view(c.raw(), name).ctx("reading a token")
             })?
             .transpose()
     }

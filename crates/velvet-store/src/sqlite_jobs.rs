@@ -179,7 +179,8 @@ impl JobStore for SqliteStore {
                 k.request_hash.to_string(),
             )
         });
-        self.jobs.call("creating a job", move |conn| {
+        self.db.writer.call("creating a job", move |c| {
+            let conn = c.raw();
             if let Some((scope, key, hash)) = &idem {
                 let cutoff = ts(now_micros() - crate::IDEMPOTENCY_WINDOW);
                 let seen: Option<(String, String)> = conn
@@ -313,8 +314,10 @@ impl JobStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Job>, StoreError> {
         let owner = owner.to_string();
-        self.jobs
-            .call("claiming a job", move |conn| {
+        self.db
+            .writer
+            .call("claiming a job", move |c| {
+                let conn = c.raw();
                 // The status list comes first so the index narrows the scan to unfinished jobs
                 // (finished ones pile up forever); julianday() compares instants whatever digits
                 // the text has.
@@ -346,8 +349,9 @@ impl JobStore for SqliteStore {
         lease: std::time::Duration,
     ) -> Result<bool, StoreError> {
         let (job_id, owner) = (job_id.to_string(), owner.to_string());
-        self.jobs
-            .call("renewing a lease", move |conn| {
+        self.db.writer
+            .call("renewing a lease", move |c| {
+            let conn = c.raw();
                 let n = conn
                     .prepare_cached(
                         "UPDATE rotation_jobs SET lease_expires_at = ?3 WHERE id = ?1 AND lease_owner = ?2",
@@ -361,8 +365,9 @@ impl JobStore for SqliteStore {
 
     async fn release_lease(&self, job_id: &str, owner: &str) -> Result<(), StoreError> {
         let (job_id, owner) = (job_id.to_string(), owner.to_string());
-        self.jobs
-            .call("releasing a lease", move |conn| {
+        self.db.writer
+            .call("releasing a lease", move |c| {
+            let conn = c.raw();
                 conn.prepare_cached(
                     "UPDATE rotation_jobs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1 AND lease_owner = ?2",
                 )
@@ -389,7 +394,8 @@ impl JobStore for SqliteStore {
             owner.map(str::to_string),
             audit.clone(),
         );
-        self.jobs.call("moving a job on", move |conn| {
+        self.db.writer.call("moving a job on", move |c| {
+            let conn = c.raw();
             let now = ts(now_micros());
             let terminal = to.status.is_terminal();
             let n = conn
@@ -525,7 +531,8 @@ impl JobStore for SqliteStore {
         let keyring = self.keyring.clone();
         let (job_id, sealed, fingerprint) =
             (job_id.to_string(), sealed.clone(), fingerprint.to_string());
-        self.jobs.call("storing the new version", move |conn| {
+        self.db.writer.call("storing the new version", move |c| {
+            let conn = c.raw();
             let row: Option<(Option<i64>, i64, String)> = conn
                 .prepare_cached(
                     "SELECT j.new_version, j.token_id, t.name FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = ?1",
@@ -574,7 +581,8 @@ impl JobStore for SqliteStore {
         }
         let keyring = self.keyring.clone();
         let (job_id, changes) = (job_id.to_string(), changes.to_vec());
-        self.jobs.call("updating a job's consumers", move |conn| {
+        self.db.writer.call("updating a job's consumers", move |c| {
+            let conn = c.raw();
             let now = now_micros();
             let n = conn
                 .prepare_cached("UPDATE rotation_jobs SET updated_at = ?2 WHERE id = ?1")

@@ -7,69 +7,8 @@
 use crate::StoreError;
 use crate::rows::{ConsumerRow, TokenRow, VersionRow};
 use crate::sqlite_jobs::{required_time, time_at};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use rusqlite::{Connection, OptionalExtension};
 use velvet_core::model::ServiceTokenRecord;
-
-/// Idle connections kept; more may be open at once under load, and are closed after use.
-const KEEP: usize = 8;
-
-#[derive(Debug)]
-pub(crate) struct Readers {
-    path: PathBuf,
-    busy_timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl Readers {
-    pub(crate) fn new(path: &Path, busy_timeout: Duration) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            busy_timeout,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn connect(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(self.busy_timeout)?;
-        conn.set_prepared_statement_cache_capacity(16);
-        Ok(conn)
-    }
-
-    /// Runs `f` in one read transaction (one consistent snapshot) on a pooled connection.
-    pub(crate) fn read<R>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, StoreError> {
-        let fail = |source: rusqlite::Error| StoreError::Sqlite {
-            context: what,
-            source,
-        };
-        let pooled = self.idle.lock().expect("never poisoned").pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => self.connect().map_err(fail)?,
-        };
-        conn.execute_batch("BEGIN").map_err(fail)?;
-        let out = f(&conn);
-        // A read transaction has nothing to keep; ending it cannot lose anything.
-        let ended = conn.execute_batch("COMMIT");
-        if ended.is_ok() {
-            let mut idle = self.idle.lock().expect("never poisoned");
-            if idle.len() < KEEP {
-                idle.push(conn);
-            }
-        }
-        out.map_err(fail)
-    }
-}
 
 pub(crate) fn service_token_by_hash(
     conn: &Connection,

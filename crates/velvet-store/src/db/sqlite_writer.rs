@@ -4,6 +4,8 @@
 //! threads instead of one per statement as through sqlx (docs/adr/0007-sqlite-writer-thread.md).
 //! A caller hears back only after the commit that holds its changes.
 
+use super::Body;
+use super::sqlite::{SqliteConn, now};
 use crate::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::VecDeque;
@@ -15,7 +17,7 @@ use std::sync::mpsc;
 type Done = Box<dyn FnOnce(Option<&str>) + Send>;
 /// Runs a request on the writer connection (or refuses it with the error that stopped the
 /// batch from starting); says whether it succeeded and how to answer the caller.
-type Work = Box<dyn FnOnce(Result<&Connection, &str>) -> (bool, Done) + Send>;
+type Work = Box<dyn FnOnce(Result<&mut SqliteConn, &str>) -> (bool, Done) + Send>;
 
 /// Requests per commit at most, so one commit never waits on an unbounded batch.
 const MAX_BATCH: usize = 256;
@@ -39,16 +41,25 @@ impl Writer {
         let (queue, requests) = mpsc::channel::<Work>();
         std::thread::Builder::new()
             .name("velvet-sqlite-writer".into())
-            .spawn(move || serve(conn, requests))
+            .spawn(move || serve(SqliteConn::new(conn), requests))
             .map_err(|e| e.to_string())?;
         Ok(Self { queue })
+    }
+
+    /// Runs `body` in the writer's transaction and answers once it is committed.
+    pub(crate) async fn write<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        body: Body<SqliteConn, R>,
+    ) -> Result<R, StoreError> {
+        self.call(what, move |c| now(body(c))).await
     }
 
     /// Runs `f` in the writer's transaction and answers once it is committed.
     pub(crate) async fn call<R, F>(&self, what: &'static str, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&mut SqliteConn) -> Result<R, StoreError> + Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let work: Work = Box::new(move |conn| {
@@ -79,7 +90,7 @@ fn stopped(what: &'static str, why: &str) -> StoreError {
     StoreError::Unavailable(format!("{what}: {why}"))
 }
 
-fn serve(conn: Connection, requests: mpsc::Receiver<Work>) {
+fn serve(mut conn: SqliteConn, requests: mpsc::Receiver<Work>) {
     while let Ok(first) = requests.recv() {
         let mut batch = VecDeque::from([first]);
         while batch.len() < MAX_BATCH {
@@ -88,13 +99,13 @@ fn serve(conn: Connection, requests: mpsc::Receiver<Work>) {
                 Err(_) => break,
             }
         }
-        run_batch(&conn, batch);
+        run_batch(&mut conn, batch);
     }
 }
 
-fn run_batch(conn: &Connection, mut batch: VecDeque<Work>) {
+fn run_batch(c: &mut SqliteConn, mut batch: VecDeque<Work>) {
     while !batch.is_empty() {
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = c.raw().execute_batch("BEGIN IMMEDIATE") {
             let why = format!("starting a write transaction: {e}");
             for w in batch.drain(..) {
                 let (_, done) = w(Err(&why));
@@ -105,18 +116,18 @@ fn run_batch(conn: &Connection, mut batch: VecDeque<Work>) {
         let mut dones = Vec::with_capacity(batch.len());
         let mut lost = None;
         while let Some(w) = batch.pop_front() {
-            if let Err(e) = conn.execute_batch("SAVEPOINT request") {
+            if let Err(e) = c.raw().execute_batch("SAVEPOINT request") {
                 let why = format!("opening a savepoint: {e}");
                 let (_, done) = w(Err(&why));
                 done(None);
                 lost = Some(why);
                 break;
             }
-            let (ok, done) = w(Ok(conn));
+            let (ok, done) = w(Ok(c));
             dones.push(done);
             // An I/O or full-disk error makes SQLite roll the whole transaction back: every
             // request of it so far is lost, and the rest start again in a new one.
-            if conn.is_autocommit() {
+            if c.raw().is_autocommit() {
                 lost = Some("SQLite rolled the transaction back".to_string());
                 break;
             }
@@ -125,20 +136,21 @@ fn run_batch(conn: &Connection, mut batch: VecDeque<Work>) {
             } else {
                 "ROLLBACK TO request; RELEASE request"
             };
-            if let Err(e) = conn.execute_batch(end) {
+            if let Err(e) = c.raw().execute_batch(end) {
                 lost = Some(format!("closing a savepoint: {e}"));
                 break;
             }
         }
         let failed = match lost {
             Some(why) => Some(why),
-            None => conn
+            None => c
+                .raw()
                 .execute_batch("COMMIT")
                 .err()
                 .map(|e| format!("committing: {e}")),
         };
-        if failed.is_some() && !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+        if failed.is_some() && !c.raw().is_autocommit() {
+            let _ = c.raw().execute_batch("ROLLBACK");
         }
         for done in dones {
             done(failed.as_deref());
@@ -161,9 +173,10 @@ mod tests {
         (dir, w)
     }
 
-    fn insert(x: i64) -> impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static {
+    fn insert(x: i64) -> impl FnOnce(&mut SqliteConn) -> Result<(), StoreError> + Send + 'static {
         move |c| {
-            c.execute("INSERT INTO t (x) VALUES (?1)", [x])
+            c.raw()
+                .execute("INSERT INTO t (x) VALUES (?1)", [x])
                 .ctx("inserting")
                 .map(drop)
         }
@@ -186,13 +199,18 @@ mod tests {
         let (a, dup, boom, b) = tokio::join!(
             w.call("a", insert(2)),
             w.call("duplicate", |c| {
-                c.execute("INSERT INTO t (x) VALUES (3)", []).ctx("x")?;
-                c.execute("INSERT INTO t (x) VALUES (1)", [])
+                c.raw()
+                    .execute("INSERT INTO t (x) VALUES (3)", [])
+                    .ctx("x")?;
+                c.raw()
+                    .execute("INSERT INTO t (x) VALUES (1)", [])
                     .ctx("x")
                     .map(drop)
             }),
-            w.call("boom", |c: &Connection| -> Result<(), StoreError> {
-                c.execute("INSERT INTO t (x) VALUES (4)", []).ctx("x")?;
+            w.call("boom", |c: &mut SqliteConn| -> Result<(), StoreError> {
+                c.raw()
+                    .execute("INSERT INTO t (x) VALUES (4)", [])
+                    .ctx("x")?;
                 panic!("a bug in a request")
             }),
             w.call("b", insert(5)),

@@ -1,0 +1,90 @@
+//! The one audit-chain append, inside the caller's transaction (I6: the action and its record
+//! commit together or not at all). The head is read under a transaction lock, so the chain stays
+//! linear across PostgreSQL replicas; SQLite's single writer already orders every append.
+
+use crate::StoreError;
+use crate::db::{Conn, FromRow, Row};
+use velvet_core::audit::{AuditDraft, AuditEntry};
+use velvet_core::keyring::Keyring;
+
+/// Advisory lock key of the chain head ("velvet" in ASCII, plus a purpose byte).
+pub(crate) const AUDIT_LOCK: i64 = 0x0076_656c_7665_7402;
+
+pub(crate) const COLUMNS: &str =
+    "seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash";
+
+impl FromRow for AuditEntry {
+    fn from_row(r: &mut Row) -> Result<Self, crate::db::DbError> {
+        Ok(AuditEntry {
+            seq: r.int()?,
+            at: r.time()?,
+            actor: r.text()?,
+            action: r.text()?,
+            target: r.text()?,
+            outcome: r.text()?,
+            detail: r.text()?,
+            key_id: r.text()?,
+            prev_hash: r.text()?,
+            hash: r.text()?,
+        })
+    }
+}
+
+/// Appends `drafts` in order, reading the chain head once.
+pub(crate) async fn append<C: Conn>(
+    c: &mut C,
+    keyring: &Keyring,
+    drafts: &[&AuditDraft],
+) -> Result<Vec<AuditEntry>, StoreError> {
+    if drafts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let unavailable = |e: StoreError| StoreError::AuditUnavailable(e.to_string());
+    c.xact_lock(AUDIT_LOCK)
+        .await
+        .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
+    let mut head: Option<(i64, String)> = c
+        .opt(
+            "reading the audit head",
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut out = Vec::with_capacity(drafts.len());
+    for draft in drafts {
+        let e = crate::reconcile::next_audit(keyring, head.take(), draft)?;
+        c.run(
+            "appending an audit record",
+            "INSERT INTO audit_events (seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                e.seq.into(),
+                e.at.into(),
+                (&e.actor).into(),
+                (&e.action).into(),
+                (&e.target).into(),
+                (&e.outcome).into(),
+                (&e.detail).into(),
+                (&e.key_id).into(),
+                (&e.prev_hash).into(),
+                (&e.hash).into(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        head = Some((e.seq, e.hash.clone()));
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Appends one record.
+pub(crate) async fn record<C: Conn>(
+    c: &mut C,
+    keyring: &Keyring,
+    draft: &AuditDraft,
+) -> Result<AuditEntry, StoreError> {
+    let mut entries = append(c, keyring, &[draft]).await?;
+    Ok(entries.pop().expect("one draft, one entry"))
+}
