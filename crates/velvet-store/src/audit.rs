@@ -10,9 +10,6 @@ use velvet_core::keyring::Keyring;
 /// Advisory lock key of the chain head ("velvet" in ASCII, plus a purpose byte).
 pub(crate) const AUDIT_LOCK: i64 = 0x0076_656c_7665_7402;
 
-pub(crate) const COLUMNS: &str =
-    "seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash";
-
 impl FromRow for AuditEntry {
     fn from_row(r: &mut Row) -> Result<Self, crate::db::DbError> {
         Ok(AuditEntry {

@@ -2,8 +2,11 @@
 //! type and SQL that reads the same in both).
 
 use crate::StoreError;
+use crate::audit;
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use velvet_core::audit::{AuditDraft, now_micros};
 use velvet_core::model::ServiceTokenRecord;
 
 /// A service token to store: its hash, never the token.
@@ -47,196 +50,141 @@ pub trait AuthStore: Send + Sync {
     async fn touch_service_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct ServiceTokenRow {
-    pub id: String,
-    pub name: String,
-    pub role: String,
-    pub prefix: String,
-    pub operator: Option<String>,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl From<ServiceTokenRow> for ServiceTokenRecord {
-    fn from(r: ServiceTokenRow) -> Self {
-        Self {
-            id: r.id,
-            name: r.name,
-            role: r.role,
-            prefix: r.prefix,
-            operator: r.operator,
-            created_by: r.created_by,
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-            last_used_at: r.last_used_at,
-            revoked_at: r.revoked_at,
-        }
-    }
-}
-
-pub(crate) const INSERT: &str = "INSERT INTO service_tokens (id, name, role, prefix, token_hash, operator, created_by, created_at, expires_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-pub(crate) const BY_HASH: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
-     FROM service_tokens WHERE token_hash = $1";
-pub(crate) const BY_ID: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
-     FROM service_tokens WHERE id = $1";
-pub(crate) const LIST: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
-     FROM service_tokens ORDER BY created_at DESC, id";
-pub(crate) const REVOKE: &str =
-    "UPDATE service_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
-pub(crate) const TOUCH: &str = "UPDATE service_tokens SET last_used_at = $2 WHERE id = $1";
-
-/// The same statements on either dialect (SQLite on its sqlx writer and readers): `$store` has `begin()`, `audit_in()` and a read pool
-/// field `$reader`. One body, so the two stores cannot drift apart.
-macro_rules! impl_auth_store {
-    ($store:ty, $reader:ident) => {
-        #[async_trait::async_trait]
-        impl $crate::auth::AuthStore for $store {
-            async fn create_service_token(
-                &self,
-                new: &$crate::auth::NewServiceToken<'_>,
-            ) -> Result<velvet_core::model::ServiceTokenRecord, $crate::StoreError> {
-                use $crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::service_token_created(
-                        new.created_by,
-                        new.id,
-                        new.name,
-                        new.role,
-                    ),
-                )
-                .await?;
-                sqlx::query($crate::auth::INSERT)
-                    .bind(new.id)
-                    .bind(new.name)
-                    .bind(new.role)
-                    .bind(new.prefix)
-                    .bind(new.hash)
-                    .bind(new.operator)
-                    .bind(new.created_by)
-                    .bind(velvet_core::audit::now_micros())
-                    .bind(new.expires_at)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("storing a service token")?;
-                let row: $crate::auth::ServiceTokenRow = sqlx::query_as($crate::auth::BY_ID)
-                    .bind(new.id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .ctx("reading a service token")?;
-                tx.commit().await.ctx("committing a service token")?;
-                Ok(row.into())
-            }
-
-            async fn service_token_by_hash(
-                &self,
-                hash: &str,
-            ) -> Result<Option<velvet_core::model::ServiceTokenRecord>, $crate::StoreError> {
-                self.lookup_service_token(hash).await
-            }
-
-            async fn list_service_tokens(
-                &self,
-            ) -> Result<Vec<velvet_core::model::ServiceTokenRecord>, $crate::StoreError> {
-                use $crate::Context;
-                let rows: Vec<$crate::auth::ServiceTokenRow> = sqlx::query_as($crate::auth::LIST)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .ctx("listing service tokens")?;
-                Ok(rows.into_iter().map(Into::into).collect())
-            }
-
-            async fn revoke_service_token(
-                &self,
-                id: &str,
-                actor: &str,
-            ) -> Result<velvet_core::model::ServiceTokenRecord, $crate::StoreError> {
-                use $crate::Context;
-                let mut tx = self.begin().await?;
-                let row: Option<$crate::auth::ServiceTokenRow> =
-                    sqlx::query_as($crate::auth::BY_ID)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .ctx("reading a service token")?;
-                let row = row
-                    .ok_or_else(|| $crate::StoreError::NotFound(format!("service token `{id}`")))?;
-                if row.revoked_at.is_none() {
-                    self.audit_in(
-                        &mut tx,
-                        &velvet_core::audit::AuditDraft::service_token_revoked(
-                            actor, id, &row.name,
-                        ),
-                    )
-                    .await?;
-                    sqlx::query($crate::auth::REVOKE)
-                        .bind(id)
-                        .bind(velvet_core::audit::now_micros())
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("revoking a service token")?;
-                }
-                let row: $crate::auth::ServiceTokenRow = sqlx::query_as($crate::auth::BY_ID)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .ctx("reading a service token")?;
-                tx.commit().await.ctx("committing a revocation")?;
-                Ok(row.into())
-            }
-
-            async fn touch_service_token(
-                &self,
-                id: &str,
-                at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::StoreError> {
-                use $crate::Context;
-                let mut tx = self.begin().await?;
-                sqlx::query($crate::auth::TOUCH)
-                    .bind(id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("recording a token's use")?;
-                tx.commit().await.ctx("recording a token's use")
-            }
-        }
-    };
-}
-impl_auth_store!(crate::sqlite::SqliteStore, reader);
-impl_auth_store!(crate::postgres::PostgresStore, pool);
-
-impl crate::sqlite::SqliteStore {
-    /// Per request, so on rusqlite (`sqlite_reader`).
-    async fn lookup_service_token(
-        &self,
-        hash: &str,
-    ) -> Result<Option<ServiceTokenRecord>, StoreError> {
-        use crate::Context;
-        self.db.readers.read("looking up a service token", |c| {
-            crate::sqlite_reader::service_token_by_hash(c.raw(), hash)
-                .ctx("looking up a service token")
+impl FromRow for ServiceTokenRecord {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(ServiceTokenRecord {
+            id: r.text()?,
+            name: r.text()?,
+            role: r.text()?,
+            prefix: r.text()?,
+            operator: r.opt_text()?,
+            created_by: r.text()?,
+            created_at: r.time()?,
+            expires_at: r.opt_time()?,
+            last_used_at: r.opt_time()?,
+            revoked_at: r.opt_time()?,
         })
     }
 }
 
-impl crate::postgres::PostgresStore {
-    async fn lookup_service_token(
+const INSERT: &str = "INSERT INTO service_tokens (id, name, role, prefix, token_hash, operator, created_by, created_at, expires_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const BY_HASH: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
+     FROM service_tokens WHERE token_hash = $1";
+const BY_ID: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
+     FROM service_tokens WHERE id = $1";
+const LIST: &str = "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
+     FROM service_tokens ORDER BY created_at DESC, id";
+const REVOKE: &str =
+    "UPDATE service_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+const TOUCH: &str = "UPDATE service_tokens SET last_used_at = $2 WHERE id = $1";
+
+#[async_trait]
+impl<B: Backend> AuthStore for B {
+    async fn create_service_token(
+        &self,
+        new: &NewServiceToken<'_>,
+    ) -> Result<ServiceTokenRecord, StoreError> {
+        const WHAT: &str = "storing a service token";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::service_token_created(new.created_by, new.id, new.name, new.role);
+        let (id, name, role, prefix, hash, operator, created_by, expires_at) = (
+            new.id.to_owned(),
+            new.name.to_owned(),
+            new.role.to_owned(),
+            new.prefix.to_owned(),
+            new.hash.to_owned(),
+            new.operator.map(str::to_owned),
+            new.created_by.to_owned(),
+            new.expires_at,
+        );
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(
+                        WHAT,
+                        INSERT,
+                        &[
+                            (&id).into(),
+                            (&name).into(),
+                            (&role).into(),
+                            (&prefix).into(),
+                            (&hash).into(),
+                            (&operator).into(),
+                            (&created_by).into(),
+                            now_micros().into(),
+                            expires_at.into(),
+                        ],
+                    )
+                    .await?;
+                    c.one(WHAT, BY_ID, &[(&id).into()]).await
+                })
+            })
+            .await
+    }
+
+    async fn service_token_by_hash(
         &self,
         hash: &str,
     ) -> Result<Option<ServiceTokenRecord>, StoreError> {
-        use crate::Context;
-        let row: Option<ServiceTokenRow> = sqlx::query_as(BY_HASH)
-            .bind(hash)
-            .fetch_optional(&self.pool)
+        const WHAT: &str = "looking up a service token";
+        let hash = hash.to_owned();
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.opt(WHAT, BY_HASH, &[(&hash).into()]).await })
+            })
             .await
-            .ctx("looking up a service token")?;
-        Ok(row.map(Into::into))
+    }
+
+    async fn list_service_tokens(&self) -> Result<Vec<ServiceTokenRecord>, StoreError> {
+        const WHAT: &str = "listing service tokens";
+        self.driver()
+            .read(WHAT, |c| {
+                Box::pin(async move { c.all(WHAT, LIST, &[]).await })
+            })
+            .await
+    }
+
+    async fn revoke_service_token(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<ServiceTokenRecord, StoreError> {
+        const WHAT: &str = "revoking a service token";
+        let keyring = audit_keyring(self.keyring())?;
+        let (id, actor) = (id.to_owned(), actor.to_owned());
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    let row: ServiceTokenRecord = c
+                        .opt(WHAT, BY_ID, &[(&id).into()])
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("service token `{id}`")))?;
+                    if row.revoked_at.is_some() {
+                        return Ok(row);
+                    }
+                    let draft = AuditDraft::service_token_revoked(&actor, &id, &row.name);
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(WHAT, REVOKE, &[(&id).into(), now_micros().into()])
+                        .await?;
+                    c.one(WHAT, BY_ID, &[(&id).into()]).await
+                })
+            })
+            .await
+    }
+
+    async fn touch_service_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        const WHAT: &str = "recording a token's use";
+        let id = id.to_owned();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    c.run(WHAT, TOUCH, &[(&id).into(), at.into()])
+                        .await
+                        .map(drop)
+                })
+            })
+            .await
     }
 }

@@ -1,8 +1,8 @@
 //! Authorization decisions and security events: the trait and one body for both dialects.
 
 use crate::StoreError;
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use velvet_core::decision::{Decision, DecisionStep, SecurityEvent};
 
 #[async_trait]
@@ -24,35 +24,45 @@ pub trait DecisionStore: Send + Sync {
     async fn list_security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>, StoreError>;
 }
 
-#[derive(sqlx::FromRow)]
-struct DecisionRow {
-    id: String,
-    at: DateTime<Utc>,
-    subject: String,
-    permission: String,
-    resource: String,
-    decision: String,
-    trace_hash: String,
+impl FromRow for Decision {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(Decision {
+            id: r.text()?,
+            at: r.time()?,
+            subject: r.text()?,
+            permission: r.text()?,
+            resource: r.text()?,
+            decision: r.text()?,
+            trace_hash: r.text()?,
+            steps: Vec::new(),
+        })
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct StepRow {
-    rule: String,
-    outcome: String,
-    detail: String,
+impl FromRow for DecisionStep {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(DecisionStep {
+            rule: r.text()?,
+            outcome: r.text()?,
+            detail: r.text()?,
+        })
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: String,
-    at: DateTime<Utc>,
-    kind: String,
-    severity: String,
-    subject: Option<String>,
-    client: Option<String>,
-    decision_id: Option<String>,
-    job_id: Option<String>,
-    detail: String,
+impl FromRow for SecurityEvent {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(SecurityEvent {
+            id: r.text()?,
+            at: r.time()?,
+            kind: r.text()?,
+            severity: r.text()?,
+            subject: r.opt_text()?,
+            client: r.opt_text()?,
+            decision_id: r.opt_text()?,
+            job_id: r.opt_text()?,
+            detail: r.text()?,
+        })
+    }
 }
 
 const INSERT_DECISION: &str =
@@ -63,11 +73,7 @@ const INSERT_STEP: &str =
      VALUES ($1, $2, $3, $4, $5)";
 const LIST_DECISIONS: &str =
     "SELECT id, at, subject, permission, resource, decision, trace_hash FROM policy_decisions
-     WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR decision = $2)
-     ORDER BY at DESC, id DESC LIMIT $3";
-const LIST_DECISIONS_PG: &str =
-    "SELECT id, at, subject, permission, resource, decision, trace_hash FROM policy_decisions
-     WHERE ($1::text IS NULL OR subject = $1) AND ($2::text IS NULL OR decision = $2)
+     WHERE (CAST($1 AS TEXT) IS NULL OR subject = $1) AND (CAST($2 AS TEXT) IS NULL OR decision = $2)
      ORDER BY at DESC, id DESC LIMIT $3";
 const STEPS: &str = "SELECT rule, outcome, detail FROM policy_decision_steps WHERE decision_id = $1 ORDER BY position";
 const INSERT_EVENT: &str = "INSERT INTO security_events (id, at, kind, severity, subject, client, decision_id, job_id, detail)
@@ -76,127 +82,111 @@ const LIST_EVENTS: &str =
     "SELECT id, at, kind, severity, subject, client, decision_id, job_id, detail
      FROM security_events ORDER BY at DESC, id DESC LIMIT $1";
 
-macro_rules! impl_decision_store {
-    ($store:ty, $reader:ident, $list:expr) => {
-        #[async_trait]
-        impl DecisionStore for $store {
-            async fn record_decision(&self, d: &Decision) -> Result<(), StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                sqlx::query(INSERT_DECISION)
-                    .bind(&d.id)
-                    .bind(d.at)
-                    .bind(&d.subject)
-                    .bind(&d.permission)
-                    .bind(&d.resource)
-                    .bind(&d.decision)
-                    .bind(&d.trace_hash)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("recording a decision")?;
-                for (i, s) in d.steps.iter().enumerate() {
-                    sqlx::query(INSERT_STEP)
-                        .bind(&d.id)
-                        .bind(i as i64)
-                        .bind(&s.rule)
-                        .bind(&s.outcome)
-                        .bind(&s.detail)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("recording a decision step")?;
-                }
-                tx.commit().await.ctx("committing a decision")
-            }
+#[async_trait]
+impl<B: Backend> DecisionStore for B {
+    async fn record_decision(&self, d: &Decision) -> Result<(), StoreError> {
+        const WHAT: &str = "recording a decision";
+        let d = d.clone();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    c.run(
+                        WHAT,
+                        INSERT_DECISION,
+                        &[
+                            (&d.id).into(),
+                            d.at.into(),
+                            (&d.subject).into(),
+                            (&d.permission).into(),
+                            (&d.resource).into(),
+                            (&d.decision).into(),
+                            (&d.trace_hash).into(),
+                        ],
+                    )
+                    .await?;
+                    for (i, s) in d.steps.iter().enumerate() {
+                        c.run(
+                            "recording a decision step",
+                            INSERT_STEP,
+                            &[
+                                (&d.id).into(),
+                                (i as i64).into(),
+                                (&s.rule).into(),
+                                (&s.outcome).into(),
+                                (&s.detail).into(),
+                            ],
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
 
-            async fn list_decisions(
-                &self,
-                subject: Option<&str>,
-                decision: Option<&str>,
-                limit: i64,
-            ) -> Result<Vec<Decision>, StoreError> {
-                use crate::Context;
-                let rows: Vec<DecisionRow> = sqlx::query_as($list)
-                    .bind(subject)
-                    .bind(decision)
-                    .bind(limit)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .ctx("listing decisions")?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let steps: Vec<StepRow> = sqlx::query_as(STEPS)
-                        .bind(&r.id)
-                        .fetch_all(&self.$reader)
-                        .await
-                        .ctx("reading decision steps")?;
-                    out.push(Decision {
-                        id: r.id,
-                        at: r.at,
-                        subject: r.subject,
-                        permission: r.permission,
-                        resource: r.resource,
-                        decision: r.decision,
-                        trace_hash: r.trace_hash,
-                        steps: steps
-                            .into_iter()
-                            .map(|s| DecisionStep {
-                                rule: s.rule,
-                                outcome: s.outcome,
-                                detail: s.detail,
-                            })
-                            .collect(),
-                    });
-                }
-                Ok(out)
-            }
+    async fn list_decisions(
+        &self,
+        subject: Option<&str>,
+        decision: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Decision>, StoreError> {
+        const WHAT: &str = "listing decisions";
+        let (subject, decision) = (subject.map(str::to_owned), decision.map(str::to_owned));
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move {
+                    let mut out: Vec<Decision> = c
+                        .all(
+                            WHAT,
+                            LIST_DECISIONS,
+                            &[(&subject).into(), (&decision).into(), limit.into()],
+                        )
+                        .await?;
+                    for d in &mut out {
+                        d.steps = c
+                            .all("reading decision steps", STEPS, &[(&d.id).into()])
+                            .await?;
+                    }
+                    Ok(out)
+                })
+            })
+            .await
+    }
 
-            async fn record_security_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                sqlx::query(INSERT_EVENT)
-                    .bind(&e.id)
-                    .bind(e.at)
-                    .bind(&e.kind)
-                    .bind(&e.severity)
-                    .bind(&e.subject)
-                    .bind(&e.client)
-                    .bind(&e.decision_id)
-                    .bind(&e.job_id)
-                    .bind(&e.detail)
-                    .execute(&mut *tx)
+    async fn record_security_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
+        const WHAT: &str = "recording a security event";
+        let e = e.clone();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    c.run(
+                        WHAT,
+                        INSERT_EVENT,
+                        &[
+                            (&e.id).into(),
+                            e.at.into(),
+                            (&e.kind).into(),
+                            (&e.severity).into(),
+                            (&e.subject).into(),
+                            (&e.client).into(),
+                            (&e.decision_id).into(),
+                            (&e.job_id).into(),
+                            (&e.detail).into(),
+                        ],
+                    )
                     .await
-                    .ctx("recording a security event")?;
-                tx.commit().await.ctx("committing a security event")
-            }
+                    .map(drop)
+                })
+            })
+            .await
+    }
 
-            async fn list_security_events(
-                &self,
-                limit: i64,
-            ) -> Result<Vec<SecurityEvent>, StoreError> {
-                use crate::Context;
-                let rows: Vec<EventRow> = sqlx::query_as(LIST_EVENTS)
-                    .bind(limit)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .ctx("listing security events")?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| SecurityEvent {
-                        id: r.id,
-                        at: r.at,
-                        kind: r.kind,
-                        severity: r.severity,
-                        subject: r.subject,
-                        client: r.client,
-                        decision_id: r.decision_id,
-                        job_id: r.job_id,
-                        detail: r.detail,
-                    })
-                    .collect())
-            }
-        }
-    };
+    async fn list_security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>, StoreError> {
+        const WHAT: &str = "listing security events";
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.all(WHAT, LIST_EVENTS, &[limit.into()]).await })
+            })
+            .await
+    }
 }
-
-impl_decision_store!(crate::sqlite::SqliteStore, reader, LIST_DECISIONS);
-impl_decision_store!(crate::postgres::PostgresStore, pool, LIST_DECISIONS_PG);

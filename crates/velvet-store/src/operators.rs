@@ -2,8 +2,11 @@
 //! body for both dialects.
 
 use crate::StoreError;
+use crate::audit;
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use velvet_core::audit::{AuditDraft, now_micros};
 use velvet_core::keyring::Sealed;
 
 /// An operator as stored: the password only as its argon2id hash, the TOTP secret sealed.
@@ -84,41 +87,33 @@ pub trait OperatorStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    name: String,
-    role: String,
-    password_hash: String,
-    totp_key_id: String,
-    totp_sealed: Vec<u8>,
-    created_by: String,
-    created_at: DateTime<Utc>,
-    disabled_at: Option<DateTime<Utc>>,
-    backup_codes_left: i64,
-}
-
-impl From<Row> for OperatorRecord {
-    fn from(r: Row) -> Self {
-        Self {
-            name: r.name,
-            role: r.role,
-            password_hash: r.password_hash,
+impl FromRow for OperatorRecord {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(OperatorRecord {
+            name: r.text()?,
+            role: r.text()?,
+            password_hash: r.text()?,
             totp: Sealed {
-                key_id: r.totp_key_id,
-                ciphertext: r.totp_sealed,
+                key_id: r.text()?,
+                ciphertext: r.blob()?,
             },
-            created_by: r.created_by,
-            created_at: r.created_at,
-            disabled_at: r.disabled_at,
-            backup_codes_left: r.backup_codes_left,
-        }
+            created_by: r.text()?,
+            created_at: r.time()?,
+            disabled_at: r.opt_time()?,
+            backup_codes_left: r.int()?,
+        })
     }
 }
 
-const SELECT: &str = "SELECT o.name, o.role, o.password_hash, o.totp_key_id, o.totp_sealed, o.created_by,
-        o.created_at, o.disabled_at,
-        (SELECT COUNT(*) FROM backup_codes b WHERE b.operator = o.name AND b.used_at IS NULL) AS backup_codes_left
-     FROM operators o";
+impl FromRow for Approval {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(Approval {
+            operator: r.text()?,
+            approved_at: r.time()?,
+        })
+    }
+}
+
 const INSERT: &str = "INSERT INTO operators (name, role, password_hash, totp_key_id, totp_sealed, created_by, created_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING";
 const INSERT_CODE: &str = "INSERT INTO backup_codes (operator, code_hash) VALUES ($1, $2)";
@@ -132,223 +127,257 @@ const APPROVE: &str =
      ON CONFLICT (job_id, operator) DO NOTHING";
 const APPROVALS: &str = "SELECT operator, approved_at FROM rotation_approvals WHERE job_id = $1 ORDER BY approved_at, operator";
 
-#[derive(sqlx::FromRow)]
-struct ApprovalRow {
-    operator: String,
-    approved_at: DateTime<Utc>,
+const BY_NAME: &str = "SELECT o.name, o.role, o.password_hash, o.totp_key_id, o.totp_sealed, o.created_by,
+        o.created_at, o.disabled_at,
+        (SELECT COUNT(*) FROM backup_codes b WHERE b.operator = o.name AND b.used_at IS NULL) AS backup_codes_left
+     FROM operators o WHERE o.name = $1";
+const ALL: &str = "SELECT o.name, o.role, o.password_hash, o.totp_key_id, o.totp_sealed, o.created_by,
+        o.created_at, o.disabled_at,
+        (SELECT COUNT(*) FROM backup_codes b WHERE b.operator = o.name AND b.used_at IS NULL) AS backup_codes_left
+     FROM operators o ORDER BY o.name";
+const NOT_UNDER: &str = "SELECT o.name, o.role, o.password_hash, o.totp_key_id, o.totp_sealed, o.created_by,
+        o.created_at, o.disabled_at,
+        (SELECT COUNT(*) FROM backup_codes b WHERE b.operator = o.name AND b.used_at IS NULL) AS backup_codes_left
+     FROM operators o WHERE o.totp_key_id <> $1 ORDER BY o.name";
+
+/// One statement in its own write transaction; how many rows it changed.
+async fn write_one<B: Backend>(
+    b: &B,
+    what: &'static str,
+    sql: &'static str,
+    args: Vec<Owned>,
+) -> Result<u64, StoreError> {
+    b.driver()
+        .write(what, move |c| {
+            Box::pin(async move {
+                let args: Vec<_> = args.iter().map(Owned::arg).collect();
+                c.run(what, sql, &args).await
+            })
+        })
+        .await
 }
 
-macro_rules! impl_operator_store {
-    ($store:ty, $reader:ident, $writer:ident) => {
-        #[async_trait]
-        impl OperatorStore for $store {
-            async fn create_operator(&self, op: &NewOperator<'_>) -> Result<(), StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::operator_added(
-                        op.created_by,
-                        op.name,
-                        op.role,
-                    ),
-                )
-                .await?;
-                let added = sqlx::query(INSERT)
-                    .bind(op.name)
-                    .bind(op.role)
-                    .bind(op.password_hash)
-                    .bind(&op.totp.key_id)
-                    .bind(&op.totp.ciphertext)
-                    .bind(op.created_by)
-                    .bind(velvet_core::audit::now_micros())
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("adding an operator")?;
-                if added.rows_affected() == 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "operator `{}` already exists",
-                        op.name
-                    )));
-                }
-                for h in op.backup_code_hashes {
-                    sqlx::query(INSERT_CODE)
-                        .bind(op.name)
-                        .bind(h)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("storing a backup code")?;
-                }
-                tx.commit().await.ctx("committing an operator")
-            }
+/// An owned parameter, for bodies that outlive the caller's borrows.
+enum Owned {
+    Text(String),
+    Int(i64),
+    Blob(Vec<u8>),
+    Time(DateTime<Utc>),
+}
 
-            async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-                use crate::Context;
-                let row: Option<Row> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE o.name = $1")))
-                        .bind(name)
-                        .fetch_optional(&self.$reader)
-                        .await
-                        .ctx("reading an operator")?;
-                Ok(row.map(Into::into))
-            }
-
-            async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-                use crate::Context;
-                let rows: Vec<Row> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY o.name")))
-                        .fetch_all(&self.$reader)
-                        .await
-                        .ctx("listing operators")?;
-                Ok(rows.into_iter().map(Into::into).collect())
-            }
-
-            async fn reset_totp(
-                &self,
-                name: &str,
-                totp: &Sealed,
-                backup_code_hashes: &[String],
-                actor: &str,
-            ) -> Result<(), StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::operator_totp_reset(actor, name),
-                )
-                .await?;
-                let changed = sqlx::query(
-                    "UPDATE operators SET totp_key_id = $2, totp_sealed = $3 WHERE name = $1",
-                )
-                .bind(name)
-                .bind(&totp.key_id)
-                .bind(&totp.ciphertext)
-                .execute(&mut *tx)
-                .await
-                .ctx("resetting an operator's TOTP")?;
-                if changed.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("operator `{name}`")));
-                }
-                sqlx::query("DELETE FROM backup_codes WHERE operator = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("dropping old backup codes")?;
-                for h in backup_code_hashes {
-                    sqlx::query(INSERT_CODE)
-                        .bind(name)
-                        .bind(h)
-                        .execute(&mut *tx)
-                        .await
-                        .ctx("storing a backup code")?;
-                }
-                tx.commit().await.ctx("committing a TOTP reset")
-            }
-
-            async fn accept_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
-                use crate::Context;
-                let r = sqlx::query(WATERMARK)
-                    .bind(name)
-                    .bind(step)
-                    .execute(&self.$writer)
-                    .await
-                    .ctx("advancing a TOTP watermark")?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn use_backup_code(
-                &self,
-                name: &str,
-                code_hash: &str,
-            ) -> Result<bool, StoreError> {
-                use crate::Context;
-                let r = sqlx::query(USE_CODE)
-                    .bind(name)
-                    .bind(code_hash)
-                    .bind(velvet_core::audit::now_micros())
-                    .execute(&self.$writer)
-                    .await
-                    .ctx("using a backup code")?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn approve_revoke(
-                &self,
-                job_id: &str,
-                operator: &str,
-                actor: &str,
-            ) -> Result<(), StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::revoke_approved(actor, job_id, operator),
-                )
-                .await?;
-                sqlx::query(APPROVE)
-                    .bind(job_id)
-                    .bind(operator)
-                    .bind(velvet_core::audit::now_micros())
-                    .execute(&mut *tx)
-                    .await
-                    .ctx("recording an approval")?;
-                tx.commit().await.ctx("committing an approval")
-            }
-
-            async fn operators_not_under(
-                &self,
-                key_id: &str,
-            ) -> Result<Vec<OperatorRecord>, StoreError> {
-                use crate::Context;
-                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "{SELECT} WHERE o.totp_key_id <> $1 ORDER BY o.name"
-                )))
-                .bind(key_id)
-                .fetch_all(&self.$reader)
-                .await
-                .ctx("listing operators to re-seal")?;
-                Ok(rows.into_iter().map(Into::into).collect())
-            }
-
-            async fn reseal_totp(
-                &self,
-                name: &str,
-                old_key_id: &str,
-                sealed: &Sealed,
-            ) -> Result<bool, StoreError> {
-                use crate::Context;
-                let r = sqlx::query(
-                    "UPDATE operators SET totp_key_id = $3, totp_sealed = $4
-                     WHERE name = $1 AND totp_key_id = $2",
-                )
-                .bind(name)
-                .bind(old_key_id)
-                .bind(&sealed.key_id)
-                .bind(&sealed.ciphertext)
-                .execute(&self.$writer)
-                .await
-                .ctx("re-sealing a TOTP secret")?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn approvals(&self, job_id: &str) -> Result<Vec<Approval>, StoreError> {
-                use crate::Context;
-                let rows: Vec<ApprovalRow> = sqlx::query_as(APPROVALS)
-                    .bind(job_id)
-                    .fetch_all(&self.$reader)
-                    .await
-                    .ctx("listing approvals")?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| Approval {
-                        operator: r.operator,
-                        approved_at: r.approved_at,
-                    })
-                    .collect())
-            }
+impl Owned {
+    fn arg(&self) -> crate::db::Arg<'_> {
+        match self {
+            Owned::Text(s) => s.into(),
+            Owned::Int(i) => (*i).into(),
+            Owned::Blob(b) => b.into(),
+            Owned::Time(t) => (*t).into(),
         }
-    };
+    }
 }
 
-impl_operator_store!(crate::sqlite::SqliteStore, reader, writer);
-impl_operator_store!(crate::postgres::PostgresStore, pool, pool);
+fn text(s: &str) -> Owned {
+    Owned::Text(s.to_owned())
+}
+
+#[async_trait]
+impl<B: Backend> OperatorStore for B {
+    async fn create_operator(&self, op: &NewOperator<'_>) -> Result<(), StoreError> {
+        const WHAT: &str = "adding an operator";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::operator_added(op.created_by, op.name, op.role);
+        let (name, role, password_hash, totp, codes, created_by) = (
+            op.name.to_owned(),
+            op.role.to_owned(),
+            op.password_hash.to_owned(),
+            op.totp.clone(),
+            op.backup_code_hashes.to_vec(),
+            op.created_by.to_owned(),
+        );
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    let added = c
+                        .run(
+                            WHAT,
+                            INSERT,
+                            &[
+                                (&name).into(),
+                                (&role).into(),
+                                (&password_hash).into(),
+                                (&totp.key_id).into(),
+                                (&totp.ciphertext).into(),
+                                (&created_by).into(),
+                                now_micros().into(),
+                            ],
+                        )
+                        .await?;
+                    if added == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "operator `{name}` already exists"
+                        )));
+                    }
+                    for h in &codes {
+                        c.run(
+                            "storing a backup code",
+                            INSERT_CODE,
+                            &[(&name).into(), h.into()],
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        const WHAT: &str = "reading an operator";
+        let name = name.to_owned();
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.opt(WHAT, BY_NAME, &[(&name).into()]).await })
+            })
+            .await
+    }
+
+    async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        const WHAT: &str = "listing operators";
+        self.driver()
+            .read(WHAT, |c| {
+                Box::pin(async move { c.all(WHAT, ALL, &[]).await })
+            })
+            .await
+    }
+
+    async fn reset_totp(
+        &self,
+        name: &str,
+        totp: &Sealed,
+        backup_code_hashes: &[String],
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        const WHAT: &str = "resetting an operator's TOTP";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::operator_totp_reset(actor, name);
+        let (name, totp, codes) = (name.to_owned(), totp.clone(), backup_code_hashes.to_vec());
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    let changed = c
+                        .run(
+                            WHAT,
+                            "UPDATE operators SET totp_key_id = $2, totp_sealed = $3 WHERE name = $1",
+                            &[(&name).into(), (&totp.key_id).into(), (&totp.ciphertext).into()],
+                        )
+                        .await?;
+                    if changed == 0 {
+                        return Err(StoreError::NotFound(format!("operator `{name}`")));
+                    }
+                    c.run(
+                        "dropping old backup codes",
+                        "DELETE FROM backup_codes WHERE operator = $1",
+                        &[(&name).into()],
+                    )
+                    .await?;
+                    for h in &codes {
+                        c.run("storing a backup code", INSERT_CODE, &[(&name).into(), h.into()])
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn accept_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
+        let n = write_one(
+            self,
+            "advancing a TOTP watermark",
+            WATERMARK,
+            vec![text(name), Owned::Int(step)],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn use_backup_code(&self, name: &str, code_hash: &str) -> Result<bool, StoreError> {
+        let n = write_one(
+            self,
+            "using a backup code",
+            USE_CODE,
+            vec![text(name), text(code_hash), Owned::Time(now_micros())],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn approve_revoke(
+        &self,
+        job_id: &str,
+        operator: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        const WHAT: &str = "recording an approval";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::revoke_approved(actor, job_id, operator);
+        let (job_id, operator) = (job_id.to_owned(), operator.to_owned());
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(
+                        WHAT,
+                        APPROVE,
+                        &[(&job_id).into(), (&operator).into(), now_micros().into()],
+                    )
+                    .await
+                    .map(drop)
+                })
+            })
+            .await
+    }
+
+    async fn approvals(&self, job_id: &str) -> Result<Vec<Approval>, StoreError> {
+        const WHAT: &str = "listing approvals";
+        let job_id = job_id.to_owned();
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.all(WHAT, APPROVALS, &[(&job_id).into()]).await })
+            })
+            .await
+    }
+
+    async fn operators_not_under(&self, key_id: &str) -> Result<Vec<OperatorRecord>, StoreError> {
+        const WHAT: &str = "listing operators to re-seal";
+        let key_id = key_id.to_owned();
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.all(WHAT, NOT_UNDER, &[(&key_id).into()]).await })
+            })
+            .await
+    }
+
+    async fn reseal_totp(
+        &self,
+        name: &str,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, StoreError> {
+        let n = write_one(
+            self,
+            "re-sealing a TOTP secret",
+            "UPDATE operators SET totp_key_id = $3, totp_sealed = $4 WHERE name = $1 AND totp_key_id = $2",
+            vec![
+                text(name),
+                text(old_key_id),
+                text(&sealed.key_id),
+                Owned::Blob(sealed.ciphertext.clone()),
+            ],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+}

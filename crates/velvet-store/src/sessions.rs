@@ -2,10 +2,13 @@
 //! found by the SHA-256 of its id; the id itself lives only in the operator's cookie.
 
 use crate::StoreError;
+use crate::audit;
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use velvet_core::audit::{AuditDraft, now_micros};
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub operator: String,
     /// The token state-changing requests of this session must echo.
@@ -47,101 +50,124 @@ const SELECT: &str =
     "SELECT operator, csrf, client, created_at, last_seen_at, expires_at, revoked_at
      FROM operator_sessions WHERE id_hash = $1";
 
-macro_rules! impl_session_store {
-    ($store:ty, $reader:ident, $writer:ident) => {
-        #[async_trait]
-        impl SessionStore for $store {
-            async fn create_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
-                use crate::Context;
-                let now = velvet_core::audit::now_micros();
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::operator_logged_in(s.operator, s.client),
-                )
-                .await?;
-                sqlx::query(
-                    "INSERT INTO operator_sessions (id_hash, operator, csrf, client, created_at, last_seen_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
-                )
-                .bind(s.id_hash)
-                .bind(s.operator)
-                .bind(s.csrf)
-                .bind(s.client)
-                .bind(now)
-                .bind(s.expires_at)
-                .execute(&mut *tx)
-                .await
-                .ctx("opening a session")?;
-                tx.commit().await.ctx("committing a session")
-            }
-
-            async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-                use crate::Context;
-                sqlx::query_as(SELECT)
-                    .bind(id_hash)
-                    .fetch_optional(&self.$reader)
-                    .await
-                    .ctx("reading a session")
-            }
-
-            async fn touch_session(
-                &self,
-                id_hash: &str,
-                at: DateTime<Utc>,
-            ) -> Result<(), StoreError> {
-                use crate::Context;
-                sqlx::query("UPDATE operator_sessions SET last_seen_at = $2 WHERE id_hash = $1")
-                    .bind(id_hash)
-                    .bind(at)
-                    .execute(&self.$writer)
-                    .await
-                    .ctx("touching a session")?;
-                Ok(())
-            }
-
-            async fn end_session(&self, id_hash: &str, actor: &str) -> Result<bool, StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::operator_logged_out(actor),
-                )
-                .await?;
-                let r = sqlx::query(
-                    "UPDATE operator_sessions SET revoked_at = $2 WHERE id_hash = $1 AND revoked_at IS NULL",
-                )
-                .bind(id_hash)
-                .bind(velvet_core::audit::now_micros())
-                .execute(&mut *tx)
-                .await
-                .ctx("ending a session")?;
-                tx.commit().await.ctx("committing a logout")?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn end_sessions_of(&self, operator: &str, actor: &str) -> Result<u64, StoreError> {
-                use crate::Context;
-                let mut tx = self.begin().await?;
-                self.audit_in(
-                    &mut tx,
-                    &velvet_core::audit::AuditDraft::operator_sessions_revoked(actor, operator),
-                )
-                .await?;
-                let r = sqlx::query(
-                    "UPDATE operator_sessions SET revoked_at = $2 WHERE operator = $1 AND revoked_at IS NULL",
-                )
-                .bind(operator)
-                .bind(velvet_core::audit::now_micros())
-                .execute(&mut *tx)
-                .await
-                .ctx("ending sessions")?;
-                tx.commit().await.ctx("committing ended sessions")?;
-                Ok(r.rows_affected())
-            }
-        }
-    };
+impl FromRow for SessionRecord {
+    fn from_row(r: &mut Row) -> Result<Self, DbError> {
+        Ok(SessionRecord {
+            operator: r.text()?,
+            csrf: r.text()?,
+            client: r.text()?,
+            created_at: r.time()?,
+            last_seen_at: r.time()?,
+            expires_at: r.time()?,
+            revoked_at: r.opt_time()?,
+        })
+    }
 }
 
-impl_session_store!(crate::sqlite::SqliteStore, reader, writer);
-impl_session_store!(crate::postgres::PostgresStore, pool, pool);
+#[async_trait]
+impl<B: Backend> SessionStore for B {
+    async fn create_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
+        const WHAT: &str = "opening a session";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::operator_logged_in(s.operator, s.client);
+        let (id_hash, operator, csrf, client, expires_at) = (
+            s.id_hash.to_owned(),
+            s.operator.to_owned(),
+            s.csrf.to_owned(),
+            s.client.to_owned(),
+            s.expires_at,
+        );
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(
+                        WHAT,
+                        "INSERT INTO operator_sessions (id_hash, operator, csrf, client, created_at, last_seen_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5, $5, $6)",
+                        &[
+                            (&id_hash).into(),
+                            (&operator).into(),
+                            (&csrf).into(),
+                            (&client).into(),
+                            now_micros().into(),
+                            expires_at.into(),
+                        ],
+                    )
+                    .await
+                    .map(drop)
+                })
+            })
+            .await
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        const WHAT: &str = "reading a session";
+        let id_hash = id_hash.to_owned();
+        self.driver()
+            .read(WHAT, move |c| {
+                Box::pin(async move { c.opt(WHAT, SELECT, &[(&id_hash).into()]).await })
+            })
+            .await
+    }
+
+    async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        const WHAT: &str = "touching a session";
+        let id_hash = id_hash.to_owned();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    c.run(
+                        WHAT,
+                        "UPDATE operator_sessions SET last_seen_at = $2 WHERE id_hash = $1",
+                        &[(&id_hash).into(), at.into()],
+                    )
+                    .await
+                    .map(drop)
+                })
+            })
+            .await
+    }
+
+    async fn end_session(&self, id_hash: &str, actor: &str) -> Result<bool, StoreError> {
+        const WHAT: &str = "ending a session";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::operator_logged_out(actor);
+        let id_hash = id_hash.to_owned();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    let n = c
+                        .run(
+                            WHAT,
+                            "UPDATE operator_sessions SET revoked_at = $2 WHERE id_hash = $1 AND revoked_at IS NULL",
+                            &[(&id_hash).into(), now_micros().into()],
+                        )
+                        .await?;
+                    Ok(n == 1)
+                })
+            })
+            .await
+    }
+
+    async fn end_sessions_of(&self, operator: &str, actor: &str) -> Result<u64, StoreError> {
+        const WHAT: &str = "ending sessions";
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = AuditDraft::operator_sessions_revoked(actor, operator);
+        let operator = operator.to_owned();
+        self.driver()
+            .write(WHAT, move |c| {
+                Box::pin(async move {
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(
+                        WHAT,
+                        "UPDATE operator_sessions SET revoked_at = $2 WHERE operator = $1 AND revoked_at IS NULL",
+                        &[(&operator).into(), now_micros().into()],
+                    )
+                    .await
+                })
+            })
+            .await
+    }
+}

@@ -8,32 +8,6 @@ use crate::StoreError;
 use crate::rows::{ConsumerRow, TokenRow, VersionRow};
 use crate::sqlite_jobs::{required_time, time_at};
 use rusqlite::{Connection, OptionalExtension};
-use velvet_core::model::ServiceTokenRecord;
-
-pub(crate) fn service_token_by_hash(
-    conn: &Connection,
-    hash: &str,
-) -> rusqlite::Result<Option<ServiceTokenRecord>> {
-    conn.prepare_cached(
-        "SELECT id, name, role, prefix, operator, created_by, created_at, expires_at, last_used_at, revoked_at
-         FROM service_tokens WHERE token_hash = ?1",
-    )?
-    .query_row([hash], |r| {
-        Ok(ServiceTokenRecord {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            role: r.get(2)?,
-            prefix: r.get(3)?,
-            operator: r.get(4)?,
-            created_by: r.get(5)?,
-            created_at: required_time(r, 6)?,
-            expires_at: time_at(r, 7)?,
-            last_used_at: time_at(r, 8)?,
-            revoked_at: time_at(r, 9)?,
-        })
-    })
-    .optional()
-}
 
 use crate::TokenView;
 

@@ -19,16 +19,6 @@ pub(crate) enum PgConn {
     Pool(PgPool),
 }
 
-impl PgConn {
-    /// The transaction's connection, for what stays per dialect (migrations).
-    pub(crate) fn tx(&mut self) -> Option<&mut sqlx::PgConnection> {
-        match self {
-            PgConn::Tx(tx) => Some(&mut **tx),
-            PgConn::Pool(_) => None,
-        }
-    }
-}
-
 fn bind<'q>(sql: &'q str, args: &[Arg<'_>]) -> Query<'q, Postgres, PgArguments> {
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for arg in args {
