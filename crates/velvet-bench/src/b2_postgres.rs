@@ -435,8 +435,18 @@ pub async fn run(n: usize, velvet_only: bool) -> Vec<Row> {
         bao.postgres_ms,
         ceiling / bao.rate
     );
+    // B2c: on a CPU-bound machine the rotator's own CPU per rotation decides throughput.
+    let b2c = Row {
+        id: "B2c",
+        measure: "rotations per CPU-second of the rotator process ÷ OpenBao's".into(),
+        velvet: 1000.0 / vr.own_ms,
+        reference: 1000.0 / bao.own_ms,
+        unit: "rot/cpu-s",
+        target: 0.9,
+    };
     let (v, bao) = (vr.rate, bao.rate);
     vec![
+        b2c,
         Row {
             id: "B2",
             measure: format!("PostgreSQL role rotations/s, {n} roles, {CALLERS} callers ÷ OpenBao"),

@@ -17,7 +17,7 @@ mod rows;
 mod sessions;
 mod sqlite;
 mod sqlite_jobs;
-mod sqlite_reader;
+mod tokens;
 
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
@@ -30,6 +30,7 @@ pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
 pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
+pub use tokens::{TokenStore, TokenView};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -39,9 +40,7 @@ use velvet_core::audit::{AuditDraft, AuditEntry, VerifyReport};
 use velvet_core::config::{FlowType, StoreUrl, TokenSpec};
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, KeyringError, Sealed};
-use velvet_core::model::{
-    ConsumerRecord, ReconcileReport, SealedVersion, TokenRecord, VersionRecord,
-};
+use velvet_core::model::{ReconcileReport, SealedVersion, VersionRecord};
 use velvet_core::rotation::JobState;
 
 #[derive(Debug, thiserror::Error)]
@@ -273,18 +272,11 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<JobEvent>, StoreError>;
 }
 
-/// A token with its consumers and versions.
-#[derive(Debug, Clone)]
-pub struct TokenView {
-    pub token: TokenRecord,
-    pub consumers: Vec<ConsumerRecord>,
-    pub versions: Vec<VersionRecord>,
-}
-
 #[async_trait]
 pub trait Store:
     JobStore
     + AuthStore
+    + TokenStore
     + FlagStore
     + DecisionStore
     + OperatorStore
@@ -316,23 +308,6 @@ pub trait Store:
         tokens: &[TokenSpec],
         now: DateTime<Utc>,
     ) -> Result<ReconcileReport, StoreError>;
-
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
-    async fn get_token(&self, name: &str) -> Result<Option<TokenRecord>, StoreError>;
-    async fn list_consumers(&self, token: &str) -> Result<Vec<ConsumerRecord>, StoreError>;
-    async fn list_versions(&self, token: &str) -> Result<Vec<VersionRecord>, StoreError>;
-
-    /// A token with its consumers and versions (what `GET /api/v1/tokens/{name}` shows).
-    async fn token_view(&self, name: &str) -> Result<Option<TokenView>, StoreError> {
-        let Some(token) = self.get_token(name).await? else {
-            return Ok(None);
-        };
-        Ok(Some(TokenView {
-            token,
-            consumers: self.list_consumers(name).await?,
-            versions: self.list_versions(name).await?,
-        }))
-    }
 
     /// Stores an existing credential as version 1, `current`, sealed with the associated data
     /// of `(token, 1)`. Refused if the token already has versions.

@@ -22,9 +22,7 @@ use velvet_core::audit::{
 };
 use velvet_core::config::TokenSpec;
 use velvet_core::keyring::{Keyring, Sealed};
-use velvet_core::model::{
-    ConsumerRecord, ReconcileReport, SealedVersion, TokenRecord, VersionRecord,
-};
+use velvet_core::model::{ReconcileReport, SealedVersion, VersionRecord};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
@@ -341,13 +339,6 @@ fn verify_range(
     Ok(verifier.finish(start))
 }
 
-const TOKEN_SELECT: &str = "SELECT t.name, t.description, t.tags, t.source_kind, t.status, t.spec,
-        t.last_rotated_at, t.next_rotation_at, t.created_at, t.updated_at,
-        (SELECT v.version FROM secret_versions v WHERE v.token_id = t.id AND v.label = 'current') AS current_version,
-        (SELECT COUNT(*) FROM consumers c WHERE c.token_id = t.id AND c.status = 'active') AS consumer_count,
-        (SELECT j.id FROM rotation_jobs j WHERE j.token_id = t.id AND j.status NOT IN ('succeeded', 'aborted', 'rolled_back')) AS active_job_id
-     FROM tokens t";
-
 #[async_trait]
 impl Store for SqliteStore {
     fn dialect(&self) -> Dialect {
@@ -506,58 +497,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await.ctx("committing reconcile")?;
         Ok(report)
-    }
-
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows: Vec<TokenRow> =
-            sqlx::query_as(AssertSqlSafe(format!("{TOKEN_SELECT} ORDER BY t.name")))
-                .fetch_all(&self.reader)
-                .await
-                .ctx("listing tokens")?;
-        rows.into_iter().map(TryInto::try_into).collect()
-    }
-
-    async fn get_token(&self, name: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row: Option<TokenRow> =
-            sqlx::query_as(AssertSqlSafe(format!("{TOKEN_SELECT} WHERE t.name = $1")))
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await
-                .ctx("reading a token")?;
-        row.map(TryInto::try_into).transpose()
-    }
-
-    async fn token_view(&self, name: &str) -> Result<Option<crate::TokenView>, StoreError> {
-        self.db
-            .readers
-            .read("reading a token", |c| {
-                crate::sqlite_reader::token_view(c.raw(), name).ctx("reading a token")
-            })?
-            .transpose()
-    }
-
-    async fn list_consumers(&self, token: &str) -> Result<Vec<ConsumerRecord>, StoreError> {
-        let rows: Vec<ConsumerRow> = sqlx::query_as(
-            "SELECT c.name, c.kind, c.lock_key, c.spec FROM consumers c JOIN tokens t ON t.id = c.token_id
-             WHERE t.name = $1 AND c.status = 'active' ORDER BY c.id",
-        )
-        .bind(token)
-        .fetch_all(&self.reader)
-        .await
-        .ctx("listing consumers")?;
-        rows.into_iter().map(TryInto::try_into).collect()
-    }
-
-    async fn list_versions(&self, token: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let rows: Vec<VersionRow> = sqlx::query_as(
-            "SELECT v.version, v.label, v.fingerprint, v.created_at, v.activated_at, v.revoked_at
-             FROM secret_versions v JOIN tokens t ON t.id = v.token_id WHERE t.name = $1 ORDER BY v.version DESC",
-        )
-        .bind(token)
-        .fetch_all(&self.reader)
-        .await
-        .ctx("listing versions")?;
-        rows.into_iter().map(TryInto::try_into).collect()
     }
 
     async fn import_version(
