@@ -3,7 +3,9 @@
 
 use crate::StoreError;
 use crate::audit;
-use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
+use crate::db::{
+    Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring, read_all, read_opt, write_one,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::{AuditDraft, now_micros};
@@ -128,22 +130,17 @@ impl<B: Backend> AuthStore for B {
         &self,
         hash: &str,
     ) -> Result<Option<ServiceTokenRecord>, StoreError> {
-        const WHAT: &str = "looking up a service token";
-        let hash = hash.to_owned();
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.opt(WHAT, BY_HASH, &[(&hash).into()]).await })
-            })
-            .await
+        read_opt(
+            self,
+            "looking up a service token",
+            BY_HASH,
+            vec![hash.into()],
+        )
+        .await
     }
 
     async fn list_service_tokens(&self) -> Result<Vec<ServiceTokenRecord>, StoreError> {
-        const WHAT: &str = "listing service tokens";
-        self.driver()
-            .read(WHAT, |c| {
-                Box::pin(async move { c.all(WHAT, LIST, &[]).await })
-            })
-            .await
+        read_all(self, "listing service tokens", LIST, vec![]).await
     }
 
     async fn revoke_service_token(
@@ -175,16 +172,13 @@ impl<B: Backend> AuthStore for B {
     }
 
     async fn touch_service_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        const WHAT: &str = "recording a token's use";
-        let id = id.to_owned();
-        self.driver()
-            .write(WHAT, move |c| {
-                Box::pin(async move {
-                    c.run(WHAT, TOUCH, &[(&id).into(), at.into()])
-                        .await
-                        .map(drop)
-                })
-            })
-            .await
+        write_one(
+            self,
+            "recording a token's use",
+            TOUCH,
+            vec![id.into(), at.into()],
+        )
+        .await
+        .map(drop)
     }
 }

@@ -1,7 +1,7 @@
 //! Authorization decisions and security events: the trait and one body for both dialects.
 
 use crate::StoreError;
-use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row};
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, read_all};
 use async_trait::async_trait;
 use velvet_core::decision::{Decision, DecisionStep, SecurityEvent};
 
@@ -182,11 +182,12 @@ impl<B: Backend> DecisionStore for B {
     }
 
     async fn list_security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>, StoreError> {
-        const WHAT: &str = "listing security events";
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.all(WHAT, LIST_EVENTS, &[limit.into()]).await })
-            })
-            .await
+        read_all(
+            self,
+            "listing security events",
+            LIST_EVENTS,
+            vec![limit.into()],
+        )
+        .await
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::StoreError;
 use crate::audit;
-use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring, read_all};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::{AuditDraft, now_micros};
@@ -51,12 +51,7 @@ impl FromRow for FlagOverride {
 #[async_trait]
 impl<B: Backend> FlagStore for B {
     async fn flag_overrides(&self) -> Result<Vec<FlagOverride>, StoreError> {
-        const WHAT: &str = "reading feature flags";
-        self.driver()
-            .read(WHAT, |c| {
-                Box::pin(async move { c.all(WHAT, LIST, &[]).await })
-            })
-            .await
+        read_all(self, "reading feature flags", LIST, vec![]).await
     }
 
     async fn set_flag(

@@ -3,7 +3,10 @@
 
 use crate::StoreError;
 use crate::audit;
-use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
+use crate::db::{
+    Backend, Conn, DbError, Driver, FromRow, Owned, Row, audit_keyring, read_all, read_opt,
+    write_one,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::{AuditDraft, now_micros};
@@ -140,46 +143,6 @@ const NOT_UNDER: &str = "SELECT o.name, o.role, o.password_hash, o.totp_key_id, 
         (SELECT COUNT(*) FROM backup_codes b WHERE b.operator = o.name AND b.used_at IS NULL) AS backup_codes_left
      FROM operators o WHERE o.totp_key_id <> $1 ORDER BY o.name";
 
-/// One statement in its own write transaction; how many rows it changed.
-async fn write_one<B: Backend>(
-    b: &B,
-    what: &'static str,
-    sql: &'static str,
-    args: Vec<Owned>,
-) -> Result<u64, StoreError> {
-    b.driver()
-        .write(what, move |c| {
-            Box::pin(async move {
-                let args: Vec<_> = args.iter().map(Owned::arg).collect();
-                c.run(what, sql, &args).await
-            })
-        })
-        .await
-}
-
-/// An owned parameter, for bodies that outlive the caller's borrows.
-enum Owned {
-    Text(String),
-    Int(i64),
-    Blob(Vec<u8>),
-    Time(DateTime<Utc>),
-}
-
-impl Owned {
-    fn arg(&self) -> crate::db::Arg<'_> {
-        match self {
-            Owned::Text(s) => s.into(),
-            Owned::Int(i) => (*i).into(),
-            Owned::Blob(b) => b.into(),
-            Owned::Time(t) => (*t).into(),
-        }
-    }
-}
-
-fn text(s: &str) -> Owned {
-    Owned::Text(s.to_owned())
-}
-
 #[async_trait]
 impl<B: Backend> OperatorStore for B {
     async fn create_operator(&self, op: &NewOperator<'_>) -> Result<(), StoreError> {
@@ -233,22 +196,11 @@ impl<B: Backend> OperatorStore for B {
     }
 
     async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        const WHAT: &str = "reading an operator";
-        let name = name.to_owned();
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.opt(WHAT, BY_NAME, &[(&name).into()]).await })
-            })
-            .await
+        read_opt(self, "reading an operator", BY_NAME, vec![name.into()]).await
     }
 
     async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        const WHAT: &str = "listing operators";
-        self.driver()
-            .read(WHAT, |c| {
-                Box::pin(async move { c.all(WHAT, ALL, &[]).await })
-            })
-            .await
+        read_all(self, "listing operators", ALL, vec![]).await
     }
 
     async fn reset_totp(
@@ -297,7 +249,7 @@ impl<B: Backend> OperatorStore for B {
             self,
             "advancing a TOTP watermark",
             WATERMARK,
-            vec![text(name), Owned::Int(step)],
+            vec![name.into(), step.into()],
         )
         .await?;
         Ok(n == 1)
@@ -308,7 +260,7 @@ impl<B: Backend> OperatorStore for B {
             self,
             "using a backup code",
             USE_CODE,
-            vec![text(name), text(code_hash), Owned::Time(now_micros())],
+            vec![name.into(), code_hash.into(), now_micros().into()],
         )
         .await?;
         Ok(n == 1)
@@ -341,23 +293,17 @@ impl<B: Backend> OperatorStore for B {
     }
 
     async fn approvals(&self, job_id: &str) -> Result<Vec<Approval>, StoreError> {
-        const WHAT: &str = "listing approvals";
-        let job_id = job_id.to_owned();
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.all(WHAT, APPROVALS, &[(&job_id).into()]).await })
-            })
-            .await
+        read_all(self, "listing approvals", APPROVALS, vec![job_id.into()]).await
     }
 
     async fn operators_not_under(&self, key_id: &str) -> Result<Vec<OperatorRecord>, StoreError> {
-        const WHAT: &str = "listing operators to re-seal";
-        let key_id = key_id.to_owned();
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.all(WHAT, NOT_UNDER, &[(&key_id).into()]).await })
-            })
-            .await
+        read_all(
+            self,
+            "listing operators to re-seal",
+            NOT_UNDER,
+            vec![key_id.into()],
+        )
+        .await
     }
 
     async fn reseal_totp(
@@ -371,9 +317,9 @@ impl<B: Backend> OperatorStore for B {
             "re-sealing a TOTP secret",
             "UPDATE operators SET totp_key_id = $3, totp_sealed = $4 WHERE name = $1 AND totp_key_id = $2",
             vec![
-                text(name),
-                text(old_key_id),
-                text(&sealed.key_id),
+                name.into(),
+                old_key_id.into(),
+                sealed.key_id.as_str().into(),
                 Owned::Blob(sealed.ciphertext.clone()),
             ],
         )

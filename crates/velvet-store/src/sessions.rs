@@ -3,7 +3,7 @@
 
 use crate::StoreError;
 use crate::audit;
-use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring};
+use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring, read_opt, write_one};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::{AuditDraft, now_micros};
@@ -102,31 +102,18 @@ impl<B: Backend> SessionStore for B {
     }
 
     async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
-        const WHAT: &str = "reading a session";
-        let id_hash = id_hash.to_owned();
-        self.driver()
-            .read(WHAT, move |c| {
-                Box::pin(async move { c.opt(WHAT, SELECT, &[(&id_hash).into()]).await })
-            })
-            .await
+        read_opt(self, "reading a session", SELECT, vec![id_hash.into()]).await
     }
 
     async fn touch_session(&self, id_hash: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-        const WHAT: &str = "touching a session";
-        let id_hash = id_hash.to_owned();
-        self.driver()
-            .write(WHAT, move |c| {
-                Box::pin(async move {
-                    c.run(
-                        WHAT,
-                        "UPDATE operator_sessions SET last_seen_at = $2 WHERE id_hash = $1",
-                        &[(&id_hash).into(), at.into()],
-                    )
-                    .await
-                    .map(drop)
-                })
-            })
-            .await
+        write_one(
+            self,
+            "touching a session",
+            "UPDATE operator_sessions SET last_seen_at = $2 WHERE id_hash = $1",
+            vec![id_hash.into(), at.into()],
+        )
+        .await
+        .map(drop)
     }
 
     async fn end_session(&self, id_hash: &str, actor: &str) -> Result<bool, StoreError> {

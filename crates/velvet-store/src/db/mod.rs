@@ -397,3 +397,95 @@ pub(crate) fn audit_keyring(k: Option<&Arc<Keyring>>) -> Result<Arc<Keyring>, St
         StoreError::AuditUnavailable("the store was opened without a keyring".into())
     })
 }
+
+/// An owned parameter, for one-statement calls whose body outlives the caller's borrows.
+#[derive(Debug, Clone)]
+pub(crate) enum Owned {
+    Text(Option<String>),
+    Int(i64),
+    Blob(Vec<u8>),
+    Time(DateTime<Utc>),
+}
+
+impl Owned {
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            Owned::Text(s) => Arg::Text(s.as_deref()),
+            Owned::Int(i) => (*i).into(),
+            Owned::Blob(b) => b.into(),
+            Owned::Time(t) => (*t).into(),
+        }
+    }
+}
+
+impl From<&str> for Owned {
+    fn from(v: &str) -> Self {
+        Owned::Text(Some(v.to_owned()))
+    }
+}
+impl From<Option<&str>> for Owned {
+    fn from(v: Option<&str>) -> Self {
+        Owned::Text(v.map(str::to_owned))
+    }
+}
+impl From<i64> for Owned {
+    fn from(v: i64) -> Self {
+        Owned::Int(v)
+    }
+}
+impl From<DateTime<Utc>> for Owned {
+    fn from(v: DateTime<Utc>) -> Self {
+        Owned::Time(v)
+    }
+}
+
+/// One query's rows, in one read.
+pub(crate) async fn read_all<B: Backend, T: FromRow + 'static>(
+    b: &B,
+    what: &'static str,
+    sql: &'static str,
+    args: Vec<Owned>,
+) -> Result<Vec<T>, StoreError> {
+    b.driver()
+        .read(what, move |c| {
+            Box::pin(async move {
+                let args: Vec<_> = args.iter().map(Owned::arg).collect();
+                c.all(what, sql, &args).await
+            })
+        })
+        .await
+}
+
+/// One query's first row, if any, in one read.
+pub(crate) async fn read_opt<B: Backend, T: FromRow + 'static>(
+    b: &B,
+    what: &'static str,
+    sql: &'static str,
+    args: Vec<Owned>,
+) -> Result<Option<T>, StoreError> {
+    b.driver()
+        .read(what, move |c| {
+            Box::pin(async move {
+                let args: Vec<_> = args.iter().map(Owned::arg).collect();
+                c.opt(what, sql, &args).await
+            })
+        })
+        .await
+}
+
+/// One statement in its own write transaction; how many rows it changed.
+pub(crate) async fn write_one<B: Backend>(
+    b: &B,
+    what: &'static str,
+    sql: &'static str,
+    args: Vec<Owned>,
+) -> Result<u64, StoreError> {
+    b.driver()
+        .write(what, move |c| {
+            Box::pin(async move {
+                let args: Vec<_> = args.iter().map(Owned::arg).collect();
+                c.run(what, sql, &args).await
+            })
+        })
+        .await
+}
