@@ -139,3 +139,68 @@ fn a_replica_killed_mid_distribute_is_taken_over_after_its_lease() {
         "the surviving replica delivered"
     );
 }
+
+#[test]
+fn two_replicas_never_write_one_lock_key_at_once() {
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    let log = w.path("writes.log");
+    // Each write logs its replica (the shell's parent) and when it began and ended.
+    let write = format!(
+        "cat > /dev/null; echo \"$PPID start $(date +%s%N)\" >> {log}; sleep 0.4; echo \"$PPID end $(date +%s%N)\" >> {log}",
+        log = log.display()
+    );
+    let mut c = String::from(
+        "defaults: {grace_period: 0s}\nengine: {lease: 30s, per_lock_key: 1}\ntokens:\n",
+    );
+    for i in 0..4 {
+        c.push_str(&format!(
+            "  - name: t{i}\n    flow: auto\n    source: {{kind: random}}\n    consumers:\n      - {{name: slow, kind: exec, lock_key: 'slow-target', command: [sh, -c, '{write}']}}\n"
+        ));
+    }
+    w.write_config(&c);
+    let env = [
+        ("VELVET_DATABASE_URL", url.as_str()),
+        ("VELVET_API_KEY", KEY),
+    ];
+    let a = w.serve(&[], &env);
+    let b = w.serve(&[], &env);
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        // Each replica picks up what it was asked for at once, so both write.
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (code, body) = via.call(
+            "POST",
+            &format!("/api/v1/tokens/t{i}/rotate"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(code, 202, "{body}");
+        jobs.push(body["job_id"].as_str().unwrap().to_string());
+    }
+    for job in &jobs {
+        wait_done(&a, job);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut spans: Vec<(String, u128, u128)> = Vec::new();
+    let mut open: std::collections::HashMap<String, u128> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let at: u128 = f[2].parse().unwrap();
+        match f[1] {
+            "start" => assert!(open.insert(f[0].to_string(), at).is_none(), "{text}"),
+            _ => spans.push((f[0].to_string(), open.remove(f[0]).unwrap(), at)),
+        }
+    }
+    // Writes that were rolled back or retried add spans too; every one counts.
+    assert!(spans.len() >= 4, "{text}");
+    let replicas: std::collections::HashSet<_> = spans.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(replicas.len(), 2, "both replicas wrote: {text}");
+    spans.sort_by_key(|s| s.1);
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "two writes to one lock key overlapped: {pair:?}\n{text}"
+        );
+    }
+}

@@ -6,7 +6,8 @@ use crate::runner::{Engine, Step, Stop};
 use crate::values::JobValues;
 use chrono::Utc;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use velvet_adapters::Delivery;
 use velvet_adapters::consumer::{self, Consumer};
 use velvet_core::audit::AuditDraft;
@@ -14,7 +15,7 @@ use velvet_core::config::TokenSpec;
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::rotation::{Event, JobStatus};
 use velvet_core::secret::SecretValue;
-use velvet_store::{ConsumerChange, ConsumerUpdate};
+use velvet_store::{ConsumerChange, ConsumerUpdate, LockKeyHold};
 
 /// What every consumer task of one job shares.
 struct Shared {
@@ -95,6 +96,35 @@ async fn writer(
 }
 
 impl Engine {
+    /// Holds `key` for one write: a slot of this process's semaphore, then one in the store.
+    async fn hold(&self, key: &str) -> (OwnedSemaphorePermit, LockKeyHold) {
+        let permit = self
+            .lock_key(key)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        (permit, self.hold_lock_key(key).await)
+    }
+
+    /// Waits until the store grants one of this key's `per_lock_key` slots. A busy key or a
+    /// store error is tried again with a growing pause: writing without the key would let two
+    /// replicas write one target at once.
+    async fn hold_lock_key(&self, key: &str) -> LockKeyHold {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let slots = u32::try_from(self.per_lock_key()).unwrap_or(u32::MAX);
+            match self.store.try_lock_key(key, slots).await {
+                Ok(Some(held)) => return held,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(lock_key = %key, error = %e, "taking a lock key failed; trying again")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
     fn lock_key(&self, key: &str) -> Arc<Semaphore> {
         // The size the limits currently have (a reload resizes every key's semaphore).
         let per = self.per_lock_key();
@@ -141,12 +171,7 @@ async fn deliver(
 ) {
     // The lock key first: a task queued behind a busy key must not sit on a global slot that
     // consumers of other keys could use.
-    let _key = shared
-        .engine
-        .lock_key(&lock_key)
-        .acquire_owned()
-        .await
-        .expect("never closed");
+    let (_key, held) = shared.engine.hold(&lock_key).await;
     let _global = shared
         .engine
         .global
@@ -171,7 +196,7 @@ async fn deliver(
                 let audit = AuditDraft::new("system:engine", "consumer.verified", &shared.token, "success")
                     .detail(serde_json::json!({"job_id": shared.job_id, "consumer": name, "version": shared.version, "fingerprint": shared.fingerprint, "attempts": attempts}));
                 shared.update(&name, ConsumerStatus::Verified, attempts, None, Some(audit));
-                return;
+                break;
             }
             Err(e) if e.is_retryable() && attempts < i64::from(shared.spec.retry.attempts) => {
                 let delay =
@@ -195,10 +220,11 @@ async fn deliver(
                     Some(e.to_string()),
                     Some(audit),
                 );
-                return;
+                break;
             }
         }
     }
+    held.release().await;
 }
 
 pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
@@ -311,15 +337,18 @@ pub(crate) async fn revoke_previous(
 ) -> Result<(), String> {
     let Some(new) = &vals.new else { return Ok(()) };
     for (name, built) in consumers_of(spec, engine, job) {
-        let (consumer, _) = built?;
+        let (consumer, key) = built?;
         let d = delivery_of(job, new, vals);
-        engine
+        let (_permit, held) = engine.hold(&key).await;
+        let revoked = engine
             .with_retries(
                 spec,
                 &format!("revoking the previous value at `{name}`"),
                 || consumer.revoke_previous(&d),
             )
-            .await?;
+            .await;
+        held.release().await;
+        revoked?;
     }
     Ok(())
 }
@@ -349,12 +378,15 @@ pub(crate) async fn roll_back(
         }
         let d = delivery_of(job, new, vals);
         let result = match built {
-            Ok((consumer, _)) => {
-                engine
+            Ok((consumer, key)) => {
+                let (_permit, held) = engine.hold(&key).await;
+                let reverted = engine
                     .with_retries(spec, &format!("rolling back `{name}`"), || {
                         consumer.rollback(&d)
                     })
-                    .await
+                    .await;
+                held.release().await;
+                reverted
             }
             Err(e) => Err(e),
         };

@@ -8,6 +8,7 @@ mod chain;
 mod db;
 mod decisions;
 mod flags;
+mod lock_keys;
 mod migrate;
 mod operators;
 mod postgres;
@@ -23,6 +24,7 @@ pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
 pub use decisions::DecisionStore;
 pub use flags::{FlagOverride, FlagStore};
+pub use lock_keys::LockKeyHold;
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
 };
@@ -340,6 +342,10 @@ pub trait Store:
     /// Writes re-sealed values in one transaction; rows already moved are left alone, so an
     /// interrupted run can simply be repeated. Returns how many rows changed.
     async fn reseal(&self, batch: &[Reseal]) -> Result<u64, StoreError>;
+
+    /// Takes one of `slots` holds on the lock key `key` for this process, or `None` while every
+    /// slot is held by another replica: the caller waits and tries again.
+    async fn try_lock_key(&self, key: &str, slots: u32) -> Result<Option<LockKeyHold>, StoreError>;
 
     /// Appends one audit record in its own transaction.
     async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError>;

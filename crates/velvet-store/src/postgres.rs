@@ -29,6 +29,8 @@ pub struct PostgresStore {
     pub(crate) db: crate::db::postgres::PgDb,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     keyring: Option<Arc<Keyring>>,
+    /// The connection this replica's lock keys are held on.
+    locks: Arc<crate::lock_keys::LockSession>,
     /// The URL with its password masked, for messages.
     shown_url: String,
 }
@@ -94,6 +96,7 @@ impl PostgresStore {
                         db: crate::db::postgres::PgDb { pool: pool.clone() },
                         pool,
                         keyring,
+                        locks: crate::lock_keys::LockSession::new(options.clone()),
                         shown_url,
                     });
                 }
@@ -587,6 +590,14 @@ impl Store for PostgresStore {
         }
         tx.commit().await.ctx("committing re-sealed values")?;
         Ok(changed)
+    }
+
+    async fn try_lock_key(
+        &self,
+        key: &str,
+        slots: u32,
+    ) -> Result<Option<crate::LockKeyHold>, StoreError> {
+        self.locks.try_lock(key, slots).await
     }
 
     async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {

@@ -643,6 +643,15 @@ impl Store for SqliteStore {
         Ok(changed)
     }
 
+    /// One process serves an SQLite store, and the engine's semaphores order it.
+    async fn try_lock_key(
+        &self,
+        _key: &str,
+        _slots: u32,
+    ) -> Result<Option<crate::LockKeyHold>, StoreError> {
+        Ok(Some(crate::LockKeyHold::local()))
+    }
+
     async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
         let mut tx = self
             .begin()

@@ -22,6 +22,7 @@ velvet_testkit::both_dialects!(
     concurrent_consumer_updates_number_events_without_gaps,
     an_idempotency_key_returns_the_same_job_even_under_concurrency,
     jobs_list_newest_first_in_pages_with_filters,
+    a_lock_key_is_held_across_replicas,
 );
 
 const CONFIG: &str = "
@@ -696,4 +697,70 @@ async fn jobs_list_newest_first_in_pages_with_filters(f: Fixture) {
     };
     assert_eq!(count("pending").await, 5);
     assert_eq!(count("succeeded").await, 0);
+}
+
+async fn a_lock_key_is_held_across_replicas(f: Fixture) {
+    let other = f.another_handle().await;
+    let a = f
+        .store
+        .try_lock_key("target", 1)
+        .await
+        .unwrap()
+        .expect("free");
+    if f.store.dialect() == Dialect::Sqlite {
+        // One process serves SQLite; its engine orders the writes.
+        assert!(other.try_lock_key("target", 1).await.unwrap().is_some());
+        return;
+    }
+    let busy = |s: std::sync::Arc<dyn velvet_store::Store>, slots| async move {
+        s.try_lock_key("target", slots).await.unwrap().is_none()
+    };
+    assert!(busy(other.clone(), 1).await, "held by the first replica");
+    // Session locks are reentrant, so the store itself keeps one process off a slot it holds.
+    assert!(busy(f.store.clone(), 1).await);
+    let elsewhere = other.try_lock_key("elsewhere", 1).await.unwrap();
+    assert!(elsewhere.is_some(), "another key is free");
+    let second = other.try_lock_key("target", 2).await.unwrap();
+    assert!(second.is_some(), "per_lock_key 2: a second slot");
+    assert!(busy(f.store.clone(), 2).await, "both slots taken");
+    a.release().await;
+    let again = other.try_lock_key("target", 1).await.unwrap();
+    assert!(again.is_some(), "freed by release");
+    // A dropped hold is released in the background.
+    drop(again);
+    let start = std::time::Instant::now();
+    let mut held = None;
+    while held.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a dropped hold was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        held = f.store.try_lock_key("target", 1).await.unwrap();
+    }
+    // A replica whose connection dies (as with kill -9) frees its keys at once.
+    let velvet_testkit::RawDb::Postgres(raw) = &f.raw else {
+        unreachable!()
+    };
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l
+         JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()) holders",
+    )
+    .fetch_all(raw)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true, true], "both replicas' lock connections");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The broken connection is reported as retryable and replaced on the next try.
+    let mut retaken = f.store.try_lock_key("elsewhere", 1).await;
+    if let Err(e) = &retaken {
+        assert!(e.retryable(), "{e}");
+        retaken = f.store.try_lock_key("elsewhere", 1).await;
+    }
+    assert!(
+        retaken.unwrap().is_some(),
+        "the other replica's key is free once its connection is gone"
+    );
+    drop((held, elsewhere, second));
 }
