@@ -10,6 +10,7 @@ pub mod gate;
 pub mod identity;
 pub mod job;
 pub mod keyring;
+pub mod limiter;
 pub mod model;
 pub mod operator;
 pub mod rotation;

@@ -1,54 +1,49 @@
-//! Operator actions on a job (`POST /rotations/{id}/stage`): checked by the state machine,
+//! Stage actions on a job (`POST /rotations/{id}/stage`): checked by the state machine,
 //! persisted with their audit record, then the runner is woken to carry them out.
 
 use crate::runner::Engine;
+use crate::service::ServiceError;
 use velvet_core::audit::AuditDraft;
 use velvet_core::job::{Job, JobChanges};
 use velvet_core::rotation::{Action, Event, InvalidTransition, JobState, Stage, transition};
 use velvet_store::StoreError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ActionError {
-    #[error("no rotation job `{0}`")]
-    NotFound(String),
-    #[error(transparent)]
-    Invalid(InvalidTransition),
-    /// The token left velvet.yaml: the job can only be ended (abort or rollback).
-    #[error("{0}")]
-    Retired(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl Engine {
-    /// Applies an operator's `action` to a job. The revocation gate is checked by the caller
-    /// and reported in `gate_passed`.
-    pub async fn act(
+    /// Applies an operator's `action` to `job` (read again if it moved meanwhile); the service
+    /// checked the revocation gate and reports it in `gate_passed`.
+    pub(crate) async fn act(
         &self,
-        job_id: &str,
+        job: &Job,
         action: Action,
         gate_passed: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<Job, ActionError> {
-        for _ in 0..3 {
-            let job = self
-                .store
-                .get_job(job_id)
-                .await?
-                .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
+    ) -> Result<Job, ServiceError> {
+        let job_id = job.job_id.as_str();
+        let mut job = job.clone();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                job = self
+                    .store
+                    .get_job(job_id)
+                    .await?
+                    .ok_or_else(|| ServiceError::NotFound(job_id.into()))?;
+            }
             let from: JobState = job.state.into();
             // Ending a job never needs its token's declaration (a revert that failed is ended
             // by retrying it); going on does.
             let ends = matches!(action, Action::Abort | Action::Rollback)
                 || (action == Action::RetryFailed && from.reverting.is_some());
             if !ends && self.token_spec(&job).is_err() {
-                return Err(ActionError::Retired(format!(
-                    "token `{}` is no longer declared in velvet.yaml, so this job can only be \
+                return Err(ServiceError::Conflict {
+                    state: job.state,
+                    message: format!(
+                        "token `{}` is no longer declared in velvet.yaml, so this job can only be \
                      ended: `velvet rotations stage {job_id} abort` (before distribution) or \
                      `rollback`",
-                    job.token
-                )));
+                        job.token
+                    ),
+                });
             }
             let to = transition(
                 job.flow_type,
@@ -58,7 +53,7 @@ impl Engine {
                     gate_passed,
                 },
             )
-            .map_err(ActionError::Invalid)?;
+            .map_err(ServiceError::Invalid)?;
             // A mint that kept failing starts over with a fresh value, not the same one.
             let fresh_mint = action == Action::RetryFailed
                 && from.stage == Stage::Mint
@@ -91,8 +86,8 @@ impl Engine {
             .store
             .get_job(job_id)
             .await?
-            .ok_or_else(|| ActionError::NotFound(job_id.into()))?;
-        Err(ActionError::Invalid(InvalidTransition {
+            .ok_or_else(|| ServiceError::NotFound(job_id.into()))?;
+        Err(ServiceError::Invalid(InvalidTransition {
             what: "act on",
             state: job.state.into(),
         }))

@@ -6,8 +6,11 @@
 mod actions;
 mod backoff;
 mod distribute;
+mod gate;
 mod runner;
+mod service;
 mod values;
 
-pub use actions::ActionError;
+pub use gate::raise;
 pub use runner::{CRASH_POINTS, Engine, EngineOptions, EnvLookup};
+pub use service::{Person, ServiceError, StageRequest};

@@ -108,6 +108,8 @@ pub struct Engine {
     sized: std::sync::Mutex<(usize, usize)>,
     /// Every job driver, so a stop can wait for them.
     drivers: tokio_util::task::TaskTracker,
+    /// Wrong step-up codes per operator, at a gate or an approval.
+    pub(crate) step_up: velvet_core::limiter::FailureLimiter<String>,
     /// Set once a stop was asked for: drivers finish their step, release the lease and end.
     stopping: AtomicBool,
 }
@@ -157,6 +159,10 @@ impl Engine {
             lock_keys: Default::default(),
             sized: std::sync::Mutex::new((concurrency, per_lock_key)),
             drivers: tokio_util::task::TaskTracker::new(),
+            step_up: velvet_core::limiter::FailureLimiter::new(
+                crate::gate::STEP_UP_BUDGET,
+                crate::gate::STEP_UP_WINDOW,
+            ),
             stopping: AtomicBool::new(false),
         })
     }

@@ -9,7 +9,16 @@ use velvet_core::job::{ConsumerStatus, Job};
 use velvet_core::keyring::version_aad;
 use velvet_core::rotation::{Action, JobStatus, Stage};
 use velvet_core::secret::SecretValue;
-use velvet_engine::{ActionError, Engine, EngineOptions};
+use velvet_engine::{Engine, EngineOptions, Person, ServiceError, StageRequest};
+
+/// An operator with every permission, as the API would pass one on.
+const OPERATOR: Person<'static> = Person {
+    actor: "operator",
+    role: velvet_core::identity::Role::Admin,
+    operator: None,
+    client: "127.0.0.1",
+    steps: &[],
+};
 use velvet_store::{Dialect, NewJob};
 use velvet_testkit::Fixture;
 
@@ -176,12 +185,15 @@ async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verif
         "nothing distributed before confirmation"
     );
     h.engine
-        .act(
+        .stage(
+            &OPERATOR,
             &job.job_id,
-            Action::ProceedDistribute,
-            true,
-            "operator",
-            None,
+            StageRequest {
+                action: Action::ProceedDistribute,
+                totp: None,
+                force: false,
+                reason: None,
+            },
         )
         .await
         .unwrap();
@@ -211,7 +223,16 @@ async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verif
     );
     assert_eq!(h.labels().await, [(2, "current"), (1, "previous")]);
     h.engine
-        .act(&job.job_id, Action::ProceedRevoke, true, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::ProceedRevoke,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     let j = h
@@ -271,17 +292,35 @@ async fn a_failing_consumer_blocks_revoke_then_rollback_restores_everything() {
     // I2: no revoke while a consumer is not verified.
     let e = h
         .engine
-        .act(&job.job_id, Action::ProceedRevoke, true, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::ProceedRevoke,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(e, ActionError::Invalid(_)), "{e}");
+    assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
     assert_eq!(
         h.labels().await,
         [(2, "pending"), (1, "current")],
         "the previous value was never revoked"
     );
     h.engine
-        .act(&job.job_id, Action::Rollback, false, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Rollback,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     let j = h
@@ -358,12 +397,15 @@ async fn abort_before_distribution_discards_the_new_value() {
     )
     .await;
     h.engine
-        .act(
+        .stage(
+            &OPERATOR,
             &job.job_id,
-            Action::Abort,
-            false,
-            "operator",
-            Some("wrong moment"),
+            StageRequest {
+                action: Action::Abort,
+                totp: None,
+                force: false,
+                reason: Some("wrong moment"),
+            },
         )
         .await
         .unwrap();
@@ -373,21 +415,33 @@ async fn abort_before_distribution_discards_the_new_value() {
     assert_eq!(h.env_file(), "OTHER=kept\nAPI_TOKEN=version-one\n");
     let e = h
         .engine
-        .act(&job.job_id, Action::Abort, false, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Abort,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(e, ActionError::Invalid(_)));
+    assert!(matches!(e, ServiceError::Invalid(_)));
     assert!(matches!(
         h.engine
-            .act(
+            .stage(
+                &OPERATOR,
                 "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa",
-                Action::Abort,
-                false,
-                "o",
-                None
+                StageRequest {
+                    action: Action::Abort,
+                    totp: None,
+                    force: false,
+                    reason: None
+                }
             )
             .await,
-        Err(ActionError::NotFound(_))
+        Err(ServiceError::NotFound(_))
     ));
 }
 
@@ -570,7 +624,16 @@ async fn rollback_reverts_a_failed_consumer_and_leaves_last_rotated_at() {
             .any(|c| c.consumer == "flaky" && c.status == ConsumerStatus::Failed)
     );
     h.engine
-        .act(&job.job_id, Action::Rollback, false, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Rollback,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     h.until(
@@ -622,7 +685,16 @@ async fn only_a_succeeded_rotation_moves_last_rotated_at() {
     )
     .await;
     h.engine
-        .act(&job.job_id, Action::ProceedDistribute, true, "op", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::ProceedDistribute,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     h.until(
@@ -633,7 +705,16 @@ async fn only_a_succeeded_rotation_moves_last_rotated_at() {
     .await;
     assert_eq!(last().await, imported, "promoted is not rotated yet");
     h.engine
-        .act(&job.job_id, Action::Rollback, false, "op", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Rollback,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     h.until(
@@ -671,15 +752,33 @@ async fn every_unfinished_job_has_a_way_to_end() {
     *h.config.write().unwrap() = Arc::new(parse("tokens: []\n"));
     let e = h
         .engine
-        .act(&job.job_id, Action::ProceedDistribute, true, "op", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::ProceedDistribute,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, ActionError::Retired(m) if m.contains("abort")),
+        matches!(&e, ServiceError::Conflict { message, .. } if message.contains("abort")),
         "{e}"
     );
     h.engine
-        .act(&job.job_id, Action::Abort, false, "op", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Abort,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     let j = h
@@ -704,7 +803,16 @@ async fn every_unfinished_job_has_a_way_to_end() {
     )
     .await;
     h.engine
-        .act(&job.job_id, Action::Abort, false, "op", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::Abort,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     h.until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))

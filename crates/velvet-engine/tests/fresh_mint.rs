@@ -6,7 +6,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::rotation::{Action, JobStatus, Stage};
-use velvet_engine::{Engine, EngineOptions};
+use velvet_engine::{Engine, EngineOptions, Person, StageRequest};
+
+const OPERATOR: Person<'static> = Person {
+    actor: "operator",
+    role: velvet_core::identity::Role::Admin,
+    operator: None,
+    client: "127.0.0.1",
+    steps: &[],
+};
 use velvet_store::{Dialect, NewJob};
 use velvet_testkit::Fixture;
 
@@ -96,7 +104,16 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
         .await
         .unwrap();
     engine
-        .act(&job.job_id, Action::RetryFailed, true, "operator", None)
+        .stage(
+            &OPERATOR,
+            &job.job_id,
+            StageRequest {
+                action: Action::RetryFailed,
+                totp: None,
+                force: false,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     let done = until(Stage::Done, JobStatus::Succeeded).await;

@@ -34,6 +34,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller as the engine service takes it.
+    pub fn person(&self) -> velvet_engine::Person<'_> {
+        velvet_engine::Person {
+            actor: &self.actor,
+            role: self.role,
+            operator: self.operator.as_deref(),
+            client: &self.client,
+            steps: &self.steps,
+        }
+    }
+
     /// 403 `forbidden` unless the caller's role grants `p`.
     pub fn require(&self, p: Permission) -> Result<(), ApiError> {
         if self.role.grants(p) {
@@ -285,20 +296,7 @@ async fn service_token(presented: &str, state: &AppState) -> Result<Caller, Fail
 
 /// Logs a security event at its severity and stores it (best effort: the log has it anyway).
 pub(crate) async fn security_event(state: &AppState, ev: SecurityEvent) {
-    match ev.severity.as_str() {
-        "critical" => {
-            tracing::error!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, client = ?ev.client, detail = %ev.detail, "security event")
-        }
-        "warning" => {
-            tracing::warn!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, client = ?ev.client, detail = %ev.detail, "security event")
-        }
-        _ => {
-            tracing::info!(event = %ev.kind, severity = %ev.severity, subject = ?ev.subject, detail = %ev.detail, "security event")
-        }
-    }
-    if let Err(e) = state.store.record_security_event(&ev).await {
-        tracing::warn!(error = %e, "storing a security event failed");
-    }
+    velvet_engine::raise(&*state.store, ev).await;
 }
 
 /// Checks `p` for `caller` on `resource` and keeps the decision: always for a mutating

@@ -32,6 +32,30 @@ impl From<velvet_store::StoreError> for ApiError {
     }
 }
 
+impl From<velvet_engine::ServiceError> for ApiError {
+    fn from(e: velvet_engine::ServiceError) -> Self {
+        use velvet_engine::ServiceError as S;
+        let conflict = |message: String, state: velvet_core::job::JobStateView| {
+            Self::new(StatusCode::CONFLICT, "invalid_transition", message)
+                .with("stage", state.stage)
+                .with("status", state.status)
+                .with("awaiting", state.awaiting)
+        };
+        match e {
+            S::NotFound(id) => Self::not_found(format!("rotation job `{id}` not found")),
+            S::Invalid(e) => conflict(e.to_string(), e.state.into()),
+            S::Conflict { message, state } => conflict(message, state),
+            S::Refused { error, message } => Self::new(StatusCode::FORBIDDEN, error, message),
+            S::Validation(m) => Self::validation(m),
+            e @ S::StepUpLocked { retry_after, .. } => {
+                Self::rate_limited(e.to_string(), retry_after.min(u16::MAX as u64) as u16)
+            }
+            S::Store(e) => e.into(),
+            e @ S::Internal(_) => Self::internal(&e),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,

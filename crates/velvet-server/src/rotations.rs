@@ -7,7 +7,6 @@ use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -15,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use velvet_core::identity::Permission;
 use velvet_core::job::{Job, is_job_id};
-use velvet_core::rotation::{Action, Awaiting, JobStatus};
-use velvet_engine::ActionError;
+use velvet_core::rotation::{Action, JobStatus};
+use velvet_engine::StageRequest;
 use velvet_store::JobQuery;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -212,67 +211,22 @@ async fn stage(
         .await?;
     }
     let job = load(&state, &job_id).await?;
-    if body.force && action != Action::ProceedRevoke {
-        return Err(ApiError::validation(
-            "force: goes only with proceed_revoke (it passes a revocation gate that allows it)",
-        ));
-    }
-    let engine = state
-        .engine
-        .as_ref()
-        .ok_or_else(|| ApiError::not_enabled("this server runs no rotation engine"))?;
-    // Only a revoke the job is actually awaiting meets the gate; anything else is the state
-    // machine's to refuse (409).
-    let gate = crate::gate::of(&state, &job);
-    if body.force && gate.is_none() {
-        return Err(ApiError::validation(
-            "force: no revocation gate applies to this token, so there is nothing to force",
-        ));
-    }
-    let gate_passed = match gate {
-        Some(g)
-            if action == Action::ProceedRevoke
-                && job.state.awaiting == Some(Awaiting::ProceedRevoke) =>
-        {
-            if body.force {
-                crate::gate::force(&state, &caller, &job, &g, body.reason.as_deref()).await?;
-            } else {
-                crate::gate::pass(&state, &caller, &job, &g, body.totp.as_deref()).await?;
-            }
-            true
-        }
-        Some(_) => false,
-        None => true,
+    let req = StageRequest {
+        action,
+        totp: body.totp.as_deref(),
+        force: body.force,
+        reason: body.reason.as_deref(),
     };
-    match engine
-        .act(
-            &job_id,
-            action,
-            gate_passed,
-            &caller.actor,
-            body.reason.as_deref(),
-        )
-        .await
-    {
-        Ok(job) => Ok(Json(crate::gate::show(&state, job).await?)),
-        Err(ActionError::NotFound(_)) => Err(ApiError::not_found(format!(
-            "rotation job `{job_id}` not found"
-        ))),
-        Err(ActionError::Invalid(e)) => {
-            Err(
-                ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
-                    .with("stage", e.state.stage)
-                    .with("status", e.state.status)
-                    .with("awaiting", e.state.awaiting),
-            )
-        }
-        Err(ActionError::Retired(m)) => {
-            let job = load(&state, &job_id).await?;
-            Err(ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
-                .with("stage", job.state.stage)
-                .with("status", job.state.status)
-                .with("awaiting", job.state.awaiting))
-        }
-        Err(ActionError::Store(e)) => Err(e.into()),
-    }
+    let job = engine(&state)?
+        .stage(&caller.person(), &job.job_id, req)
+        .await?;
+    Ok(Json(crate::gate::show(&state, job).await?))
+}
+
+/// The engine service, which every change to a job goes through.
+pub(crate) fn engine(state: &AppState) -> Result<&velvet_engine::Engine, ApiError> {
+    state
+        .engine
+        .as_deref()
+        .ok_or_else(|| ApiError::not_enabled("this server runs no rotation engine"))
 }

@@ -234,9 +234,8 @@ async fn rotate(
             .as_bytes(),
     ));
     let flow = body.flow_type.unwrap_or(spec.flow);
-    let job = state
-        .store
-        .create_job(&NewJob {
+    let job = crate::rotations::engine(&state)?
+        .kickoff(&NewJob {
             token: &name,
             flow,
             requested_by: &caller.actor,
@@ -249,9 +248,6 @@ async fn rotate(
             }),
         })
         .await?;
-    if let Some(engine) = &state.engine {
-        engine.nudge();
-    }
     let location = format!("/api/v1/rotations/{}", job.job_id);
     Ok((
         StatusCode::ACCEPTED,

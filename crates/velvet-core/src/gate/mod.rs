@@ -1,8 +1,15 @@
-//! The revocation gate's rule for a revoke nobody is present for (design §4, I2b): `auto`
+//! Revocation gates: [`attended`] decides for a person who is there (proceed, force, approve);
+//! this module holds the rule for a revoke nobody is present for (design §4, I2b): `auto`
 //! after its grace period, `emergency` at once, and later schedules and plans. Such a revoke
 //! runs only if the gate needs no person (no TOTP, no approvals) and the job's requester holds
 //! `rotations.revoke` and one of the gate's roles; otherwise the job pauses at
 //! `proceed_revoke`. The flow type never weakens a gate. Pure: the engine records the steps.
+
+mod attended;
+
+pub use attended::{
+    Approver, Asker, Attempt, Code, GateDecision, Verdict, approve, proceed_revoke, role_fits,
+};
 
 use crate::config::GateSpec;
 use crate::decision::DecisionStep;

@@ -1,0 +1,214 @@
+//! The engine service: every change a person asks of a job goes through here (a kickoff, a
+//! stage action with its revocation gate, an approval), so the API, the console and later the
+//! scheduler and plans change jobs one way. The gate's policy is the pure
+//! `velvet_core::gate`; this module loads what it needs and carries out its verdict.
+
+use crate::gate::approvers;
+use crate::runner::Engine;
+use velvet_core::decision::DecisionStep;
+use velvet_core::gate::{self, Asker, Attempt, Code};
+use velvet_core::identity::Role;
+use velvet_core::job::{Job, JobStateView};
+use velvet_core::rotation::{Action, Awaiting, InvalidTransition};
+use velvet_store::{NewJob, StoreError};
+
+/// Who asks, as the API authenticated them.
+#[derive(Debug, Clone, Copy)]
+pub struct Person<'a> {
+    /// As recorded in audit records: `token:<name>`, `operator:<name>`, `bootstrap-admin`.
+    pub actor: &'a str,
+    pub role: Role,
+    /// The operator behind the token or session, who can answer a TOTP step-up.
+    pub operator: Option<&'a str>,
+    pub client: &'a str,
+    /// How the caller proved who it is: the first steps of every decision recorded for it.
+    pub steps: &'a [DecisionStep],
+}
+
+/// A stage action as asked.
+#[derive(Debug, Clone, Copy)]
+pub struct StageRequest<'a> {
+    pub action: Action,
+    pub totp: Option<&'a str>,
+    /// Pass the revocation gate by force (admin, a gate with `allow_force`, a reason).
+    pub force: bool,
+    pub reason: Option<&'a str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("rotation job `{0}` not found")]
+    NotFound(String),
+    /// The state machine refuses the action in the job's state.
+    #[error(transparent)]
+    Invalid(InvalidTransition),
+    /// The action does not fit the job as it is (its token left velvet.yaml, its gate takes no
+    /// approvals, it awaits nothing to approve).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        state: JobStateView,
+    },
+    /// The gate refused: 403 with `error` (`gate_required`, `gate_denied`, `forbidden`).
+    #[error("{message}")]
+    Refused {
+        error: &'static str,
+        message: String,
+    },
+    /// The request itself is wrong (422), naming the field.
+    #[error("{0}")]
+    Validation(String),
+    /// The operator spent its wrong step-up codes.
+    #[error(
+        "too many wrong codes for operator {operator}; step-ups are refused for {} more \
+         minute(s). If these were not your attempts, tell an admin: someone holds a token of \
+         yours",
+        retry_after.div_ceil(60)
+    )]
+    StepUpLocked { operator: String, retry_after: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Whether asking again later may succeed (the store was busy or unreachable).
+    pub fn retryable(&self) -> bool {
+        matches!(self, ServiceError::Store(e) if e.retryable())
+    }
+}
+
+impl Engine {
+    /// Creates a job (I3: one unfinished job per token) and wakes the runner to start it.
+    pub async fn kickoff(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
+        let job = self.store.create_job(new).await?;
+        self.nudge();
+        Ok(job)
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Job, ServiceError> {
+        self.store
+            .get_job(job_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(job_id.into()))
+    }
+
+    /// Applies a stage action; `proceed_revoke` on a job awaiting it meets the token's gate.
+    pub async fn stage(
+        &self,
+        who: &Person<'_>,
+        job_id: &str,
+        req: StageRequest<'_>,
+    ) -> Result<Job, ServiceError> {
+        if req.force && req.action != Action::ProceedRevoke {
+            return Err(ServiceError::Validation(
+                "force: goes only with proceed_revoke (it passes a revocation gate that allows it)"
+                    .into(),
+            ));
+        }
+        let job = self.job(job_id).await?;
+        let gate = self.gate_of(&job);
+        if req.force && gate.is_none() {
+            return Err(ServiceError::Validation(
+                "force: no revocation gate applies to this token, so there is nothing to force"
+                    .into(),
+            ));
+        }
+        // Only a revoke the job is actually awaiting meets the gate; anything else is the state
+        // machine's to refuse.
+        let gate_passed = match gate {
+            Some(g)
+                if req.action == Action::ProceedRevoke
+                    && job.state.awaiting == Some(Awaiting::ProceedRevoke) =>
+            {
+                self.pass_gate(who, &job, &g, req).await?;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        };
+        self.act(&job, req.action, gate_passed, who.actor, req.reason)
+            .await
+    }
+
+    async fn pass_gate(
+        &self,
+        who: &Person<'_>,
+        job: &Job,
+        g: &velvet_core::config::GateSpec,
+        req: StageRequest<'_>,
+    ) -> Result<(), ServiceError> {
+        let asker = Asker {
+            role: who.role,
+            operator: who.operator,
+        };
+        let standing = self.standing(job).await?;
+        let approvals = approvers(&standing);
+        let given = req.totp.filter(|c| !c.trim().is_empty());
+        let attempt = |code| match req.force {
+            true => Attempt::Force { reason: req.reason },
+            false => Attempt::Pass { code },
+        };
+        let first = if given.is_some() {
+            Code::Unchecked
+        } else {
+            Code::Missing
+        };
+        let mut d = gate::proceed_revoke(g, &job.job_id, asker, &approvals, attempt(first));
+        if d.verdict == gate::Verdict::CheckCode
+            && let Some(code) = given
+        {
+            let checked = self.check_code(who, job, code).await?;
+            d = gate::proceed_revoke(g, &job.job_id, asker, &approvals, attempt(checked));
+        }
+        self.settle(who, job, d).await
+    }
+
+    /// An operator approves a job's revoke, proving presence with a fresh TOTP code.
+    pub async fn approve(
+        &self,
+        who: &Person<'_>,
+        job_id: &str,
+        totp: &str,
+    ) -> Result<Job, ServiceError> {
+        let job = self.job(job_id).await?;
+        let conflict = |message: &str| ServiceError::Conflict {
+            message: message.into(),
+            state: job.state,
+        };
+        let g = self
+            .gate_of(&job)
+            .filter(|g| g.require.approvals > 0)
+            .ok_or_else(|| conflict("this job's revocation gate asks for no approvals"))?;
+        if job.state.awaiting != Some(Awaiting::ProceedRevoke) {
+            return Err(conflict(
+                "approvals are taken while the job awaits proceed_revoke",
+            ));
+        }
+        let role = match who.operator {
+            Some(op) => self.active_operator(op).await?.map(|o| o.role),
+            None => None,
+        };
+        let given = Some(totp).filter(|c| !c.trim().is_empty());
+        let first = if given.is_some() {
+            Code::Unchecked
+        } else {
+            Code::Missing
+        };
+        let mut d = gate::approve(&g, job_id, who.operator, role.as_deref(), first);
+        if d.verdict == gate::Verdict::CheckCode
+            && let Some(code) = given
+        {
+            let checked = self.check_code(who, &job, code).await?;
+            d = gate::approve(&g, job_id, who.operator, role.as_deref(), checked);
+        }
+        self.settle(who, &job, d).await?;
+        let operator = who.operator.expect("a passed approval has an operator");
+        self.store
+            .approve_revoke(job_id, operator, who.actor)
+            .await?;
+        let _ = self.bus.send(job_id.to_string());
+        Ok(job)
+    }
+}
