@@ -3,6 +3,7 @@
 //! the consumer halves of revoke and rollback.
 
 use crate::runner::{Engine, Step, Stop};
+use crate::step_error::StepError;
 use crate::values::JobValues;
 use chrono::Utc;
 use std::sync::Arc;
@@ -238,7 +239,7 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
     };
     let Some(new) = vals.new else {
         return engine
-            .fail(job, "the job has no new version to distribute".into())
+            .fail(job, "the job has no new version to distribute".to_string())
             .await;
     };
     let (writes, queued) = tokio::sync::mpsc::unbounded_channel();
@@ -334,7 +335,7 @@ pub(crate) async fn revoke_previous(
     job: &Job,
     spec: &TokenSpec,
     vals: &JobValues,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let Some(new) = &vals.new else { return Ok(()) };
     for (name, built) in consumers_of(spec, engine, job) {
         let (consumer, key) = built?;
@@ -362,7 +363,7 @@ pub(crate) async fn roll_back(
     job: &Job,
     spec: &TokenSpec,
     vals: &JobValues,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, StepError> {
     let Some(new) = &vals.new else {
         return Ok(vec![]);
     };
@@ -410,7 +411,7 @@ pub(crate) async fn roll_back(
                     next_attempt_at: None,
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let change = ConsumerChange {
             consumer: name.clone(),
@@ -420,8 +421,7 @@ pub(crate) async fn roll_back(
         engine
             .store
             .update_job_consumers(&job.job_id, &[change])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     Ok(not_reverted)
 }

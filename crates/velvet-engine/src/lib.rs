@@ -9,6 +9,7 @@ mod distribute;
 mod gate;
 mod runner;
 mod service;
+mod step_error;
 mod values;
 
 pub use gate::raise;

@@ -1,6 +1,7 @@
 //! The claim loop and the driving of one job: each step reads the job, acts, and persists the
 //! next state through the pure state machine before taking the next step.
 
+use crate::step_error::StepError;
 use crate::values;
 use chrono::Utc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -432,8 +433,16 @@ impl Engine {
         }
     }
 
-    /// Records a failure of the current stage with a readable reason.
-    pub(crate) async fn fail(&self, job: &Job, reason: String) -> Step {
+    /// Records a failure of the current stage with a readable reason; a store that may answer
+    /// later fails nothing and keeps the lease, so the step runs again when it expires.
+    pub(crate) async fn fail(&self, job: &Job, why: impl Into<StepError>) -> Step {
+        let reason = match why.into() {
+            StepError::Transient(e) => {
+                tracing::warn!(job_id = %job.job_id, token = %job.token, error = %e, "the store failed for now; the step runs again when the lease expires");
+                return Err(Stop::Backoff);
+            }
+            StepError::Failed(reason) => reason,
+        };
         tracing::warn!(job_id = %job.job_id, token = %job.token, reason = %reason, "rotation step failed");
         self.advance(
             job,
@@ -546,31 +555,22 @@ impl Engine {
         job: &Job,
         source: &dyn Source,
         previous: Option<&SecretValue>,
-    ) -> Result<Job, String> {
+    ) -> Result<Job, StepError> {
         let value = source.generate(previous).map_err(|e| e.to_string())?;
-        let version = self
-            .store
-            .next_version(&job.token)
-            .await
-            .map_err(|e| e.to_string())?;
+        let version = self.store.next_version(&job.token).await?;
         let now = Utc::now();
         let sealed = self
             .keyring
-            .seal(&value, &version_aad(&job.token, version), now)
-            .map_err(|e| e.to_string())?;
-        let fp = self
-            .keyring
-            .fingerprint(&value, now)
-            .map_err(|e| e.to_string())?;
+            .seal(&value, &version_aad(&job.token, version), now)?;
+        let fp = self.keyring.fingerprint(&value, now)?;
         self.store
             .store_new_version(&job.job_id, version, &sealed, &fp)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.store
+            .await?;
+        Ok(self
+            .store
             .get_job(&job.job_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the job disappeared".to_string())
+            .await?
+            .ok_or_else(|| "the job disappeared".to_string())?)
     }
 
     /// Revoke: only once every consumer holds the new value (I2), the source and consumers drop

@@ -1,5 +1,6 @@
 //! Reading a job's versions back out of the store, decrypted, for sources and consumers.
 
+use crate::step_error::StepError;
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::secret::SecretValue;
 use velvet_store::Store;
@@ -10,14 +11,11 @@ pub async fn open(
     keyring: &Keyring,
     token: &str,
     version: i64,
-) -> Result<SecretValue, String> {
-    let sealed = store
-        .sealed_version(token, version)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<SecretValue, StepError> {
+    let sealed = store.sealed_version(token, version).await?;
     keyring
         .open(&sealed, &version_aad(token, version))
-        .map_err(|e| format!("version {version}: {e}"))
+        .map_err(|e| StepError::Failed(format!("version {version}: {e}")))
 }
 
 /// The job's new and previous values, with their fingerprints under the current key.
@@ -32,7 +30,7 @@ pub async fn of_job(
     store: &dyn Store,
     keyring: &Keyring,
     job: &velvet_core::job::Job,
-) -> Result<JobValues, String> {
+) -> Result<JobValues, StepError> {
     let mut out = JobValues {
         new: None,
         new_fingerprint: String::new(),
@@ -42,18 +40,12 @@ pub async fn of_job(
     let now = chrono::Utc::now();
     if let Some(v) = job.new_version {
         let value = open(store, keyring, &job.token, v).await?;
-        out.new_fingerprint = keyring
-            .fingerprint(&value, now)
-            .map_err(|e| e.to_string())?;
+        out.new_fingerprint = keyring.fingerprint(&value, now)?;
         out.new = Some(value);
     }
     if let Some(v) = job.previous_version {
         let value = open(store, keyring, &job.token, v).await?;
-        out.previous_fingerprint = Some(
-            keyring
-                .fingerprint(&value, now)
-                .map_err(|e| e.to_string())?,
-        );
+        out.previous_fingerprint = Some(keyring.fingerprint(&value, now)?);
         out.previous = Some(value);
     }
     Ok(out)

@@ -1,20 +1,14 @@
 //! A mint that keeps failing stops in `failed` with a readable reason, and `retry_failed` mints a
 //! fresh value instead of retrying the same one (the failure peers' users reported).
 
+use crate::harness::OPERATOR;
 use chrono::Utc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::rotation::{Action, JobStatus, Stage};
-use velvet_engine::{Engine, EngineOptions, Person, StageRequest};
+use velvet_engine::{Engine, EngineOptions, StageRequest};
 
-const OPERATOR: Person<'static> = Person {
-    actor: "operator",
-    role: velvet_core::identity::Role::Admin,
-    operator: None,
-    client: "127.0.0.1",
-    steps: &[],
-};
 use velvet_store::{Dialect, NewJob};
 use velvet_testkit::Fixture;
 

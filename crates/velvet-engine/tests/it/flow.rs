@@ -1,170 +1,18 @@
 //! The engine end to end on the embedded store: real files and processes as consumers.
 
+use crate::harness::*;
 use chrono::Utc;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use velvet_core::config::{Config, FlowType, LoadOptions};
-use velvet_core::job::{ConsumerStatus, Job};
+use velvet_core::config::FlowType;
+use velvet_core::job::ConsumerStatus;
 use velvet_core::keyring::version_aad;
 use velvet_core::rotation::{Action, JobStatus, Stage};
 use velvet_core::secret::SecretValue;
-use velvet_engine::{Engine, EngineOptions, Person, ServiceError, StageRequest};
-
-/// An operator with every permission, as the API would pass one on.
-const OPERATOR: Person<'static> = Person {
-    actor: "operator",
-    role: velvet_core::identity::Role::Admin,
-    operator: None,
-    client: "127.0.0.1",
-    steps: &[],
-};
+use velvet_engine::{Engine, EngineOptions, ServiceError, StageRequest};
 use velvet_store::{Dialect, NewJob};
 use velvet_testkit::Fixture;
-
-struct Harness {
-    f: Fixture,
-    engine: Arc<Engine>,
-    config: Arc<RwLock<Arc<Config>>>,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-fn config(dir: &Path, extra_consumer: &str, flow: &str) -> Config {
-    let yaml = format!(
-        "
-defaults: {{retry: {{attempts: 2, initial_backoff: 10ms, max_backoff: 20ms}}, grace_period: 0s}}
-tokens:
-  - name: api
-    flow: {flow}
-    source: {{kind: random, bytes: 16}}
-    consumers:
-      - {{name: env, kind: file, path: {dir}/app.env, format: dotenv, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS}}
-      - {{name: hook, kind: exec, command: [sh, -c, 'cat > {dir}/hook.out; echo \"$VELVET_ACTION $VELVET_FINGERPRINT\" > {dir}/hook.meta']}}
-{extra_consumer}",
-        dir = dir.display()
-    );
-    parse(dir, &yaml)
-}
-
-/// A configuration as `velvet.yaml` in `dir` would give, with no environment.
-fn parse(dir: &Path, yaml: &str) -> Config {
-    let env = |_: &str| None;
-    Config::parse(
-        yaml,
-        &dir.join("velvet.yaml"),
-        LoadOptions {
-            env: &env,
-            check_env: false,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn harness(extra_consumer: &str, flow: &str) -> Harness {
-    let f = Fixture::new(Dialect::Sqlite).await;
-    let config = config(f.dir.path(), extra_consumer, flow);
-    f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
-    let v1 = SecretValue::single("version-one".into());
-    let sealed = f
-        .keyring
-        .seal(&v1, &version_aad("api", 1), Utc::now())
-        .unwrap();
-    f.store
-        .import_version("api", &sealed, "fp1", "test")
-        .await
-        .unwrap();
-    std::fs::write(
-        f.dir.path().join("app.env"),
-        "OTHER=kept\nAPI_TOKEN=version-one\n",
-    )
-    .unwrap();
-    let mut opts = EngineOptions::for_this_process();
-    opts.poll_interval = Duration::from_millis(20);
-    let config = Arc::new(RwLock::new(Arc::new(config)));
-    let engine = Engine::new(f.store.clone(), f.keyring.clone(), config.clone(), opts);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    engine.start(rx);
-    Harness {
-        f,
-        engine,
-        config,
-        _stop: stop,
-    }
-}
-
-impl Harness {
-    fn engine_config(&self) -> Arc<Config> {
-        self.config.read().unwrap().clone()
-    }
-
-    async fn kickoff(&self, flow: FlowType) -> Job {
-        let job = self
-            .f
-            .store
-            .create_job(&NewJob {
-                token: "api",
-                flow,
-                requested_by: "test",
-                requested_role: Some(velvet_core::identity::Role::Admin),
-                reason: None,
-                idempotency: None,
-            })
-            .await
-            .unwrap();
-        self.engine.nudge();
-        job
-    }
-
-    async fn until(&self, job_id: &str, what: &str, done: impl Fn(&Job) -> bool) -> Job {
-        let start = Instant::now();
-        loop {
-            let job = self.f.store.get_job(job_id).await.unwrap().unwrap();
-            if done(&job) {
-                return job;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "waited for {what}; job is {:?}/{:?}: {:?}",
-                job.state.stage,
-                job.state.status,
-                job.error
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn env_file(&self) -> String {
-        std::fs::read_to_string(self.f.dir.path().join("app.env")).unwrap()
-    }
-
-    async fn labels(&self) -> Vec<(i64, &'static str)> {
-        self.f
-            .store
-            .list_versions("api")
-            .await
-            .unwrap()
-            .iter()
-            .map(|v| (v.version, v.label.as_str()))
-            .collect()
-    }
-
-    async fn value(&self, version: i64) -> String {
-        let sealed = self.f.store.sealed_version("api", version).await.unwrap();
-        self.f
-            .keyring
-            .open(&sealed, &version_aad("api", version))
-            .unwrap()
-            .get("value")
-            .unwrap()
-            .expose()
-            .to_string()
-    }
-}
-
-fn is(stage: Stage, status: JobStatus) -> impl Fn(&Job) -> bool {
-    move |j| j.state.stage == stage && j.state.status == status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verified() {
     let h = harness("", "staged").await;

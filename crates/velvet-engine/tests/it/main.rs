@@ -1,0 +1,6 @@
+//! The engine's integration tests, one binary (a binary per file links the world again each).
+
+mod flow;
+mod fresh_mint;
+mod harness;
+mod store_faults;
