@@ -17,6 +17,7 @@ use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transition};
 use velvet_core::secret::SecretValue;
+use velvet_store::JobChanged;
 use velvet_store::{Store, StoreError};
 
 /// The points `VELVET_CRASH_AT` and `VELVET_PANIC_AT` can name (the README lists the same).
@@ -89,7 +90,9 @@ impl EngineOptions {
             .unwrap_or_else(|_| "host".into());
         Self {
             owner: format!("{host}-{}-{}", std::process::id(), hex::encode(b)),
-            poll_interval: Duration::from_millis(500),
+            // A safety net only: kickoffs and actions wake the loop, other replicas' changes
+            // come by LISTEN/NOTIFY, and a waiting job sets a timer for its wake time.
+            poll_interval: Duration::from_secs(5),
             env: Arc::new(|name| std::env::var(name).ok()),
         }
     }
@@ -111,6 +114,8 @@ pub struct Engine {
     drivers: tokio_util::task::TaskTracker,
     /// Wrong step-up codes per operator, at a gate or an approval.
     pub(crate) step_up: velvet_core::limiter::FailureLimiter<String>,
+    /// The jobs this replica drives now: their changes need no claim.
+    driving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set once a stop was asked for: drivers finish their step, release the lease and end.
     stopping: AtomicBool,
 }
@@ -164,6 +169,7 @@ impl Engine {
                 crate::gate::STEP_UP_BUDGET,
                 crate::gate::STEP_UP_WINDOW,
             ),
+            driving: Default::default(),
             stopping: AtomicBool::new(false),
         })
     }
@@ -245,6 +251,14 @@ impl Engine {
         let me = self.clone();
         tokio::spawn(async move {
             tracing::info!(owner = %me.opts.owner, "engine started");
+            let weak = Arc::downgrade(&me);
+            if me.store.watch_jobs(Box::new(move |c| {
+                if let Some(e) = weak.upgrade() {
+                    e.heard(c);
+                }
+            })) {
+                tracing::info!("listening for job changes of other replicas");
+            }
             loop {
                 if *shutdown.borrow() || me.stopping.load(Ordering::SeqCst) {
                     break;
@@ -272,8 +286,27 @@ impl Engine {
         })
     }
 
+    /// A job changed, maybe on another replica: its event streams look now, and a change of
+    /// the job itself may be work to claim (unless this replica drives it already).
+    fn heard(&self, c: JobChanged) {
+        let _ = self.bus.send(c.job_id.clone());
+        let ours = self
+            .driving
+            .lock()
+            .expect("never poisoned")
+            .contains(&c.job_id);
+        if c.job_row && !ours {
+            self.nudge();
+        }
+    }
+
     /// Drives one claimed job as far as it can go, renewing the lease meanwhile.
     async fn drive(self: Arc<Self>, mut job: Job) {
+        let id = job.job_id.clone();
+        self.driving
+            .lock()
+            .expect("never poisoned")
+            .insert(id.clone());
         let lost = Arc::new(AtomicBool::new(false));
         let renew = {
             let (store, owner, id, lost) = (
@@ -326,6 +359,21 @@ impl Engine {
                 .store
                 .release_lease(&job.job_id, &self.opts.owner)
                 .await;
+        }
+        self.driving.lock().expect("never poisoned").remove(&id);
+        // Whoever moved the job may have found it leased to us: look again now.
+        if matches!(stop, Stop::Stale) {
+            self.nudge();
+        }
+        // A job waiting for its wake time (a grace period) is claimed again then.
+        if let Some(wait) = job.wake_at.and_then(|t| (t - Utc::now()).to_std().ok()) {
+            let me = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(e) = me.upgrade() {
+                    e.nudge();
+                }
+            });
         }
     }
 

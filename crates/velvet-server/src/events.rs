@@ -25,8 +25,9 @@ use velvet_core::job::is_job_id;
 use velvet_core::rotation::JobStatus;
 use velvet_store::JobEvent;
 
-/// How often a feed looks for events written by other replicas.
-const POLL: Duration = Duration::from_millis(250);
+/// How often a feed looks at the store unasked: a safety net, since this replica's engine
+/// announces every change, with those of other replicas heard by LISTEN/NOTIFY.
+const POLL: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const PAGE: i64 = 500;
 /// Batches a feed holds for its slowest client before that client must catch up from the store.

@@ -19,6 +19,7 @@ mod sessions;
 mod sqlite;
 mod sqlite_jobs;
 mod tokens;
+mod wakeups;
 
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
@@ -33,6 +34,7 @@ pub use postgres::PostgresStore;
 pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 pub use tokens::{TokenStore, TokenView};
+pub use wakeups::{JobChanged, OnJobChange};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -342,6 +344,10 @@ pub trait Store:
     /// Writes re-sealed values in one transaction; rows already moved are left alone, so an
     /// interrupted run can simply be repeated. Returns how many rows changed.
     async fn reseal(&self, batch: &[Reseal]) -> Result<u64, StoreError>;
+
+    /// Tells `on_change` of every job change any replica makes, from now until the store is
+    /// dropped; false when this store needs it not (SQLite: one process, which wakes itself).
+    fn watch_jobs(&self, on_change: OnJobChange) -> bool;
 
     /// Takes one of `slots` holds on the lock key `key` for this process, or `None` while every
     /// slot is held by another replica: the caller waits and tries again.

@@ -31,8 +31,20 @@ pub struct PostgresStore {
     keyring: Option<Arc<Keyring>>,
     /// The connection this replica's lock keys are held on.
     locks: Arc<crate::lock_keys::LockSession>,
+    /// How to connect, for the connections kept apart from the pool.
+    options: PgConnectOptions,
+    /// The task listening for job changes, stopped with the store.
+    watching: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The URL with its password masked, for messages.
     shown_url: String,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.watching.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -97,6 +109,8 @@ impl PostgresStore {
                         pool,
                         keyring,
                         locks: crate::lock_keys::LockSession::new(options.clone()),
+                        options: options.clone(),
+                        watching: Default::default(),
                         shown_url,
                     });
                 }
@@ -598,6 +612,15 @@ impl Store for PostgresStore {
         slots: u32,
     ) -> Result<Option<crate::LockKeyHold>, StoreError> {
         self.locks.try_lock(key, slots).await
+    }
+
+    fn watch_jobs(&self, on_change: crate::OnJobChange) -> bool {
+        let task = crate::wakeups::listen(self.options.clone(), on_change);
+        let mut watching = self.watching.lock().expect("never poisoned");
+        if let Some(old) = watching.replace(task) {
+            old.abort();
+        }
+        true
     }
 
     async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {

@@ -643,6 +643,10 @@ impl Store for SqliteStore {
         Ok(changed)
     }
 
+    fn watch_jobs(&self, _on_change: crate::OnJobChange) -> bool {
+        false
+    }
+
     /// One process serves an SQLite store, and the engine's semaphores order it.
     async fn try_lock_key(
         &self,

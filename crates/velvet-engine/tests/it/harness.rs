@@ -66,6 +66,16 @@ pub async fn harness(extra_consumer: &str, flow: &str) -> Harness {
 }
 
 pub async fn harness_on(dialect: Dialect, extra_consumer: &str, flow: &str) -> Harness {
+    harness_polling(dialect, extra_consumer, flow, Duration::from_millis(20)).await
+}
+
+/// A harness whose engine looks for work unasked every `poll`.
+pub async fn harness_polling(
+    dialect: Dialect,
+    extra_consumer: &str,
+    flow: &str,
+    poll: Duration,
+) -> Harness {
     let f = Fixture::new(dialect).await;
     let config = config(f.dir.path(), extra_consumer, flow);
     f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
@@ -84,7 +94,7 @@ pub async fn harness_on(dialect: Dialect, extra_consumer: &str, flow: &str) -> H
     )
     .unwrap();
     let mut opts = EngineOptions::for_this_process();
-    opts.poll_interval = Duration::from_millis(20);
+    opts.poll_interval = poll;
     let config = Arc::new(RwLock::new(Arc::new(config)));
     let engine = Engine::new(f.store.clone(), f.keyring.clone(), config.clone(), opts);
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -4,3 +4,4 @@ mod flow;
 mod fresh_mint;
 mod harness;
 mod store_faults;
+mod wakeups;
