@@ -8,16 +8,16 @@ mod chain;
 mod db;
 mod decisions;
 mod flags;
+mod job_changes;
+mod jobs;
 mod lock_keys;
 mod migrate;
 mod operators;
 mod postgres;
-mod postgres_jobs;
 mod reconcile;
 mod rows;
 mod sessions;
 mod sqlite;
-mod sqlite_jobs;
 mod tokens;
 mod wakeups;
 

@@ -169,7 +169,6 @@ pub(crate) struct ExistingToken {
     pub last_rotated_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
 pub(crate) struct JobRow {
     pub id: String,
     pub token: String,
@@ -198,7 +197,6 @@ pub(crate) const JOB_COLUMNS: &str = "j.id, t.name AS token, j.flow_type, j.stag
     j.reverting, j.new_version, j.previous_version, j.requested_by, j.reason, j.error, j.lease_owner,
     j.lease_expires_at, j.wake_at, j.created_at, j.updated_at, j.finished_at, j.requested_role";
 
-#[derive(sqlx::FromRow)]
 pub(crate) struct JobConsumerRow {
     pub name: String,
     pub kind: String,
@@ -282,12 +280,4 @@ impl JobRow {
             wake_at: self.wake_at,
         })
     }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    pub event: String,
-    pub data: String,
 }
