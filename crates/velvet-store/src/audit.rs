@@ -3,7 +3,7 @@
 //! linear across PostgreSQL replicas; SQLite's single writer already orders every append.
 
 use crate::StoreError;
-use crate::db::{Conn, FromRow, Row};
+use crate::db::{Backend, Conn, Driver, FromRow, Row, audit_keyring, read_all};
 use velvet_core::audit::{AuditDraft, AuditEntry};
 use velvet_core::keyring::Keyring;
 
@@ -84,4 +84,54 @@ pub(crate) async fn record<C: Conn>(
 ) -> Result<AuditEntry, StoreError> {
     let mut entries = append(c, keyring, &[draft]).await?;
     Ok(entries.pop().expect("one draft, one entry"))
+}
+
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one audit record in its own transaction.
+    async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError>;
+
+    /// Audit records with `seq > after_seq`, oldest first.
+    async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> AuditStore for B {
+    async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
+        append_alone(self, draft).await
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        page(self, after_seq, limit).await
+    }
+}
+
+/// Appends one record in its own transaction; any failure is `AuditUnavailable` (I6).
+async fn append_alone<B: Backend>(b: &B, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
+    let keyring = audit_keyring(b.keyring())?;
+    let draft = draft.clone();
+    b.driver()
+        .write("appending an audit record", move |c| {
+            Box::pin(async move { record(c, &keyring, &draft).await })
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::AuditUnavailable(_) => e,
+            other => StoreError::AuditUnavailable(other.to_string()),
+        })
+}
+
+async fn page<B: Backend>(
+    b: &B,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    read_all(
+        b,
+        "reading the audit log",
+        "SELECT seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash
+         FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        vec![after_seq.into(), limit.into()],
+    )
+    .await
 }

@@ -16,11 +16,13 @@ mod operators;
 mod postgres;
 mod reconcile;
 mod rows;
+mod sealed;
 mod sessions;
 mod sqlite;
 mod tokens;
 mod wakeups;
 
+pub use audit::AuditStore;
 pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
 pub use decisions::DecisionStore;
@@ -31,6 +33,7 @@ pub use migrate::{
 };
 pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
+pub use sealed::SealedStore;
 pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 pub use tokens::{TokenStore, TokenView};
@@ -40,11 +43,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
-use velvet_core::audit::{AuditDraft, AuditEntry, VerifyReport};
-use velvet_core::config::{FlowType, StoreUrl, TokenSpec};
+use velvet_core::audit::{AuditDraft, VerifyReport};
+use velvet_core::config::{FlowType, StoreUrl};
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, KeyringError, Sealed};
-use velvet_core::model::{ReconcileReport, SealedVersion, VersionRecord};
 use velvet_core::rotation::JobState;
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,8 @@ pub trait Store:
     + DecisionStore
     + OperatorStore
     + SessionStore
+    + SealedStore
+    + AuditStore
     + Send
     + Sync
     + std::fmt::Debug
@@ -305,46 +309,6 @@ pub trait Store:
         dry_run: bool,
     ) -> Result<Vec<MigrationState>, StoreError>;
 
-    /// Syncs the declared tokens and consumers into the store; tokens no longer declared are
-    /// retired, never deleted. Every change is audited in the same transaction.
-    async fn reconcile(
-        &self,
-        tokens: &[TokenSpec],
-        now: DateTime<Utc>,
-    ) -> Result<ReconcileReport, StoreError>;
-
-    /// Stores an existing credential as version 1, `current`, sealed with the associated data
-    /// of `(token, 1)`. Refused if the token already has versions.
-    async fn import_version(
-        &self,
-        token: &str,
-        sealed: &Sealed,
-        fingerprint: &str,
-        actor: &str,
-    ) -> Result<VersionRecord, StoreError>;
-
-    async fn sealed_version(&self, token: &str, version: i64) -> Result<Sealed, StoreError>;
-
-    /// Key ids referenced by sealed values and audit records.
-    async fn key_ids_in_use(&self) -> Result<Vec<String>, StoreError>;
-
-    /// How many values each key seals.
-    async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
-
-    /// One sealed value under `key_id`, to prove the keyring really opens stored data.
-    async fn sample_sealed(&self, key_id: &str) -> Result<Option<SealedVersion>, StoreError>;
-
-    /// Up to `limit` values sealed under any key other than `key_id`.
-    async fn sealed_not_under(
-        &self,
-        key_id: &str,
-        limit: i64,
-    ) -> Result<Vec<SealedVersion>, StoreError>;
-
-    /// Writes re-sealed values in one transaction; rows already moved are left alone, so an
-    /// interrupted run can simply be repeated. Returns how many rows changed.
-    async fn reseal(&self, batch: &[Reseal]) -> Result<u64, StoreError>;
-
     /// Tells `on_change` of every job change any replica makes, from now until the store is
     /// dropped; false when this store needs it not (SQLite: one process, which wakes itself).
     fn watch_jobs(&self, on_change: OnJobChange) -> bool;
@@ -352,12 +316,6 @@ pub trait Store:
     /// Takes one of `slots` holds on the lock key `key` for this process, or `None` while every
     /// slot is held by another replica: the caller waits and tries again.
     async fn try_lock_key(&self, key: &str, slots: u32) -> Result<Option<LockKeyHold>, StoreError>;
-
-    /// Appends one audit record in its own transaction.
-    async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError>;
-
-    /// Audit records with `seq > after_seq`, oldest first.
-    async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Walks the whole audit chain and reports the first bad record; `expected_head` (an
     /// exported `seq:hash`) also detects records removed from the end.

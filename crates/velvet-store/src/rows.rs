@@ -153,14 +153,6 @@ impl From<AuditRow> for AuditEntry {
     }
 }
 
-/// The chain head as stored: last seq and hash.
-#[derive(sqlx::FromRow)]
-pub(crate) struct AuditHead {
-    pub seq: i64,
-    pub hash: String,
-}
-
-#[derive(sqlx::FromRow)]
 pub(crate) struct ExistingToken {
     pub id: i64,
     pub name: String,

@@ -18,6 +18,14 @@ pub struct TokenView {
 
 #[async_trait]
 pub trait TokenStore: Send + Sync {
+    /// Syncs the declared tokens and consumers into the store; tokens no longer declared are
+    /// retired, never deleted. Every change is audited in the same transaction.
+    async fn reconcile(
+        &self,
+        tokens: &[velvet_core::config::TokenSpec],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<velvet_core::model::ReconcileReport, StoreError>;
+
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     async fn get_token(&self, name: &str) -> Result<Option<TokenRecord>, StoreError>;
     async fn list_consumers(&self, token: &str) -> Result<Vec<ConsumerRecord>, StoreError>;
@@ -116,6 +124,14 @@ async fn versions<C: Conn>(c: &mut C, token: &str) -> Result<Vec<VersionRecord>,
 
 #[async_trait]
 impl<B: Backend> TokenStore for B {
+    async fn reconcile(
+        &self,
+        tokens: &[velvet_core::config::TokenSpec],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<velvet_core::model::ReconcileReport, StoreError> {
+        crate::reconcile::apply(self, tokens, now).await
+    }
+
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         const WHAT: &str = "listing tokens";
         self.driver()
