@@ -44,6 +44,11 @@ fn start_server() -> ServerProc {
 
 /// A real `velvet serve` on a free loopback port, in a fresh directory, with `yaml`.
 pub(crate) fn start_server_with(yaml: &str) -> ServerProc {
+    start_server_env(yaml, &[])
+}
+
+/// As [`start_server_with`], with more environment (a `VELVET_DATABASE_URL`, say).
+pub(crate) fn start_server_env(yaml: &str, env: &[(&str, &str)]) -> ServerProc {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let ok = Command::new(velvet_bin())
@@ -63,6 +68,7 @@ pub(crate) fn start_server_with(yaml: &str) -> ServerProc {
         .env("VELVET_API_KEY", KEY)
         .env("VELVET_LISTEN", format!("127.0.0.1:{port}"))
         .env("VELVET_LOG", "warn")
+        .envs(env.iter().copied())
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
