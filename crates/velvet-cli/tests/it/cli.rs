@@ -1,9 +1,7 @@
 //! The `velvet` binary end to end: init, validate, migrate, import, audit, keys, serve, demo,
 //! and the clear error each kind of bad input must get.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const TOKENS: &str = "

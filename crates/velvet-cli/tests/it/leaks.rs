@@ -2,9 +2,7 @@
 //! every log line, API response, event stream, the audit export, `/metrics` and the store's
 //! files are searched for the values (and for the credentials Velvet holds): zero hits.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use velvet_testkit::servers::{OpenBao, PasswordPostgres};
 

@@ -1,9 +1,7 @@
 //! The CLI as a client of a running server: tokens, rotations with live progress, staged
 //! confirmation, and the exit codes of §6.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,7 @@
 //! The API beyond rotations: the audit log pages and verification, and feature flags with
 //! overrides that are stored, audited and obeyed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "test-bootstrap-key-0123456789abcdef";

@@ -2,9 +2,7 @@
 //! Chromium) against a live server with two enrolled operators. Screenshots land in
 //! `target/e2e/`. `.ci/run` installs Chromium and the npm package when they are missing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,9 +1,7 @@
 //! `velvet doctor`: every check in one table, nothing changed, the exit code telling whether
 //! rotation can work.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn results(out: &Out) -> Vec<(String, String, String)> {

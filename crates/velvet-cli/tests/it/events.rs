@@ -1,9 +1,7 @@
 //! The SSE stream of a job through the real server: snapshot, live changes, `end`, and
 //! `Last-Event-ID` resumption with no gap and no duplicate.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,6 @@
 //! `velvet serve` on PostgreSQL: several replicas share one database.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 /// The blocking HTTP client cannot run inside an async test, so database set-up runs here.

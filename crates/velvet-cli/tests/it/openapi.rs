@@ -1,9 +1,7 @@
 //! The OpenAPI document: it names every route of the contract with its errors, and schemathesis
 //! (PyPI) fuzzes a live server against it: no 5xx, every status, header and body as documented.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -2,9 +2,7 @@
 //! each code once; an HttpOnly SameSite=Strict cookie; CSRF on every change; logout, idle and
 //! absolute limits, and an admin ending an operator's sessions.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use velvet_core::operator::totp_code;
 

@@ -2,9 +2,7 @@
 //! never refuses a valid token and believes `X-Forwarded-For` only from trusted proxies,
 //! connection limits, console headers and CSRF, and names that cannot disguise an actor.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::time::{Duration, Instant};

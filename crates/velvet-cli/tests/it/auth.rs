@@ -2,9 +2,7 @@
 //! hash, roles granting exactly their permissions, revocation and expiry holding at once, and
 //! failed authentication rate limited per address.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

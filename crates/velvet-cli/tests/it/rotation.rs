@@ -1,9 +1,7 @@
 //! Rotations through the real binary and its API: the contract's shapes and errors, the
 //! invariants under `kill -9` (I1, I2, I4), and no secret in any output (I5).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
