@@ -632,7 +632,7 @@ async fn one_unfinished_job_per_token_is_enforced_by_the_database(f: Fixture) {
 #[test]
 fn conformance_runs_on_both_dialects() {
     // A guard against a dialect silently dropping out of the shared macro.
-    let src = include_str!("../../velvet-testkit/src/lib.rs");
+    let src = include_str!("../../../velvet-testkit/src/lib.rs");
     assert!(src.contains("Dialect::Sqlite") && src.contains("Dialect::Postgres"));
     let _ = Dialect::Sqlite;
 }

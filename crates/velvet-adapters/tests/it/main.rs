@@ -1,0 +1,5 @@
+//! The integration tests of velvet-adapters, as one binary (one link instead of one per file).
+
+mod consumers;
+mod sources;
+mod vault;

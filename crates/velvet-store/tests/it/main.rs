@@ -1,0 +1,5 @@
+//! The integration tests of velvet-store, as one binary (one link instead of one per file).
+
+mod conformance;
+mod jobs;
+mod operators;
