@@ -35,6 +35,18 @@ pub struct StageRequest<'a> {
     pub reason: Option<&'a str>,
 }
 
+impl StageRequest<'_> {
+    /// `action` alone: no code, no force, no reason.
+    pub fn new(action: Action) -> Self {
+        Self {
+            action,
+            totp: None,
+            force: false,
+            reason: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("rotation job `{0}` not found")]

@@ -32,19 +32,7 @@ async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verif
         h.env_file().contains("API_TOKEN=version-one"),
         "nothing distributed before confirmation"
     );
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::ProceedDistribute,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::ProceedDistribute).await.unwrap();
     let j = h
         .until(
             &job.job_id,
@@ -70,19 +58,7 @@ async fn staged_flow_pauses_twice_and_revokes_only_after_every_consumer_is_verif
         new
     );
     assert_eq!(h.labels().await, [(2, "current"), (1, "previous")]);
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::ProceedRevoke,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::ProceedRevoke).await.unwrap();
     let j = h
         .until(
             &job.job_id,
@@ -138,39 +114,14 @@ async fn a_failing_consumer_blocks_revoke_then_rollback_restores_everything() {
         "one bad target does not stop the others"
     );
     // I2: no revoke while a consumer is not verified.
-    let e = h
-        .engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::ProceedRevoke,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let e = h.act(&job.job_id, Action::ProceedRevoke).await.unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)), "{e}");
     assert_eq!(
         h.labels().await,
         [(2, "pending"), (1, "current")],
         "the previous value was never revoked"
     );
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Rollback,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::Rollback).await.unwrap();
     let j = h
         .until(
             &job.job_id,
@@ -249,10 +200,8 @@ async fn abort_before_distribution_discards_the_new_value() {
             &OPERATOR,
             &job.job_id,
             StageRequest {
-                action: Action::Abort,
-                totp: None,
-                force: false,
                 reason: Some("wrong moment"),
+                ..StageRequest::new(Action::Abort)
             },
         )
         .await
@@ -261,34 +210,10 @@ async fn abort_before_distribution_discards_the_new_value() {
         .await;
     assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
     assert_eq!(h.env_file(), "OTHER=kept\nAPI_TOKEN=version-one\n");
-    let e = h
-        .engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Abort,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let e = h.act(&job.job_id, Action::Abort).await.unwrap_err();
     assert!(matches!(e, ServiceError::Invalid(_)));
     assert!(matches!(
-        h.engine
-            .stage(
-                &OPERATOR,
-                "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa",
-                StageRequest {
-                    action: Action::Abort,
-                    totp: None,
-                    force: false,
-                    reason: None
-                }
-            )
-            .await,
+        h.act("rot_aaaaaaaaaaaaaaaaaaaaaaaaaa", Action::Abort).await,
         Err(ServiceError::NotFound(_))
     ));
 }
@@ -471,19 +396,7 @@ async fn rollback_reverts_a_failed_consumer_and_leaves_last_rotated_at() {
             .iter()
             .any(|c| c.consumer == "flaky" && c.status == ConsumerStatus::Failed)
     );
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Rollback,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::Rollback).await.unwrap();
     h.until(
         &job.job_id,
         "rolled back",
@@ -532,19 +445,7 @@ async fn only_a_succeeded_rotation_moves_last_rotated_at() {
         is(Stage::Distribute, JobStatus::AwaitingConfirmation),
     )
     .await;
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::ProceedDistribute,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::ProceedDistribute).await.unwrap();
     h.until(
         &job.job_id,
         "proceed_revoke",
@@ -552,19 +453,7 @@ async fn only_a_succeeded_rotation_moves_last_rotated_at() {
     )
     .await;
     assert_eq!(last().await, imported, "promoted is not rotated yet");
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Rollback,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::Rollback).await.unwrap();
     h.until(
         &job.job_id,
         "rolled back",
@@ -599,36 +488,14 @@ async fn every_unfinished_job_has_a_way_to_end() {
     // The token leaves the file (as a SIGHUP with it removed would do).
     *h.config.write().unwrap() = Arc::new(parse("tokens: []\n"));
     let e = h
-        .engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::ProceedDistribute,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
+        .act(&job.job_id, Action::ProceedDistribute)
         .await
         .unwrap_err();
     assert!(
         matches!(&e, ServiceError::Conflict { message, .. } if message.contains("abort")),
         "{e}"
     );
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Abort,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::Abort).await.unwrap();
     let j = h
         .until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
         .await;
@@ -650,19 +517,7 @@ async fn every_unfinished_job_has_a_way_to_end() {
         is(Stage::Mint, JobStatus::Failed),
     )
     .await;
-    h.engine
-        .stage(
-            &OPERATOR,
-            &job.job_id,
-            StageRequest {
-                action: Action::Abort,
-                totp: None,
-                force: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    h.act(&job.job_id, Action::Abort).await.unwrap();
     h.until(&job.job_id, "aborted", is(Stage::Done, JobStatus::Aborted))
         .await;
 }

@@ -101,12 +101,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
         .stage(
             &OPERATOR,
             &job.job_id,
-            StageRequest {
-                action: Action::RetryFailed,
-                totp: None,
-                force: false,
-                reason: None,
-            },
+            StageRequest::new(Action::RetryFailed),
         )
         .await
         .unwrap();

@@ -126,6 +126,17 @@ impl Harness {
             .unwrap()
     }
 
+    /// An operator's stage action on `job_id`.
+    pub async fn act(
+        &self,
+        job_id: &str,
+        action: velvet_core::rotation::Action,
+    ) -> Result<Job, velvet_engine::ServiceError> {
+        self.engine
+            .stage(&OPERATOR, job_id, velvet_engine::StageRequest::new(action))
+            .await
+    }
+
     pub async fn until(&self, job_id: &str, what: &str, done: impl Fn(&Job) -> bool) -> Job {
         let start = Instant::now();
         loop {
