@@ -43,13 +43,9 @@ impl Engine {
             .cloned()
     }
 
-    /// Seconds until `operator` may give a step-up code again, once it spent its wrong ones.
-    pub fn step_up_blocked(&self, operator: &str) -> Option<u64> {
-        self.step_up.blocked(operator)
-    }
-
-    pub(crate) fn step_up_limited(&self, operator: &str) -> Result<(), ServiceError> {
-        match self.step_up_blocked(operator) {
+    /// 429 while `operator` has spent its wrong step-up codes (design §10: 5 in 15 minutes).
+    pub fn step_up_limited(&self, operator: &str) -> Result<(), ServiceError> {
+        match self.step_up.blocked(operator) {
             Some(retry_after) => Err(ServiceError::StepUpLocked {
                 operator: operator.to_string(),
                 retry_after,
@@ -136,6 +132,29 @@ impl Engine {
             ev.client = Some(who.client.to_string());
             ev.job_id = Some(job.job_id.clone());
             raise(&*self.store, ev).await;
+        }
+    }
+
+    /// Decides with `decide`, first with the code unchecked; only if the gate then asks for it
+    /// is the code checked (and spent), and the gate asked again with the result.
+    pub(crate) async fn decide(
+        &self,
+        who: &Person<'_>,
+        job: &Job,
+        code: Option<&str>,
+        decide: impl Fn(Code) -> GateDecision,
+    ) -> Result<GateDecision, ServiceError> {
+        let given = code.filter(|c| !c.trim().is_empty());
+        let d = decide(if given.is_some() {
+            Code::Unchecked
+        } else {
+            Code::Missing
+        });
+        match given {
+            Some(code) if d.verdict == Verdict::CheckCode => {
+                Ok(decide(self.check_code(who, job, code).await?))
+            }
+            _ => Ok(d),
         }
     }
 

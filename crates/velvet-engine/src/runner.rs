@@ -11,7 +11,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use velvet_adapters::AdapterError;
 use velvet_adapters::source::{self, Source};
 use velvet_core::audit::AuditDraft;
-use velvet_core::config::{Config, TokenSpec, gate_for};
+use velvet_core::config::{Config, TokenSpec};
 use velvet_core::decision::Decision;
 use velvet_core::job::{ConsumerStatus, Job, JobChanges};
 use velvet_core::keyring::{Keyring, version_aad};
@@ -416,11 +416,7 @@ impl Engine {
     /// Whether this job's revoke may run with nobody present (I2b), decided by the gate that
     /// applies now and the requester's role, and kept as a decision before anything acts on it.
     pub(crate) async fn unattended(&self, job: &Job) -> Result<bool, Stop> {
-        let config = self.config();
-        let gate = self
-            .token_spec(job)
-            .ok()
-            .and_then(|t| gate_for(&config.revocation_gates, &t).cloned());
+        let gate = self.gate_of(job);
         let verdict = velvet_core::gate::unattended_revoke(gate.as_ref(), job.requested_role);
         let resource = match &gate {
             Some(g) => format!("unattended revoke of {} gate {}", job.job_id, g.name),

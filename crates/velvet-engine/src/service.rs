@@ -6,7 +6,7 @@
 use crate::gate::approvers;
 use crate::runner::Engine;
 use velvet_core::decision::DecisionStep;
-use velvet_core::gate::{self, Asker, Attempt, Code};
+use velvet_core::gate::{self, Asker, Attempt};
 use velvet_core::identity::Role;
 use velvet_core::job::{Job, JobStateView};
 use velvet_core::rotation::{Action, Awaiting, InvalidTransition};
@@ -157,23 +157,15 @@ impl Engine {
         };
         let standing = self.standing(job).await?;
         let approvals = approvers(&standing);
-        let given = req.totp.filter(|c| !c.trim().is_empty());
         let attempt = |code| match req.force {
             true => Attempt::Force { reason: req.reason },
             false => Attempt::Pass { code },
         };
-        let first = if given.is_some() {
-            Code::Unchecked
-        } else {
-            Code::Missing
-        };
-        let mut d = gate::proceed_revoke(g, &job.job_id, asker, &approvals, attempt(first));
-        if d.verdict == gate::Verdict::CheckCode
-            && let Some(code) = given
-        {
-            let checked = self.check_code(who, job, code).await?;
-            d = gate::proceed_revoke(g, &job.job_id, asker, &approvals, attempt(checked));
-        }
+        let d = self
+            .decide(who, job, req.totp, |code| {
+                gate::proceed_revoke(g, &job.job_id, asker, &approvals, attempt(code))
+            })
+            .await?;
         self.settle(who, job, d).await
     }
 
@@ -202,19 +194,11 @@ impl Engine {
             Some(op) => self.active_operator(op).await?.map(|o| o.role),
             None => None,
         };
-        let given = Some(totp).filter(|c| !c.trim().is_empty());
-        let first = if given.is_some() {
-            Code::Unchecked
-        } else {
-            Code::Missing
-        };
-        let mut d = gate::approve(&g, job_id, who.operator, role.as_deref(), first);
-        if d.verdict == gate::Verdict::CheckCode
-            && let Some(code) = given
-        {
-            let checked = self.check_code(who, &job, code).await?;
-            d = gate::approve(&g, job_id, who.operator, role.as_deref(), checked);
-        }
+        let d = self
+            .decide(who, &job, Some(totp), |code| {
+                gate::approve(&g, job_id, who.operator, role.as_deref(), code)
+            })
+            .await?;
         self.settle(who, &job, d).await?;
         let operator = who.operator.expect("a passed approval has an operator");
         self.store

@@ -27,17 +27,10 @@ pub(crate) async fn show(state: &AppState, mut job: Job) -> Result<Job, ApiError
     Ok(job)
 }
 
-/// 429 while `operator` has spent its wrong step-up codes (design §10: 5 in 15 minutes). No
-/// decision is stored for such a request, so a flood adds no rows.
+/// 429 while `operator` has spent its wrong step-up codes. Asked before anything is recorded,
+/// so a flood adds no decision rows.
 pub(crate) fn step_up_limited(state: &AppState, operator: &str) -> Result<(), ApiError> {
-    match crate::rotations::engine(state)?.step_up_blocked(operator) {
-        Some(retry_after) => Err(velvet_engine::ServiceError::StepUpLocked {
-            operator: operator.to_string(),
-            retry_after,
-        }
-        .into()),
-        None => Ok(()),
-    }
+    Ok(crate::rotations::engine(state)?.step_up_limited(operator)?)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

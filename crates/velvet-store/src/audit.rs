@@ -97,41 +97,29 @@ pub trait AuditStore: Send + Sync {
 
 #[async_trait::async_trait]
 impl<B: Backend> AuditStore for B {
+    /// Any failure is `AuditUnavailable` (I6).
     async fn append_audit(&self, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
-        append_alone(self, draft).await
+        let keyring = audit_keyring(self.keyring())?;
+        let draft = draft.clone();
+        self.driver()
+            .write("appending an audit record", move |c| {
+                Box::pin(async move { record(c, &keyring, &draft).await })
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::AuditUnavailable(_) => e,
+                other => StoreError::AuditUnavailable(other.to_string()),
+            })
     }
 
     async fn audit_page(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
-        page(self, after_seq, limit).await
-    }
-}
-
-/// Appends one record in its own transaction; any failure is `AuditUnavailable` (I6).
-async fn append_alone<B: Backend>(b: &B, draft: &AuditDraft) -> Result<AuditEntry, StoreError> {
-    let keyring = audit_keyring(b.keyring())?;
-    let draft = draft.clone();
-    b.driver()
-        .write("appending an audit record", move |c| {
-            Box::pin(async move { record(c, &keyring, &draft).await })
-        })
+        read_all(
+            self,
+            "reading the audit log",
+            "SELECT seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash
+             FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            vec![after_seq.into(), limit.into()],
+        )
         .await
-        .map_err(|e| match e {
-            StoreError::AuditUnavailable(_) => e,
-            other => StoreError::AuditUnavailable(other.to_string()),
-        })
-}
-
-async fn page<B: Backend>(
-    b: &B,
-    after_seq: i64,
-    limit: i64,
-) -> Result<Vec<AuditEntry>, StoreError> {
-    read_all(
-        b,
-        "reading the audit log",
-        "SELECT seq, at, actor, action, target, outcome, detail, key_id, prev_hash, hash
-         FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        vec![after_seq.into(), limit.into()],
-    )
-    .await
+    }
 }

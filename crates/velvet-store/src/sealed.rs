@@ -22,6 +22,17 @@ impl FromRow for SealedVersion {
     }
 }
 
+/// The sealed-value query with its condition, as one literal.
+macro_rules! sealed {
+    ($tail:literal) => {
+        concat!(
+            "SELECT t.name, v.version, v.key_id, v.ciphertext FROM secret_versions v
+             JOIN tokens t ON t.id = v.token_id",
+            $tail
+        )
+    };
+}
+
 #[async_trait]
 pub trait SealedStore: Send + Sync {
     /// Stores an existing credential as version 1, `current`, sealed with the associated data
@@ -66,23 +77,112 @@ impl<B: Backend> SealedStore for B {
         fingerprint: &str,
         actor: &str,
     ) -> Result<VersionRecord, StoreError> {
-        import(self, token, sealed, fingerprint, actor).await
+        let keyring = audit_keyring(self.keyring())?;
+        let (token, sealed, fingerprint, actor) = (
+            token.to_string(),
+            sealed.clone(),
+            fingerprint.to_string(),
+            actor.to_string(),
+        );
+        self.driver()
+            .write("importing a version", move |c| {
+                Box::pin(async move {
+                    let id: i64 = c
+                        .opt(
+                            "finding a token",
+                            "SELECT id FROM tokens WHERE name = $1 AND status = 'active'",
+                            &[token.as_str().into()],
+                        )
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("token `{token}`")))?;
+                    let existing: i64 = c
+                        .one(
+                            "counting versions",
+                            "SELECT COUNT(*) FROM secret_versions WHERE token_id = $1",
+                            &[id.into()],
+                        )
+                        .await?;
+                    if existing > 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "token `{token}` already has {existing} version(s); import is for adopting a credential once, rotate it instead"
+                        )));
+                    }
+                    let now = now_micros();
+                    // Audit first (I6): the record is written before the value, in one transaction.
+                    let draft = AuditDraft::version_imported(&actor, &token, 1, &fingerprint);
+                    audit::record(c, &keyring, &draft).await?;
+                    c.run(
+                        "storing the imported version",
+                        "INSERT INTO secret_versions (token_id, version, label, key_id, ciphertext, fingerprint, created_at, activated_at)
+                         VALUES ($1, 1, 'current', $2, $3, $4, $5, $5)",
+                        &[
+                            id.into(),
+                            sealed.key_id.as_str().into(),
+                            sealed.ciphertext.as_slice().into(),
+                            fingerprint.as_str().into(),
+                            now.into(),
+                        ],
+                    )
+                    .await?;
+                    c.run(
+                        "updating the token",
+                        "UPDATE tokens SET last_rotated_at = $2, updated_at = $2 WHERE id = $1",
+                        &[id.into(), now.into()],
+                    )
+                    .await?;
+                    Ok(VersionRecord {
+                        version: 1,
+                        label: VersionLabel::Current,
+                        fingerprint,
+                        created_at: now,
+                        activated_at: Some(now),
+                        revoked_at: None,
+                    })
+                })
+            })
+            .await
     }
 
-    async fn sealed_version(&self, token: &str, v: i64) -> Result<Sealed, StoreError> {
-        version(self, token, v).await
+    async fn sealed_version(&self, token: &str, version: i64) -> Result<Sealed, StoreError> {
+        let sql = sealed!(" WHERE t.name = $1 AND v.version = $2");
+        let row: Option<SealedVersion> = read_opt(
+            self,
+            "reading a sealed value",
+            sql,
+            vec![token.into(), version.into()],
+        )
+        .await?;
+        row.map(|r| r.sealed)
+            .ok_or_else(|| StoreError::NotFound(format!("version {version} of token `{token}`")))
     }
 
     async fn key_ids_in_use(&self) -> Result<Vec<String>, StoreError> {
-        key_ids_in_use(self).await
+        read_all(
+            self,
+            "listing key ids in use",
+            "SELECT key_id FROM secret_versions UNION SELECT key_id FROM audit_events
+             UNION SELECT totp_key_id FROM operators ORDER BY 1",
+            vec![],
+        )
+        .await
     }
 
     async fn sealed_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        counts(self).await
+        read_all(
+            self,
+            "counting sealed values",
+            "SELECT key_id, CAST(SUM(n) AS BIGINT) FROM (
+                 SELECT key_id, COUNT(*) AS n FROM secret_versions GROUP BY key_id
+                 UNION ALL SELECT totp_key_id, COUNT(*) FROM operators GROUP BY totp_key_id
+             ) AS sealed GROUP BY key_id ORDER BY key_id",
+            vec![],
+        )
+        .await
     }
 
     async fn sample_sealed(&self, key_id: &str) -> Result<Option<SealedVersion>, StoreError> {
-        sample(self, key_id).await
+        let sql = sealed!(" WHERE v.key_id = $1 LIMIT 1");
+        read_opt(self, "sampling a sealed value", sql, vec![key_id.into()]).await
     }
 
     async fn sealed_not_under(
@@ -90,182 +190,42 @@ impl<B: Backend> SealedStore for B {
         key_id: &str,
         limit: i64,
     ) -> Result<Vec<SealedVersion>, StoreError> {
-        not_under(self, key_id, limit).await
+        let sql = sealed!(" WHERE v.key_id <> $1 ORDER BY v.id LIMIT $2");
+        read_all(
+            self,
+            "listing values to re-seal",
+            sql,
+            vec![key_id.into(), limit.into()],
+        )
+        .await
     }
 
     async fn reseal(&self, batch: &[Reseal]) -> Result<u64, StoreError> {
-        reseal(self, batch).await
-    }
-}
-
-/// The sealed-value query with its condition, as one literal.
-macro_rules! sealed {
-    ($tail:literal) => {
-        concat!(
-            "SELECT t.name, v.version, v.key_id, v.ciphertext FROM secret_versions v
-             JOIN tokens t ON t.id = v.token_id",
-            $tail
-        )
-    };
-}
-
-/// Stores an existing credential as version 1, `current`; refused if the token has versions.
-async fn import<B: Backend>(
-    b: &B,
-    token: &str,
-    sealed: &Sealed,
-    fingerprint: &str,
-    actor: &str,
-) -> Result<VersionRecord, StoreError> {
-    let keyring = audit_keyring(b.keyring())?;
-    let (token, sealed, fingerprint, actor) = (
-        token.to_string(),
-        sealed.clone(),
-        fingerprint.to_string(),
-        actor.to_string(),
-    );
-    b.driver()
-        .write("importing a version", move |c| {
-            Box::pin(async move {
-                let id: i64 = c
-                    .opt(
-                        "finding a token",
-                        "SELECT id FROM tokens WHERE name = $1 AND status = 'active'",
-                        &[token.as_str().into()],
-                    )
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("token `{token}`")))?;
-                let existing: i64 = c
-                    .one(
-                        "counting versions",
-                        "SELECT COUNT(*) FROM secret_versions WHERE token_id = $1",
-                        &[id.into()],
-                    )
-                    .await?;
-                if existing > 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "token `{token}` already has {existing} version(s); import is for adopting a credential once, rotate it instead"
-                    )));
-                }
-                let now = now_micros();
-                // Audit first (I6): the record is written before the value, in one transaction.
-                let draft = AuditDraft::version_imported(&actor, &token, 1, &fingerprint);
-                audit::record(c, &keyring, &draft).await?;
-                c.run(
-                    "storing the imported version",
-                    "INSERT INTO secret_versions (token_id, version, label, key_id, ciphertext, fingerprint, created_at, activated_at)
-                     VALUES ($1, 1, 'current', $2, $3, $4, $5, $5)",
-                    &[
-                        id.into(),
-                        sealed.key_id.as_str().into(),
-                        sealed.ciphertext.as_slice().into(),
-                        fingerprint.as_str().into(),
-                        now.into(),
-                    ],
-                )
-                .await?;
-                c.run(
-                    "updating the token",
-                    "UPDATE tokens SET last_rotated_at = $2, updated_at = $2 WHERE id = $1",
-                    &[id.into(), now.into()],
-                )
-                .await?;
-                Ok(VersionRecord {
-                    version: 1,
-                    label: VersionLabel::Current,
-                    fingerprint,
-                    created_at: now,
-                    activated_at: Some(now),
-                    revoked_at: None,
+        let batch = batch.to_vec();
+        self.driver()
+            .write("re-sealing values", move |c| {
+                Box::pin(async move {
+                    let mut changed = 0;
+                    for r in &batch {
+                        changed += c
+                            .run(
+                                "re-sealing a value",
+                                "UPDATE secret_versions SET key_id = $4, ciphertext = $5, fingerprint = $6
+                                 WHERE token_id = (SELECT id FROM tokens WHERE name = $1) AND version = $2 AND key_id = $3",
+                                &[
+                                    r.token.as_str().into(),
+                                    r.version.into(),
+                                    r.old_key_id.as_str().into(),
+                                    r.sealed.key_id.as_str().into(),
+                                    r.sealed.ciphertext.as_slice().into(),
+                                    r.fingerprint.as_str().into(),
+                                ],
+                            )
+                            .await?;
+                    }
+                    Ok(changed)
                 })
             })
-        })
-        .await
-}
-
-async fn version<B: Backend>(b: &B, token: &str, version: i64) -> Result<Sealed, StoreError> {
-    let sql = sealed!(" WHERE t.name = $1 AND v.version = $2");
-    let row: Option<SealedVersion> = read_opt(
-        b,
-        "reading a sealed value",
-        sql,
-        vec![token.into(), version.into()],
-    )
-    .await?;
-    row.map(|r| r.sealed)
-        .ok_or_else(|| StoreError::NotFound(format!("version {version} of token `{token}`")))
-}
-
-async fn key_ids_in_use<B: Backend>(b: &B) -> Result<Vec<String>, StoreError> {
-    read_all(
-        b,
-        "listing key ids in use",
-        "SELECT key_id FROM secret_versions UNION SELECT key_id FROM audit_events
-         UNION SELECT totp_key_id FROM operators ORDER BY 1",
-        vec![],
-    )
-    .await
-}
-
-async fn counts<B: Backend>(b: &B) -> Result<Vec<(String, i64)>, StoreError> {
-    read_all(
-        b,
-        "counting sealed values",
-        "SELECT key_id, CAST(SUM(n) AS BIGINT) FROM (
-             SELECT key_id, COUNT(*) AS n FROM secret_versions GROUP BY key_id
-             UNION ALL SELECT totp_key_id, COUNT(*) FROM operators GROUP BY totp_key_id
-         ) AS sealed GROUP BY key_id ORDER BY key_id",
-        vec![],
-    )
-    .await
-}
-
-async fn sample<B: Backend>(b: &B, key_id: &str) -> Result<Option<SealedVersion>, StoreError> {
-    let sql = sealed!(" WHERE v.key_id = $1 LIMIT 1");
-    read_opt(b, "sampling a sealed value", sql, vec![key_id.into()]).await
-}
-
-async fn not_under<B: Backend>(
-    b: &B,
-    key_id: &str,
-    limit: i64,
-) -> Result<Vec<SealedVersion>, StoreError> {
-    let sql = sealed!(" WHERE v.key_id <> $1 ORDER BY v.id LIMIT $2");
-    read_all(
-        b,
-        "listing values to re-seal",
-        sql,
-        vec![key_id.into(), limit.into()],
-    )
-    .await
-}
-
-/// Writes re-sealed values in one transaction; rows already moved are left alone.
-async fn reseal<B: Backend>(b: &B, batch: &[Reseal]) -> Result<u64, StoreError> {
-    let batch = batch.to_vec();
-    b.driver()
-        .write("re-sealing values", move |c| {
-            Box::pin(async move {
-                let mut changed = 0;
-                for r in &batch {
-                    changed += c
-                        .run(
-                            "re-sealing a value",
-                            "UPDATE secret_versions SET key_id = $4, ciphertext = $5, fingerprint = $6
-                             WHERE token_id = (SELECT id FROM tokens WHERE name = $1) AND version = $2 AND key_id = $3",
-                            &[
-                                r.token.as_str().into(),
-                                r.version.into(),
-                                r.old_key_id.as_str().into(),
-                                r.sealed.key_id.as_str().into(),
-                                r.sealed.ciphertext.as_slice().into(),
-                                r.fingerprint.as_str().into(),
-                            ],
-                        )
-                        .await?;
-                }
-                Ok(changed)
-            })
-        })
-        .await
+            .await
+    }
 }
