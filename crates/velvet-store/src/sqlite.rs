@@ -1,16 +1,12 @@
-//! The embedded store: SQLite in WAL mode. All writes go through a single-connection pool with
-//! `BEGIN IMMEDIATE`, so writers queue instead of failing with SQLITE_BUSY; reads use a small
-//! read-only pool.
+//! The embedded store: SQLite in WAL mode, on one driver (`db::sqlite`): every write goes
+//! through the writer thread, every read through the read-only pool.
 
-use crate::db::sqlite::{Readers, SqliteDb, Writer};
+use crate::db::sqlite::{Readers, SqliteConn, SqliteDb, Writer, ts};
+use crate::db::{Conn, Row};
 use crate::migrate::{self, AppliedMigration, Dialect, MigrationSet, MigrationState};
 use crate::{Context, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{AssertSqlSafe, Sqlite, Transaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,23 +16,15 @@ use velvet_core::audit::{
 use velvet_core::keyring::Keyring;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const READERS: u32 = 4;
-/// Rows the driver thread may read ahead of the consumer; the default (50) makes every few rows
-/// a cross-thread wake-up, which dominated long scans such as audit verification.
-const READ_ROW_BUFFER: usize = 4096;
 
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
-    pub(crate) writer: SqlitePool,
-    pub(crate) reader: SqlitePool,
     /// rusqlite: the writer thread and the read pool (`db::sqlite`).
     pub(crate) db: SqliteDb,
     /// Signs audit records; a store opened without one (for `migrate`) refuses audited writes.
     pub(crate) keyring: Option<Arc<Keyring>>,
 }
-
-pub(crate) type Tx = Transaction<'static, Sqlite>;
 
 impl crate::db::Backend for SqliteStore {
     type Driver = SqliteDb;
@@ -46,6 +34,35 @@ impl crate::db::Backend for SqliteStore {
     fn keyring(&self) -> Option<&Arc<Keyring>> {
         self.keyring.as_ref()
     }
+}
+
+/// The migrations recorded in the store, oldest first (none before the first one).
+fn applied(c: &mut SqliteConn) -> Result<Vec<AppliedMigration>, StoreError> {
+    let what = "reading migration state";
+    let exists = crate::db::sqlite::now(c.rows(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'velvet_schema_migrations'",
+        &[],
+    ))
+    .ctx(what)?;
+    if exists.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = crate::db::sqlite::now(c.rows(
+        "SELECT version, name, checksum, applied_at FROM velvet_schema_migrations ORDER BY version",
+        &[],
+    ))
+    .ctx(what)?;
+    rows.into_iter()
+        .map(|mut r: Row| {
+            Ok(AppliedMigration {
+                version: r.int()?,
+                name: r.text()?,
+                checksum: r.text()?,
+                applied_at: r.time()?,
+            })
+        })
+        .collect::<Result<_, crate::db::DbError>>()
+        .ctx(what)
 }
 
 impl SqliteStore {
@@ -61,69 +78,17 @@ impl SqliteStore {
                 dir.display()
             )));
         }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let open_err = |e: sqlx::Error| {
-            StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
-        };
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone().create_if_missing(true))
-            .await
-            .map_err(open_err)?;
-        // Touch the schema so a file that is not a database fails here, with its name.
-        sqlx::query("SELECT count(*) FROM sqlite_master")
-            .execute(&writer)
-            .await
-            .map_err(open_err)?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(opts.read_only(true).row_buffer_size(READ_ROW_BUFFER))
-            .await
-            .map_err(open_err)?;
-        let jobs = Writer::open(path, BUSY_TIMEOUT).map_err(|e| {
+        let writer = Writer::open(path, BUSY_TIMEOUT).map_err(|e| {
             StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
         })?;
         Ok(Self {
             db: SqliteDb {
-                writer: jobs,
+                writer,
                 readers: Readers::new(path, BUSY_TIMEOUT),
             },
             path: path.to_path_buf(),
-            writer,
-            reader,
             keyring,
         })
-    }
-
-    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .ctx("starting a write transaction")
-    }
-
-    async fn applied(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-    ) -> Result<Vec<AppliedMigration>, StoreError> {
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'velvet_schema_migrations'",
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .ctx("reading migration state")?;
-        if exists.is_none() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as("SELECT version, name, checksum, applied_at FROM velvet_schema_migrations ORDER BY version")
-            .fetch_all(&mut *tx)
-            .await
-            .ctx("reading migration state")
     }
 }
 
@@ -234,16 +199,16 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .ctx("pinging the store")?;
-        Ok(())
+        self.db
+            .readers
+            .read("pinging the store", |c| {
+                crate::db::sqlite::now(c.rows("SELECT 1", &[])).ctx("pinging the store")
+            })
+            .map(drop)
     }
 
     async fn migrations(&self, set: &MigrationSet) -> Result<Vec<MigrationState>, StoreError> {
-        let mut conn = self.reader.acquire().await.ctx("reading migration state")?;
-        let applied = self.applied(&mut conn).await?;
+        let applied = self.db.readers.read("reading migration state", applied)?;
         Ok(migrate::plan(set, &applied)?)
     }
 
@@ -252,49 +217,52 @@ impl Store for SqliteStore {
         set: &MigrationSet,
         dry_run: bool,
     ) -> Result<Vec<MigrationState>, StoreError> {
+        if dry_run {
+            let states = self.migrations(set).await?;
+            return Ok(states
+                .into_iter()
+                .filter(|s| s.status == "pending")
+                .collect());
+        }
         let mut done = Vec::new();
         loop {
-            // One IMMEDIATE transaction per migration: it is the lock, and a failure keeps the
-            // migrations before it.
-            let mut tx = self.begin().await?;
-            let applied = self.applied(&mut tx).await?;
-            let states = migrate::plan(set, &applied)?;
-            if dry_run {
-                return Ok(states
-                    .into_iter()
-                    .filter(|s| s.status == "pending")
-                    .collect());
+            // One writer request per migration: the writer thread is the lock, and a failure
+            // keeps the migrations before it.
+            let set = set.clone();
+            let applied_now = self
+                .db
+                .writer
+                .call("applying a migration", move |c| {
+                    let states = migrate::plan(&set, &applied(c)?)?;
+                    let Some(m) = migrate::next_pending(&set, &states) else {
+                        return Ok(None);
+                    };
+                    c.raw()
+                        .execute_batch(
+                            "CREATE TABLE IF NOT EXISTS velvet_schema_migrations (
+                                version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)",
+                        )
+                        .ctx("creating the migration table")?;
+                    c.raw().execute_batch(&m.sql).ctx("applying a migration")?;
+                    let now = Utc::now();
+                    c.raw()
+                        .execute(
+                            "INSERT INTO velvet_schema_migrations (version, name, checksum, applied_at) VALUES (?1, ?2, ?3, ?4)",
+                            rusqlite::params![m.version, m.name, m.checksum, ts(now)],
+                        )
+                        .ctx("recording a migration")?;
+                    Ok(Some(MigrationState {
+                        version: m.version,
+                        name: m.name.clone(),
+                        status: "applied",
+                        applied_at: Some(now),
+                    }))
+                })
+                .await?;
+            match applied_now {
+                Some(state) => done.push(state),
+                None => return Ok(done),
             }
-            let Some(m) = migrate::next_pending(set, &states) else {
-                return Ok(done);
-            };
-            sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS velvet_schema_migrations (
-                    version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)",
-            )
-            .execute(&mut *tx)
-            .await
-            .ctx("creating the migration table")?;
-            sqlx::raw_sql(AssertSqlSafe(m.sql.clone()))
-                .execute(&mut *tx)
-                .await
-                .ctx("applying a migration")?;
-            let now = Utc::now();
-            sqlx::query("INSERT INTO velvet_schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)")
-                .bind(m.version)
-                .bind(&m.name)
-                .bind(&m.checksum)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .ctx("recording a migration")?;
-            tx.commit().await.ctx("committing a migration")?;
-            done.push(MigrationState {
-                version: m.version,
-                name: m.name.clone(),
-                status: "applied",
-                applied_at: Some(now),
-            });
         }
     }
 
@@ -322,10 +290,11 @@ impl Store for SqliteStore {
             .map(parse_head)
             .transpose()
             .map_err(StoreError::Conflict)?;
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
-            .fetch_one(&self.reader)
-            .await
-            .ctx("reading the audit log")?;
+        let max = self.db.readers.read("reading the audit log", |c| {
+            let mut rows = crate::db::sqlite::now(c.rows("SELECT MAX(seq) FROM audit_events", &[]))
+                .ctx("reading the audit log")?;
+            rows[0].opt_int().ctx("reading the audit log")
+        })?;
         let Some(max) = max else {
             return Ok(join_ranges(&[], head.as_ref()));
         };

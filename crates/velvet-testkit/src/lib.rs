@@ -72,25 +72,38 @@ pub fn keyring_in(dir: &std::path::Path) -> Arc<Keyring> {
 /// Raw access to a test store's database, for tampering tests.
 #[derive(Debug)]
 pub enum RawDb {
-    Sqlite(sqlx::SqlitePool),
+    /// A path: each statement opens its own connection, so none is held across the store's use.
+    Sqlite(PathBuf),
     Postgres(sqlx::PgPool),
 }
 
 impl RawDb {
     pub async fn exec(&self, sql: &str) {
-        let sql = AssertSqlSafe(sql.to_string());
-        match self {
-            Self::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
-            Self::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
-        }
-        .unwrap_or_else(|e| panic!("raw SQL failed: {e}"));
+        self.try_exec(sql)
+            .await
+            .unwrap_or_else(|e| panic!("raw SQL failed: {e}"));
     }
 
-    pub async fn try_exec(&self, sql: &str) -> Result<(), sqlx::Error> {
-        let sql = AssertSqlSafe(sql.to_string());
+    /// Runs `sql`; the error is the database's own message.
+    pub async fn try_exec(&self, sql: &str) -> Result<(), String> {
         match self {
-            Self::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
-            Self::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Self::Sqlite(path) => {
+                let path = path.clone();
+                let sql = sql.to_string();
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path)?;
+                    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                    conn.execute_batch(&sql)
+                })
+                .await
+                .expect("raw SQLite thread")
+                .map_err(|e| e.to_string())
+            }
+            Self::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(p)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -137,11 +150,7 @@ impl Fixture {
             .await
             .expect("open store");
         let raw = match &url {
-            velvet_core::config::StoreUrl::Sqlite(p) => RawDb::Sqlite(
-                sqlx::SqlitePool::connect(&format!("sqlite://{}", p.display()))
-                    .await
-                    .expect("raw sqlite"),
-            ),
+            velvet_core::config::StoreUrl::Sqlite(p) => RawDb::Sqlite(p.clone()),
             velvet_core::config::StoreUrl::Postgres(u) => {
                 RawDb::Postgres(sqlx::PgPool::connect(u).await.expect("raw postgres"))
             }

@@ -197,19 +197,12 @@ fn an_operator_logs_in_with_a_code_once_and_the_session_obeys_csrf_and_logout() 
 
 /// Moves a session's clock in the store, as if time had passed.
 fn age_sessions(w: &Workdir, column: &str, by: chrono::Duration) {
-    let url = format!("sqlite://{}", w.path("velvet.db").display());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE operator_sessions SET {column} = $1"
-        )))
-        .bind(chrono::Utc::now() - by)
-        .execute(&pool)
-        .await
+    let conn = rusqlite::Connection::open(w.path("velvet.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
-        pool.close().await;
-    });
+    let at = (chrono::Utc::now() - by).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    conn.execute(&format!("UPDATE operator_sessions SET {column} = ?1"), [at])
+        .unwrap();
 }
 
 #[test]

@@ -31,12 +31,19 @@ impl Writer {
     pub(crate) fn open(path: &Path, busy_timeout: std::time::Duration) -> Result<Self, String> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| e.to_string())?;
         conn.busy_timeout(busy_timeout).map_err(|e| e.to_string())?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(|e| e.to_string())?;
+        // WAL lets readers run beside the writer; it is a property of the file, set once here.
+        // Reading the schema makes a file that is not a database fail now, with its name.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+             SELECT count(*) FROM sqlite_master;",
+        )
+        .map_err(|e| e.to_string())?;
         conn.set_prepared_statement_cache_capacity(64);
         let (queue, requests) = mpsc::channel::<Work>();
         std::thread::Builder::new()
