@@ -1,10 +1,10 @@
-//! Rotation jobs as stored and as the API shows them (design §5, the job object), and the
-//! per-consumer states of a job.
+//! Rotation jobs as the store keeps them and the engine drives them, and the per-consumer
+//! states of a job. What the API shows of them is `job_view`.
 
 use crate::config::FlowType;
-use crate::rotation::{JobState, Revert};
+use crate::rotation::JobState;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A job id: `rot_` and 26 lowercase base32 characters (130 random bits).
 pub fn new_job_id() -> String {
@@ -31,7 +31,7 @@ pub fn is_job_id(s: &str) -> bool {
 macro_rules! consumer_status {
     ($($variant:ident = $word:literal),* $(,)?) => {
         /// Where one consumer is in a job.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum ConsumerStatus { $($variant),* }
 
@@ -56,8 +56,8 @@ consumer_status!(
     RolledBack = "rolled_back",
 );
 
-/// One consumer's state in a job: the `consumers[]` entries of the job object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// One consumer's state in a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobConsumer {
     pub consumer: String,
     pub kind: String,
@@ -68,79 +68,33 @@ pub struct JobConsumer {
     /// What the consumer was verified to hold.
     pub fingerprint: Option<String>,
     pub updated_at: DateTime<Utc>,
-    #[serde(skip)]
     pub lock_key: Option<String>,
-    #[serde(skip)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When its first attempt began (the console's timeline starts each bar there).
     pub started_at: Option<DateTime<Utc>>,
 }
 
-/// A rotation job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Job {
+/// A rotation job: the stored row, its consumers, and what the engine needs to drive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationJob {
     pub job_id: String,
     pub token: String,
     pub flow_type: FlowType,
-    #[serde(flatten)]
-    pub state: JobStateView,
+    pub state: JobState,
     pub new_version: Option<i64>,
     pub previous_version: Option<i64>,
     pub requested_by: String,
     /// The requester's role at kickoff: what an unattended revoke may do on its behalf (I2b).
-    #[serde(skip)]
     pub requested_role: Option<crate::identity::Role>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
-    /// Filled by the API from the revocation gate that applies (a later issue).
-    #[schema(value_type = Option<Object>)]
-    pub gate: Option<serde_json::Value>,
     pub consumers: Vec<JobConsumer>,
-    #[serde(skip)]
     pub lease_owner: Option<String>,
-    #[serde(skip)]
     pub lease_expires_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
     pub wake_at: Option<DateTime<Utc>>,
-}
-
-/// The state as the API shows it: `stage`, `status`, `awaiting`; the internals are skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct JobStateView {
-    pub stage: crate::rotation::Stage,
-    pub status: crate::rotation::JobStatus,
-    pub awaiting: Option<crate::rotation::Awaiting>,
-    #[serde(skip)]
-    pub revoke_started: bool,
-    #[serde(skip)]
-    pub reverting: Option<Revert>,
-}
-
-impl From<JobState> for JobStateView {
-    fn from(s: JobState) -> Self {
-        Self {
-            stage: s.stage,
-            status: s.status,
-            awaiting: s.awaiting,
-            revoke_started: s.revoke_started,
-            reverting: s.reverting,
-        }
-    }
-}
-
-impl From<JobStateView> for JobState {
-    fn from(s: JobStateView) -> Self {
-        Self {
-            stage: s.stage,
-            status: s.status,
-            awaiting: s.awaiting,
-            revoke_started: s.revoke_started,
-            reverting: s.reverting,
-        }
-    }
 }
 
 /// What changes besides the state when a job moves on, applied in the same transaction.
@@ -172,57 +126,5 @@ mod tests {
         assert!(is_job_id(&a), "{a}");
         assert_ne!(a, new_job_id());
         assert!(!is_job_id("rot_short") && !is_job_id("job_aaaaaaaaaaaaaaaaaaaaaaaaaa"));
-    }
-
-    #[test]
-    fn job_serialises_in_the_contract_shape() {
-        let now = Utc::now();
-        let job = Job {
-            job_id: "rot_x".into(),
-            token: "t".into(),
-            flow_type: FlowType::Staged,
-            state: JobState::NEW.into(),
-            new_version: None,
-            previous_version: Some(1),
-            requested_by: "admin".into(),
-            requested_role: None,
-            reason: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            error: None,
-            gate: None,
-            consumers: vec![],
-            lease_owner: Some("r1".into()),
-            lease_expires_at: None,
-            wake_at: None,
-        };
-        let v = serde_json::to_value(&job).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            [
-                "job_id",
-                "token",
-                "flow_type",
-                "stage",
-                "status",
-                "awaiting",
-                "new_version",
-                "previous_version",
-                "requested_by",
-                "reason",
-                "created_at",
-                "updated_at",
-                "finished_at",
-                "error",
-                "gate",
-                "consumers"
-            ]
-        );
-        assert_eq!(
-            (v["stage"].as_str(), v["status"].as_str()),
-            (Some("mint"), Some("pending"))
-        );
     }
 }

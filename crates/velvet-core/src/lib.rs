@@ -9,6 +9,7 @@ pub mod fs;
 pub mod gate;
 pub mod identity;
 pub mod job;
+pub mod job_view;
 pub mod keyring;
 pub mod limiter;
 pub mod model;

@@ -4,7 +4,7 @@
 use crate::runner::Engine;
 use crate::service::ServiceError;
 use velvet_core::audit::AuditDraft;
-use velvet_core::job::{Job, JobChanges};
+use velvet_core::job::{JobChanges, RotationJob};
 use velvet_core::rotation::{Action, Event, InvalidTransition, JobState, Stage, transition};
 use velvet_store::StoreError;
 
@@ -13,12 +13,12 @@ impl Engine {
     /// checked the revocation gate and reports it in `gate_passed`.
     pub(crate) async fn act(
         &self,
-        job: &Job,
+        job: &RotationJob,
         action: Action,
         gate_passed: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<Job, ServiceError> {
+    ) -> Result<RotationJob, ServiceError> {
         let job_id = job.job_id.as_str();
         let mut job = job.clone();
         for attempt in 0..3 {
@@ -29,14 +29,14 @@ impl Engine {
                     .await?
                     .ok_or_else(|| ServiceError::NotFound(job_id.into()))?;
             }
-            let from: JobState = job.state.into();
+            let from: JobState = job.state;
             // Ending a job never needs its token's declaration (a revert that failed is ended
             // by retrying it); going on does.
             let ends = matches!(action, Action::Abort | Action::Rollback)
                 || (action == Action::RetryFailed && from.reverting.is_some());
             if !ends && self.token_spec(&job).is_err() {
                 return Err(ServiceError::Conflict {
-                    state: job.state,
+                    state: job.state.into(),
                     message: format!(
                         "token `{}` is no longer declared in velvet.yaml, so this job can only be \
                      ended: `velvet rotations stage {job_id} abort` (before distribution) or \
@@ -89,7 +89,7 @@ impl Engine {
             .ok_or_else(|| ServiceError::NotFound(job_id.into()))?;
         Err(ServiceError::Invalid(InvalidTransition {
             what: "act on",
-            state: job.state.into(),
+            state: job.state,
         }))
     }
 }

@@ -13,7 +13,7 @@ use velvet_adapters::Delivery;
 use velvet_adapters::consumer::{self, Consumer};
 use velvet_core::audit::AuditDraft;
 use velvet_core::config::TokenSpec;
-use velvet_core::job::{ConsumerStatus, Job, JobChanges};
+use velvet_core::job::{ConsumerStatus, JobChanges, RotationJob};
 use velvet_core::rotation::{Event, JobStatus};
 use velvet_core::secret::SecretValue;
 use velvet_store::{ConsumerChange, ConsumerUpdate, LockKeyHold};
@@ -141,7 +141,7 @@ impl Engine {
 /// A job's consumer, built from its declaration, with its lock key; or why it cannot be.
 type Built = Result<(Arc<dyn Consumer>, String), String>;
 
-fn consumers_of(spec: &TokenSpec, engine: &Engine, job: &Job) -> Vec<(String, Built)> {
+fn consumers_of(spec: &TokenSpec, engine: &Engine, job: &RotationJob) -> Vec<(String, Built)> {
     job.consumers
         .iter()
         .map(|jc| {
@@ -228,7 +228,7 @@ async fn deliver(
     held.release().await;
 }
 
-pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
+pub(crate) async fn run(engine: &Arc<Engine>, job: &RotationJob) -> Step {
     let spec = match engine.token_spec(job) {
         Ok(s) => s,
         Err(e) => return engine.fail(job, e).await,
@@ -317,7 +317,11 @@ pub(crate) async fn run(engine: &Arc<Engine>, job: &Job) -> Step {
 
 /// Drops the previous value from every consumer that keeps one.
 /// What revoke and rollback steps hand a consumer.
-fn delivery_of<'a>(job: &'a Job, new: &'a SecretValue, vals: &'a JobValues) -> Delivery<'a> {
+fn delivery_of<'a>(
+    job: &'a RotationJob,
+    new: &'a SecretValue,
+    vals: &'a JobValues,
+) -> Delivery<'a> {
     Delivery {
         token: &job.token,
         job_id: &job.job_id,
@@ -332,7 +336,7 @@ fn delivery_of<'a>(job: &'a Job, new: &'a SecretValue, vals: &'a JobValues) -> D
 
 pub(crate) async fn revoke_previous(
     engine: &Engine,
-    job: &Job,
+    job: &RotationJob,
     spec: &TokenSpec,
     vals: &JobValues,
 ) -> Result<(), StepError> {
@@ -360,7 +364,7 @@ pub(crate) async fn revoke_previous(
 /// the job then names; a verified one that cannot be reverted fails the step instead.
 pub(crate) async fn roll_back(
     engine: &Engine,
-    job: &Job,
+    job: &RotationJob,
     spec: &TokenSpec,
     vals: &JobValues,
 ) -> Result<Vec<String>, StepError> {

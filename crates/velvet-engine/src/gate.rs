@@ -7,7 +7,7 @@ use crate::service::{Person, ServiceError};
 use velvet_core::config::{GateSpec, gate_for};
 use velvet_core::decision::{Decision, SecurityEvent, Severity};
 use velvet_core::gate::{Approver, Code, GateDecision, Verdict};
-use velvet_core::job::Job;
+use velvet_core::job::RotationJob;
 use velvet_core::operator;
 use velvet_store::{OperatorRecord, Store, StoreError};
 
@@ -35,7 +35,7 @@ pub async fn raise(store: &dyn Store, ev: SecurityEvent) {
 
 impl Engine {
     /// The gate that stands in front of `job`'s revoke: the first matching its token.
-    pub fn gate_of(&self, job: &Job) -> Option<GateSpec> {
+    pub fn gate_of(&self, job: &RotationJob) -> Option<GateSpec> {
         let config = self.config();
         config
             .token(&job.token)
@@ -57,7 +57,7 @@ impl Engine {
     /// The approvals on `job` with each approver's role now (`None` when gone or disabled).
     pub(crate) async fn standing(
         &self,
-        job: &Job,
+        job: &RotationJob,
     ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let mut out = vec![];
         for a in self.store.approvals(&job.job_id).await? {
@@ -83,7 +83,7 @@ impl Engine {
     pub(crate) async fn check_code(
         &self,
         who: &Person<'_>,
-        job: &Job,
+        job: &RotationJob,
         code: &str,
     ) -> Result<Code, ServiceError> {
         let name = who.operator.ok_or_else(|| {
@@ -118,7 +118,7 @@ impl Engine {
     }
 
     /// Counts a wrong step-up code; the one that spends the budget is a critical `totp_locked`.
-    async fn wrong_code(&self, who: &Person<'_>, job: &Job, operator: &str) {
+    async fn wrong_code(&self, who: &Person<'_>, job: &RotationJob, operator: &str) {
         if self.step_up.record(operator) {
             let mut ev = SecurityEvent::new(
                 "totp_locked",
@@ -140,7 +140,7 @@ impl Engine {
     pub(crate) async fn decide(
         &self,
         who: &Person<'_>,
-        job: &Job,
+        job: &RotationJob,
         code: Option<&str>,
         decide: impl Fn(Code) -> GateDecision,
     ) -> Result<GateDecision, ServiceError> {
@@ -163,7 +163,7 @@ impl Engine {
     pub(crate) async fn settle(
         &self,
         who: &Person<'_>,
-        job: &Job,
+        job: &RotationJob,
         d: GateDecision,
     ) -> Result<(), ServiceError> {
         let mut steps = who.steps.to_vec();

@@ -13,7 +13,7 @@ use velvet_adapters::source::{self, Source};
 use velvet_core::audit::AuditDraft;
 use velvet_core::config::{Config, TokenSpec};
 use velvet_core::decision::Decision;
-use velvet_core::job::{ConsumerStatus, Job, JobChanges};
+use velvet_core::job::{ConsumerStatus, JobChanges, RotationJob};
 use velvet_core::keyring::{Keyring, version_aad};
 use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transition};
 use velvet_core::secret::SecretValue;
@@ -141,7 +141,7 @@ pub(crate) enum Stop {
     Backoff,
 }
 
-pub(crate) type Step = Result<Job, Stop>;
+pub(crate) type Step = Result<RotationJob, Stop>;
 
 impl Engine {
     pub fn new(
@@ -226,7 +226,7 @@ impl Engine {
         drained
     }
 
-    /// Job ids, each time one of them changes (for live views; the store's events are the truth).
+    /// RotationJob ids, each time one of them changes (for live views; the store's events are the truth).
     pub fn subscribe(&self) -> broadcast::Receiver<String> {
         self.bus.subscribe()
     }
@@ -301,7 +301,7 @@ impl Engine {
     }
 
     /// Drives one claimed job as far as it can go, renewing the lease meanwhile.
-    async fn drive(self: Arc<Self>, mut job: Job) {
+    async fn drive(self: Arc<Self>, mut job: RotationJob) {
         let id = job.job_id.clone();
         self.driving
             .lock()
@@ -378,8 +378,8 @@ impl Engine {
     }
 
     /// One step of the flow for `job`, as its state says.
-    async fn step(self: &Arc<Self>, job: &Job) -> Step {
-        let s: JobState = job.state.into();
+    async fn step(self: &Arc<Self>, job: &RotationJob) -> Step {
+        let s: JobState = job.state;
         if s.reverting.is_some() && s.status == JobStatus::Running {
             return self.revert(job).await;
         }
@@ -415,7 +415,7 @@ impl Engine {
 
     /// Whether this job's revoke may run with nobody present (I2b), decided by the gate that
     /// applies now and the requester's role, and kept as a decision before anything acts on it.
-    pub(crate) async fn unattended(&self, job: &Job) -> Result<bool, Stop> {
+    pub(crate) async fn unattended(&self, job: &RotationJob) -> Result<bool, Stop> {
         let gate = self.gate_of(job);
         let verdict = velvet_core::gate::unattended_revoke(gate.as_ref(), job.requested_role);
         let resource = match &gate {
@@ -441,12 +441,12 @@ impl Engine {
     /// Persists `event`'s transition with its audit record.
     pub(crate) async fn advance(
         &self,
-        job: &Job,
+        job: &RotationJob,
         event: Event,
         changes: JobChanges,
         action: &str,
     ) -> Step {
-        let from: JobState = job.state.into();
+        let from: JobState = job.state;
         let to = match transition(job.flow_type, from, event) {
             Ok(to) => to,
             Err(e) => {
@@ -479,7 +479,7 @@ impl Engine {
 
     /// Records a failure of the current stage with a readable reason; a store that may answer
     /// later fails nothing and keeps the lease, so the step runs again when it expires.
-    pub(crate) async fn fail(&self, job: &Job, why: impl Into<StepError>) -> Step {
+    pub(crate) async fn fail(&self, job: &RotationJob, why: impl Into<StepError>) -> Step {
         let reason = match why.into() {
             StepError::Transient(e) => {
                 tracing::warn!(job_id = %job.job_id, token = %job.token, error = %e, "the store failed for now; the step runs again when the lease expires");
@@ -500,7 +500,7 @@ impl Engine {
         .await
     }
 
-    pub(crate) fn token_spec(&self, job: &Job) -> Result<TokenSpec, String> {
+    pub(crate) fn token_spec(&self, job: &RotationJob) -> Result<TokenSpec, String> {
         self.config()
             .token(&job.token)
             .cloned()
@@ -539,7 +539,7 @@ impl Engine {
 
     /// Mint: a new value, stored sealed before the source sees it (I1), then activated and
     /// proved by a real login.
-    async fn mint(&self, job: &Job) -> Step {
+    async fn mint(&self, job: &RotationJob) -> Step {
         let spec = match self.token_spec(job) {
             Ok(s) => s,
             Err(e) => return self.fail(job, e).await,
@@ -596,10 +596,10 @@ impl Engine {
 
     async fn store_new(
         &self,
-        job: &Job,
+        job: &RotationJob,
         source: &dyn Source,
         previous: Option<&SecretValue>,
-    ) -> Result<Job, StepError> {
+    ) -> Result<RotationJob, StepError> {
         let value = source.generate(previous).map_err(|e| e.to_string())?;
         let version = self.store.next_version(&job.token).await?;
         let now = Utc::now();
@@ -619,7 +619,7 @@ impl Engine {
 
     /// Revoke: only once every consumer holds the new value (I2), the source and consumers drop
     /// the previous one.
-    async fn revoke(&self, job: &Job) -> Step {
+    async fn revoke(&self, job: &RotationJob) -> Step {
         if let Some(c) = job
             .consumers
             .iter()
@@ -677,7 +677,7 @@ impl Engine {
     }
 
     /// Rollback or abort: put the previous value back where the new one went, revert the source.
-    async fn revert(&self, job: &Job) -> Step {
+    async fn revert(&self, job: &RotationJob) -> Step {
         let (event, action) = match job.state.reverting {
             Some(Revert::Abort) => (Event::Aborted, "rotation.aborted"),
             _ => (Event::RolledBack, "rotation.rolled_back"),

@@ -8,7 +8,8 @@ use crate::runner::Engine;
 use velvet_core::decision::DecisionStep;
 use velvet_core::gate::{self, Asker, Attempt};
 use velvet_core::identity::Role;
-use velvet_core::job::{Job, JobStateView};
+use velvet_core::job::RotationJob;
+use velvet_core::job_view::JobStateView;
 use velvet_core::rotation::{Action, Awaiting, InvalidTransition};
 use velvet_store::{NewJob, StoreError};
 
@@ -93,13 +94,13 @@ impl ServiceError {
 
 impl Engine {
     /// Creates a job (I3: one unfinished job per token) and wakes the runner to start it.
-    pub async fn kickoff(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
+    pub async fn kickoff(&self, new: &NewJob<'_>) -> Result<RotationJob, StoreError> {
         let job = self.store.create_job(new).await?;
         self.nudge();
         Ok(job)
     }
 
-    async fn job(&self, job_id: &str) -> Result<Job, ServiceError> {
+    async fn job(&self, job_id: &str) -> Result<RotationJob, ServiceError> {
         self.store
             .get_job(job_id)
             .await?
@@ -112,7 +113,7 @@ impl Engine {
         who: &Person<'_>,
         job_id: &str,
         req: StageRequest<'_>,
-    ) -> Result<Job, ServiceError> {
+    ) -> Result<RotationJob, ServiceError> {
         if req.force && req.action != Action::ProceedRevoke {
             return Err(ServiceError::Validation(
                 "force: goes only with proceed_revoke (it passes a revocation gate that allows it)"
@@ -147,7 +148,7 @@ impl Engine {
     async fn pass_gate(
         &self,
         who: &Person<'_>,
-        job: &Job,
+        job: &RotationJob,
         g: &velvet_core::config::GateSpec,
         req: StageRequest<'_>,
     ) -> Result<(), ServiceError> {
@@ -175,11 +176,11 @@ impl Engine {
         who: &Person<'_>,
         job_id: &str,
         totp: &str,
-    ) -> Result<Job, ServiceError> {
+    ) -> Result<RotationJob, ServiceError> {
         let job = self.job(job_id).await?;
         let conflict = |message: &str| ServiceError::Conflict {
             message: message.into(),
-            state: job.state,
+            state: job.state.into(),
         };
         let g = self
             .gate_of(&job)

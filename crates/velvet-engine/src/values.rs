@@ -29,7 +29,7 @@ pub struct JobValues {
 pub async fn of_job(
     store: &dyn Store,
     keyring: &Keyring,
-    job: &velvet_core::job::Job,
+    job: &velvet_core::job::RotationJob,
 ) -> Result<JobValues, StepError> {
     let mut out = JobValues {
         new: None,

@@ -64,12 +64,12 @@ impl Params {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct AuditPage {
     /// In chain order.
-    events: Vec<AuditEntry>,
+    pub events: Vec<AuditEntry>,
     /// Pass as `after_seq` for the next page; null when this page was the end for now.
-    next_after_seq: Option<i64>,
+    pub next_after_seq: Option<i64>,
 }
 
 /// The audit chain, a page at a time.

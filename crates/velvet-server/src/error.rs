@@ -35,7 +35,7 @@ impl From<velvet_store::StoreError> for ApiError {
 impl From<velvet_engine::ServiceError> for ApiError {
     fn from(e: velvet_engine::ServiceError) -> Self {
         use velvet_engine::ServiceError as S;
-        let conflict = |message: String, state: velvet_core::job::JobStateView| {
+        let conflict = |message: String, state: velvet_core::job_view::JobStateView| {
             Self::new(StatusCode::CONFLICT, "invalid_transition", message)
                 .with("stage", state.stage)
                 .with("status", state.status)

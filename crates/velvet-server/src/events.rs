@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use utoipa::openapi::{Ref, RefOr, Schema};
 use velvet_core::job::is_job_id;
+use velvet_core::job_view::{ConsumerEvent, RotationJobView};
 use velvet_core::rotation::JobStatus;
 use velvet_store::JobEvent;
 
@@ -73,14 +74,6 @@ impl Batch {
     }
 }
 
-/// The `data` of a `consumer` event: the consumer's state in the job, and the job.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ConsumerEvent<'a> {
-    pub job_id: &'a str,
-    #[serde(flatten)]
-    pub consumer: &'a velvet_core::job::JobConsumer,
-}
-
 /// One event of the stream, as OpenAPI 3.1 describes an event-stream item: its `event` name,
 /// `id` (the sequence number) and `data`, a JSON document whose schema depends on the name.
 #[derive(Debug)]
@@ -116,7 +109,7 @@ impl utoipa::PartialSchema for StreamEvent {
         };
         let null = ObjectBuilder::new().schema_type(Type::Null).build();
         OneOfBuilder::new()
-            .item(event("job", Ref::from_schema_name("Job").into()))
+            .item(event("job", Ref::from_schema_name("RotationJob").into()))
             .item(event(
                 "consumer",
                 Ref::from_schema_name("ConsumerEvent").into(),
@@ -129,9 +122,8 @@ impl utoipa::PartialSchema for StreamEvent {
 impl utoipa::ToSchema for StreamEvent {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         use utoipa::PartialSchema;
-        use velvet_core::job::Job;
-        schemas.push(("Job".into(), Job::schema()));
-        Job::schemas(schemas);
+        schemas.push(("RotationJob".into(), RotationJobView::schema()));
+        RotationJobView::schemas(schemas);
         schemas.push(("ConsumerEvent".into(), ConsumerEvent::schema()));
         ConsumerEvent::schemas(schemas);
     }
@@ -481,11 +473,12 @@ impl Client {
         let Some(job) = self.state.store.get_job(&self.job_id).await? else {
             return Ok(true);
         };
-        let data = serde_json::to_string(&job).expect("jobs serialise");
+        let view = RotationJobView::from(&job);
+        let data = serde_json::to_string(&view).expect("jobs serialise");
         self.push(seq, encode("job", seq, &data));
-        for c in &job.consumers {
+        for c in view.consumers {
             let v = ConsumerEvent {
-                job_id: &job.job_id,
+                job_id: view.job_id.clone(),
                 consumer: c,
             };
             let data = serde_json::to_string(&v).expect("consumers serialise");

@@ -20,18 +20,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A flag's effective value.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct Flag {
-    name: String,
-    enabled: bool,
+    pub name: String,
+    pub enabled: bool,
     /// `default` (built in), `file` (velvet.yaml) or `override` (set through the API).
     #[schema(pattern = "^(default|file|override)$")]
-    source: &'static str,
+    pub source: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct FlagList {
-    flags: Vec<Flag>,
+    pub flags: Vec<Flag>,
 }
 
 /// Every known flag with its effective value and where that value comes from.
@@ -89,7 +89,7 @@ async fn list(
         .map(|(name, enabled, source)| Flag {
             name,
             enabled,
-            source,
+            source: source.into(),
         })
         .collect();
     Ok(Json(FlagList { flags }))
@@ -137,6 +137,6 @@ async fn set(
     Ok(Json(Flag {
         name: o.name,
         enabled: o.enabled,
-        source: "override",
+        source: "override".into(),
     }))
 }

@@ -10,21 +10,26 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
-use velvet_core::job::Job;
+use velvet_core::job::RotationJob;
+use velvet_core::job_view::{ApprovalView, GateView, RotationJobView};
 
-/// Fills the job object's `gate`: what it requires and the approvals so far.
-pub(crate) async fn show(state: &AppState, mut job: Job) -> Result<Job, ApiError> {
-    let gate = state.engine.as_ref().and_then(|e| e.gate_of(&job));
-    if let Some(g) = gate {
-        let approvals = state.store.approvals(&job.job_id).await?;
-        job.gate = Some(serde_json::json!({
-            "name": g.name,
-            "requires": {"totp": g.require.totp, "approvals": g.require.approvals, "roles": g.require.roles},
-            "allow_force": g.allow_force,
-            "approvals": approvals,
-        }));
-    }
-    Ok(job)
+/// The job object: the job with its gate, what it requires and the approvals so far.
+pub(crate) async fn show(state: &AppState, job: RotationJob) -> Result<RotationJobView, ApiError> {
+    let gate = match state.engine.as_ref().and_then(|e| e.gate_of(&job)) {
+        Some(g) => {
+            let approvals = state.store.approvals(&job.job_id).await?;
+            let approvals = approvals
+                .into_iter()
+                .map(|a| ApprovalView {
+                    operator: a.operator,
+                    approved_at: a.approved_at,
+                })
+                .collect();
+            Some(GateView::new(&g, approvals))
+        }
+        None => None,
+    };
+    Ok(RotationJobView::from(&job).with_gate(gate))
 }
 
 /// 429 while `operator` has spent its wrong step-up codes. Asked before anything is recorded,
@@ -45,7 +50,7 @@ pub struct ApproveBody {
     params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
     request_body(content = ApproveBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "The job, its gate listing the approvals so far", body = Job),
+        (status = 200, description = "The job, its gate listing the approvals so far", body = RotationJobView),
         (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
         (status = 403, description = "`forbidden` (the role lacks rotations.revoke), `gate_required` (not an operator) or `gate_denied` (wrong or replayed code)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
@@ -61,7 +66,7 @@ pub(crate) async fn approve(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     Body(body): Body<ApproveBody>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<RotationJobView>, ApiError> {
     // A locked operator's flood is answered before anything is recorded.
     if let Some(op) = &caller.operator {
         step_up_limited(&state, op)?;

@@ -22,10 +22,15 @@ mod session;
 mod startup;
 mod tokens;
 
+/// The answers the CLI decodes, as the server sends them.
+pub use audit::AuditPage;
 pub use error::ApiError;
+pub use flags::{Flag, FlagList};
 pub use metrics::Metrics;
 pub use openapi::document_json as openapi_json;
+pub use service_tokens::{CreatedServiceToken, ServiceTokenList, ServiceTokenView};
 pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve};
+pub use tokens::KickoffAccepted;
 pub use velvet_engine::EnvLookup;
 
 use std::sync::{Arc, RwLock};

@@ -7,13 +7,14 @@ use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use velvet_core::identity::Permission;
-use velvet_core::job::{Job, is_job_id};
+use velvet_core::job::{RotationJob, is_job_id};
+use velvet_core::job_view::{RotationJobView, RotationPage};
 use velvet_core::rotation::{Action, JobStatus};
 use velvet_engine::StageRequest;
 use velvet_store::JobQuery;
@@ -27,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::events::stream))
 }
 
-pub(crate) async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError> {
+pub(crate) async fn load(state: &AppState, job_id: &str) -> Result<RotationJob, ApiError> {
     let missing = || ApiError::not_found(format!("rotation job `{job_id}` not found"));
     if !is_job_id(job_id) {
         return Err(missing());
@@ -36,7 +37,7 @@ pub(crate) async fn load(state: &AppState, job_id: &str) -> Result<Job, ApiError
 }
 
 /// A page cursor: the last job's creation time (µs) and id; opaque to clients.
-fn cursor_of(job: &Job) -> String {
+fn cursor_of(job: &RotationJob) -> String {
     format!("{}.{}", job.created_at.timestamp_micros(), job.job_id)
 }
 
@@ -44,14 +45,6 @@ fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
     let (micros, id) = c.split_once('.')?;
     let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
     is_job_id(id).then_some((at, id))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RotationPage {
-    /// Newest first.
-    rotations: Vec<Job>,
-    /// Pass as `cursor` for the next page; null on the last one.
-    next_cursor: Option<String>,
 }
 
 /// Rotation jobs, newest first, a page at a time.
@@ -107,7 +100,7 @@ async fn list(
     jobs.truncate(limit as usize);
     let next = more.then(|| jobs.last().map(cursor_of)).flatten();
     Ok(Json(RotationPage {
-        rotations: jobs,
+        rotations: jobs.iter().map(RotationJobView::from).collect(),
         next_cursor: next,
     }))
 }
@@ -116,7 +109,7 @@ async fn list(
 #[utoipa::path(get, path = "/api/v1/rotations/{job_id}", operation_id = "getRotation", tag = "rotations", security(("bearer" = [])),
     params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
     responses(
-        (status = 200, description = "The job", body = Job),
+        (status = 200, description = "The job", body = RotationJobView),
         (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
@@ -127,7 +120,7 @@ async fn show(
     _: Can<TokensRead>,
     State(state): State<AppState>,
     Path(job_id): Path<String>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<RotationJobView>, ApiError> {
     Ok(Json(
         crate::gate::show(&state, load(&state, &job_id).await?).await?,
     ))
@@ -156,7 +149,7 @@ pub struct StageBody {
     params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
     request_body(content = StageBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "The job after the action", body = Job),
+        (status = 200, description = "The job after the action", body = RotationJobView),
         (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
         (status = 403, description = "`forbidden` (the role lacks rotations.stage, or rotations.revoke for proceed_revoke), `gate_required` or `gate_denied`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
@@ -173,7 +166,7 @@ async fn stage(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
     Body(body): Body<StageBody>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<RotationJobView>, ApiError> {
     // A locked operator's step-up flood is answered before anything is recorded (§10).
     if body.action == Action::ProceedRevoke.as_str()
         && body.totp.is_some()

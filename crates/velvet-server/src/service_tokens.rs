@@ -90,19 +90,19 @@ pub struct CreateBody {
 }
 
 /// A service token as listed: never the token itself.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ServiceTokenView {
     /// `st_` and 16 hex characters.
-    id: String,
-    name: String,
-    role: String,
+    pub id: String,
+    pub name: String,
+    pub role: String,
     /// The first characters of the token, to recognise it.
-    prefix: String,
-    operator: Option<String>,
-    created_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    last_used_at: Option<DateTime<Utc>>,
-    revoked_at: Option<DateTime<Utc>>,
+    pub prefix: String,
+    pub operator: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 impl From<ServiceTokenRecord> for ServiceTokenView {
@@ -121,21 +121,21 @@ impl From<ServiceTokenRecord> for ServiceTokenView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ServiceTokenList {
-    tokens: Vec<ServiceTokenView>,
+    pub tokens: Vec<ServiceTokenView>,
 }
 
 /// A new service token: the only time `token` is shown.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct CreatedServiceToken {
-    id: String,
-    name: String,
-    role: String,
-    prefix: String,
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub prefix: String,
     /// `vlt_` and 43 base62 characters. Store it now: Velvet keeps only its SHA-256.
-    token: String,
-    expires_at: Option<DateTime<Utc>>,
+    pub token: String,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {

@@ -158,12 +158,12 @@ pub struct RotateBody {
 }
 
 /// The job a kickoff created (or found, for a repeated `Idempotency-Key`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct KickoffAccepted {
-    job_id: String,
-    status: JobStatus,
-    stage: Stage,
-    flow_type: FlowType,
+    pub job_id: String,
+    pub status: JobStatus,
+    pub stage: Stage,
+    pub flow_type: FlowType,
 }
 
 /// The `Idempotency-Key` header, checked: 1 to 255 visible ASCII characters.

@@ -7,6 +7,7 @@ use crate::{ConsumerChange, StoreError};
 use chrono::{DateTime, Utc};
 use velvet_core::audit::now_micros;
 use velvet_core::job::JobChanges;
+use velvet_core::job_view::{ConsumerEvent, ConsumerView};
 use velvet_core::rotation::JobState;
 
 /// Moves the job from `from` to `to` (refused as `StaleJob` if it moved meanwhile, or if
@@ -200,18 +201,20 @@ pub(crate) async fn consumers<C: Conn>(
             )));
         };
         seq += 1;
-        let data = serde_json::json!({
-            "consumer": ch.consumer,
-            "kind": kind,
-            "status": u.status,
-            "attempts": u.attempts,
-            "last_error": u.last_error,
-            "fingerprint": u.fingerprint,
-            "updated_at": now,
-            "started_at": started_at,
-            "job_id": job_id,
+        let data = serde_json::to_string(&ConsumerEvent {
+            job_id: job_id.to_string(),
+            consumer: ConsumerView {
+                consumer: ch.consumer.clone(),
+                kind,
+                status: u.status,
+                attempts: u.attempts,
+                last_error: u.last_error.clone(),
+                fingerprint: u.fingerprint.clone(),
+                updated_at: now,
+                started_at,
+            },
         })
-        .to_string();
+        .expect("consumer events serialise");
         c.run(
             "appending a job event",
             "INSERT INTO rotation_events (job_id, seq, at, event, data) VALUES ($1, $2, $3, 'consumer', $4)",

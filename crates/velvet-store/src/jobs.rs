@@ -12,7 +12,8 @@ use crate::{ConsumerChange, Context, JobEvent, JobQuery, JobStore, NewJob, Store
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use velvet_core::audit::{AuditDraft, now_micros};
-use velvet_core::job::{Job, JobChanges, new_job_id};
+use velvet_core::job::{JobChanges, RotationJob, new_job_id};
+use velvet_core::job_view::RotationJobView;
 use velvet_core::keyring::Sealed;
 use velvet_core::rotation::JobState;
 
@@ -88,7 +89,7 @@ impl FromRow for JobEvent {
 }
 
 /// The job as it stands in this transaction or snapshot.
-async fn load<C: Conn>(c: &mut C, job_id: &str) -> Result<Option<Job>, StoreError> {
+async fn load<C: Conn>(c: &mut C, job_id: &str) -> Result<Option<RotationJob>, StoreError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1"
     );
@@ -108,8 +109,13 @@ async fn load<C: Conn>(c: &mut C, job_id: &str) -> Result<Option<Job>, StoreErro
     row.into_job(consumers).map(Some)
 }
 
-async fn event<C: Conn>(c: &mut C, job_id: &str, kind: &str, job: &Job) -> Result<(), StoreError> {
-    let data = serde_json::to_string(job).expect("jobs serialise");
+async fn event<C: Conn>(
+    c: &mut C,
+    job_id: &str,
+    kind: &str,
+    job: &RotationJob,
+) -> Result<(), StoreError> {
+    let data = serde_json::to_string(&RotationJobView::from(job)).expect("jobs serialise");
     c.run(
         "appending a job event",
         "INSERT INTO rotation_events (job_id, seq, at, event, data)
@@ -134,7 +140,7 @@ struct Kickoff {
 
 /// The job an unexpired `Idempotency-Key` already made, if the request matches;
 /// `IdempotencyMismatch` if it does not.
-async fn replayed<C: Conn>(c: &mut C, k: &Kickoff) -> Result<Option<Job>, StoreError> {
+async fn replayed<C: Conn>(c: &mut C, k: &Kickoff) -> Result<Option<RotationJob>, StoreError> {
     let Some((scope, key, hash)) = &k.idempotency else {
         return Ok(None);
     };
@@ -163,7 +169,7 @@ async fn insert_job<C: Conn>(
     c: &mut C,
     k: &Kickoff,
     keyring: &velvet_core::keyring::Keyring,
-) -> Result<Option<Job>, StoreError> {
+) -> Result<Option<RotationJob>, StoreError> {
     let token_id: i64 = c
         .opt(
             "finding a token",
@@ -237,7 +243,7 @@ async fn insert_job<C: Conn>(
 /// Why the unique index refused a kickoff: the job that holds the token's slot, unless a
 /// concurrent request with our `Idempotency-Key` made it (it committed before the index let
 /// us fail), in which case it is our job too.
-async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<Job, StoreError> {
+async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<RotationJob, StoreError> {
     if let Some(job) = replayed(c, k).await? {
         return Ok(job);
     }
@@ -260,7 +266,7 @@ async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<Job, StoreError>
 
 #[async_trait]
 impl<B: Backend> JobStore for B {
-    async fn create_job(&self, new: &NewJob<'_>) -> Result<Job, StoreError> {
+    async fn create_job(&self, new: &NewJob<'_>) -> Result<RotationJob, StoreError> {
         let keyring = audit_keyring(self.keyring())?;
         let k = Kickoff {
             token: new.token.to_string(),
@@ -300,7 +306,7 @@ impl<B: Backend> JobStore for B {
         }
     }
 
-    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+    async fn get_job(&self, job_id: &str) -> Result<Option<RotationJob>, StoreError> {
         let job_id = job_id.to_string();
         self.driver()
             .read("reading a job", move |c| {
@@ -309,7 +315,7 @@ impl<B: Backend> JobStore for B {
             .await
     }
 
-    async fn list_jobs(&self, q: &JobQuery<'_>) -> Result<Vec<Job>, StoreError> {
+    async fn list_jobs(&self, q: &JobQuery<'_>) -> Result<Vec<RotationJob>, StoreError> {
         let (token, status) = (q.token.map(str::to_string), q.status.map(str::to_string));
         let (after_at, after_id) = (
             q.after.map(|(at, _)| at),
@@ -359,7 +365,7 @@ impl<B: Backend> JobStore for B {
         owner: &str,
         lease: std::time::Duration,
         now: DateTime<Utc>,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<RotationJob>, StoreError> {
         let owner = owner.to_string();
         self.driver()
             .write("claiming a job", move |c| {
@@ -450,7 +456,7 @@ impl<B: Backend> JobStore for B {
         changes: &JobChanges,
         owner: Option<&str>,
         audit: &AuditDraft,
-    ) -> Result<Job, StoreError> {
+    ) -> Result<RotationJob, StoreError> {
         let keyring = audit_keyring(self.keyring())?;
         let (job_id, changes, owner, draft) = (
             job_id.to_string(),

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use velvet_core::audit::{AuditDraft, VerifyReport};
 use velvet_core::config::{FlowType, StoreUrl};
-use velvet_core::job::{ConsumerStatus, Job, JobChanges};
+use velvet_core::job::{ConsumerStatus, JobChanges, RotationJob};
 use velvet_core::keyring::{Keyring, KeyringError, Sealed};
 use velvet_core::rotation::JobState;
 
@@ -203,13 +203,13 @@ impl Default for StoreOptions {
 pub trait JobStore: Send + Sync {
     /// Creates a job (I3: refused with `JobActive` while the token has an unfinished one), with
     /// a `pending` row for each active consumer, its first event and its audit record.
-    async fn create_job(&self, job: &NewJob<'_>) -> Result<Job, StoreError>;
+    async fn create_job(&self, job: &NewJob<'_>) -> Result<RotationJob, StoreError>;
 
-    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+    async fn get_job(&self, job_id: &str) -> Result<Option<RotationJob>, StoreError>;
 
     /// Jobs newest first, filtered, starting after `query.after` (the last job of the previous
     /// page), at most `query.limit`.
-    async fn list_jobs(&self, query: &JobQuery<'_>) -> Result<Vec<Job>, StoreError>;
+    async fn list_jobs(&self, query: &JobQuery<'_>) -> Result<Vec<RotationJob>, StoreError>;
 
     /// Takes the lease of one job that has work to do (pending, running, or waiting and due)
     /// and whose lease is free or expired.
@@ -218,7 +218,7 @@ pub trait JobStore: Send + Sync {
         owner: &str,
         lease: std::time::Duration,
         now: DateTime<Utc>,
-    ) -> Result<Option<Job>, StoreError>;
+    ) -> Result<Option<RotationJob>, StoreError>;
 
     /// Extends `owner`'s lease; false if the lease was lost to another replica.
     async fn renew_lease(
@@ -242,7 +242,7 @@ pub trait JobStore: Send + Sync {
         changes: &JobChanges,
         owner: Option<&str>,
         audit: &AuditDraft,
-    ) -> Result<Job, StoreError>;
+    ) -> Result<RotationJob, StoreError>;
 
     /// The next version number of `token`, to seal a new value for.
     async fn next_version(&self, token: &str) -> Result<i64, StoreError>;

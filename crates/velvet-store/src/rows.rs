@@ -6,12 +6,12 @@ use chrono::{DateTime, Utc};
 use velvet_core::audit::AuditEntry;
 use velvet_core::config::FlowType;
 use velvet_core::identity::Role;
-use velvet_core::job::{ConsumerStatus, Job, JobConsumer, JobStateView};
+use velvet_core::job::{ConsumerStatus, JobConsumer, RotationJob};
 use velvet_core::keyring::Sealed;
 use velvet_core::model::{
     ConsumerRecord, SealedVersion, TokenRecord, TokenStatus, VersionLabel, VersionRecord,
 };
-use velvet_core::rotation::{Awaiting, JobStatus, Revert, Stage};
+use velvet_core::rotation::{Awaiting, JobState, JobStatus, Revert, Stage};
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Unavailable(format!("the store holds an invalid {what} `{value}`"))
@@ -226,16 +226,16 @@ impl TryFrom<JobConsumerRow> for JobConsumer {
 }
 
 impl JobRow {
-    pub fn into_job(self, consumers: Vec<JobConsumerRow>) -> Result<Job, StoreError> {
+    pub fn into_job(self, consumers: Vec<JobConsumerRow>) -> Result<RotationJob, StoreError> {
         let word = |what: &str, s: &str| corrupt(what, s);
-        Ok(Job {
+        Ok(RotationJob {
             flow_type: match self.flow_type.as_str() {
                 "staged" => FlowType::Staged,
                 "auto" => FlowType::Auto,
                 "emergency" => FlowType::Emergency,
                 other => return Err(word("flow type", other)),
             },
-            state: JobStateView {
+            state: JobState {
                 stage: Stage::parse(&self.stage).ok_or_else(|| word("stage", &self.stage))?,
                 status: JobStatus::parse(&self.status)
                     .ok_or_else(|| word("job status", &self.status))?,
@@ -266,7 +266,6 @@ impl JobRow {
             updated_at: self.updated_at,
             finished_at: self.finished_at,
             error: self.error,
-            gate: None,
             lease_owner: self.lease_owner,
             lease_expires_at: self.lease_expires_at,
             wake_at: self.wake_at,

@@ -5,24 +5,27 @@ use super::client::Client;
 use crate::Output;
 use crate::exit::Failure;
 use reqwest::Method;
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::Duration;
+use velvet_core::audit::AuditEntry;
 
 const PAGE: usize = 1000;
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
-fn print(output: Output, e: &Value) {
+fn print(output: Output, e: &AuditEntry) {
     match output {
-        Output::Json => println!("{e}"),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(e).expect("audit records serialise")
+        ),
         Output::Text => println!(
             "{:>6}  {}  {:<24} {:<28} {:<30} {}",
-            e["seq"],
-            e["at"].as_str().unwrap_or(""),
-            e["actor"].as_str().unwrap_or(""),
-            e["action"].as_str().unwrap_or(""),
-            e["target"].as_str().unwrap_or(""),
-            e["outcome"].as_str().unwrap_or(""),
+            e.seq,
+            e.at.to_rfc3339(),
+            e.actor,
+            e.action,
+            e.target,
+            e.outcome,
         ),
     }
 }
@@ -31,21 +34,21 @@ fn print(output: Output, e: &Value) {
 async fn read_after(
     client: &Client,
     mut after: i64,
-    mut each: impl FnMut(Value),
+    mut each: impl FnMut(AuditEntry),
 ) -> Result<i64, Failure> {
     loop {
-        let page = client
-            .call(
+        let page: velvet_server::AuditPage = client
+            .call_as(
                 Method::GET,
                 &format!("/api/v1/audit?after_seq={after}&limit={PAGE}"),
                 None,
             )
             .await?;
-        for e in page["events"].as_array().into_iter().flatten() {
-            after = e["seq"].as_i64().unwrap_or(after);
-            each(e.clone());
+        for e in page.events {
+            after = e.seq;
+            each(e);
         }
-        if page["next_after_seq"].is_null() {
+        if page.next_after_seq.is_none() {
             return Ok(after);
         }
     }

@@ -5,7 +5,7 @@ use super::client::Client;
 use crate::exit::Failure;
 use crate::output::{emit, table};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub async fn create_token(
     ctx: &Context,
@@ -21,46 +21,46 @@ pub async fn create_token(
     if let Some(o) = operator {
         body["operator"] = json!(o);
     }
-    let created = Client::from_env()?
-        .call(Method::POST, "/api/v1/auth/tokens", Some(body))
+    let created: velvet_server::CreatedServiceToken = Client::from_env()?
+        .call_as(Method::POST, "/api/v1/auth/tokens", Some(body))
         .await?;
     emit(ctx.output, &created, |c| {
-        println!("{}", c["token"].as_str().unwrap_or(""));
+        println!("{}", c.token);
         eprintln!(
             "created {} ({}, role {}, expires {}); the token above is shown only this once",
-            c["id"].as_str().unwrap_or(""),
-            c["name"].as_str().unwrap_or(""),
-            c["role"].as_str().unwrap_or(""),
-            c["expires_at"].as_str().unwrap_or("never"),
+            c.id,
+            c.name,
+            c.role,
+            c.expires_at.map_or("never".into(), |t| t.to_rfc3339()),
         );
     });
     Ok(())
 }
 
 pub async fn list(ctx: &Context) -> Result<(), Failure> {
-    let answer = Client::from_env()?
-        .call(Method::GET, "/api/v1/auth/tokens", None)
+    let answer: velvet_server::ServiceTokenList = Client::from_env()?
+        .call_as(Method::GET, "/api/v1/auth/tokens", None)
         .await?;
     emit(ctx.output, &answer, |a| {
-        let cell = |t: &Value, k: &str| t[k].as_str().unwrap_or("-").to_string();
-        let rows: Vec<Vec<String>> = a["tokens"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let at =
+            |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.to_rfc3339());
+        let rows: Vec<Vec<String>> = a
+            .tokens
+            .iter()
             .map(|t| {
-                let state = if t["revoked_at"].is_string() {
-                    "revoked".to_string()
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
                 } else {
-                    "active".to_string()
+                    "active"
                 };
                 vec![
-                    cell(t, "id"),
-                    cell(t, "name"),
-                    cell(t, "role"),
-                    cell(t, "prefix"),
-                    state,
-                    cell(t, "expires_at"),
-                    cell(t, "last_used_at"),
+                    t.id.clone(),
+                    t.name.clone(),
+                    t.role.clone(),
+                    t.prefix.clone(),
+                    state.to_string(),
+                    at(t.expires_at),
+                    at(t.last_used_at),
                 ]
             })
             .collect();

@@ -77,6 +77,19 @@ impl Client {
         })
     }
 
+    /// Sends a request and decodes its answer as `T`, the server's own response type; an answer
+    /// of another shape fails, naming what did not fit, rather than printing blanks.
+    pub async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, Failure> {
+        let what = format!("{method} {path}");
+        let json = self.call(method, path, body).await?;
+        decode(&what, json)
+    }
+
     /// Sends a request and returns the JSON answer (`Null` for 204), or a failure whose exit
     /// code follows the API error.
     pub async fn call(
@@ -122,6 +135,16 @@ impl Client {
         };
         Err(Failure::new(exit, format!("{message} ({} {code})", status.as_u16())).with_error(code))
     }
+}
+
+/// Decodes an answer or event as the server's type for it.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &str, json: Value) -> Result<T, Failure> {
+    serde_json::from_value(json).map_err(|e| {
+        Failure::failed(format!(
+            "the answer to {what} is not in the shape this velvet knows ({e}); \
+             are the CLI and the server the same version (velvet --version)?"
+        ))
+    })
 }
 
 /// One Server-Sent Event.

@@ -8,19 +8,18 @@ use reqwest::Method;
 use serde_json::json;
 
 pub async fn list(ctx: &Context) -> Result<(), Failure> {
-    let answer = Client::from_env()?
-        .call(Method::GET, "/api/v1/flags", None)
+    let answer: velvet_server::FlagList = Client::from_env()?
+        .call_as(Method::GET, "/api/v1/flags", None)
         .await?;
     emit(ctx.output, &answer, |a| {
-        let rows: Vec<Vec<String>> = a["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = a
+            .flags
+            .iter()
             .map(|f| {
                 vec![
-                    f["name"].as_str().unwrap_or("").to_string(),
-                    if f["enabled"] == true { "on" } else { "off" }.to_string(),
-                    f["source"].as_str().unwrap_or("").to_string(),
+                    f.name.clone(),
+                    if f.enabled { "on" } else { "off" }.to_string(),
+                    f.source.clone(),
                 ]
             })
             .collect();
@@ -35,8 +34,8 @@ pub async fn set(ctx: &Context, name: &str, enabled: bool) -> Result<(), Failure
             "`{name}` is not a flag name (see velvet flags list)"
         )));
     }
-    let answer = Client::from_env()?
-        .call(
+    let answer: velvet_server::Flag = Client::from_env()?
+        .call_as(
             Method::PUT,
             &format!("/api/v1/flags/{name}"),
             Some(json!({"enabled": enabled})),
@@ -45,8 +44,8 @@ pub async fn set(ctx: &Context, name: &str, enabled: bool) -> Result<(), Failure
     emit(ctx.output, &answer, |a| {
         println!(
             "{} is now {} (override)",
-            a["name"].as_str().unwrap_or(name),
-            if a["enabled"] == true { "on" } else { "off" }
+            a.name,
+            if a.enabled { "on" } else { "off" }
         );
     });
     Ok(())

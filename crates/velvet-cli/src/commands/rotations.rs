@@ -2,15 +2,17 @@
 //! live progress from the job's event stream.
 
 use super::Context;
-use super::client::{Client, SseEvent};
+use super::client::{Client, decode};
 use crate::Output;
 use crate::exit::{Code, Failure};
 use crate::output::{emit, table};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
+use velvet_core::job_view::{ConsumerEvent, RotationJobView, RotationPage};
+use velvet_core::rotation::{Awaiting, JobStatus, Stage};
 
 fn checked_id(id: &str) -> Result<(), Failure> {
     if id.starts_with("rot_") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -22,21 +24,20 @@ fn checked_id(id: &str) -> Result<(), Failure> {
     }
 }
 
-fn job_line(j: &Value) -> String {
-    let awaiting = j["awaiting"]
-        .as_str()
+fn job_line(j: &RotationJobView) -> String {
+    let awaiting = j
+        .state
+        .awaiting
         .map(|a| format!(", awaiting {a}"))
         .unwrap_or_default();
-    let error = j["error"]
-        .as_str()
+    let error = j
+        .error
+        .as_deref()
         .map(|e| format!(" — {e}"))
         .unwrap_or_default();
     format!(
         "{} {}: {} {}{awaiting}{error}",
-        j["job_id"].as_str().unwrap_or(""),
-        j["token"].as_str().unwrap_or(""),
-        j["stage"].as_str().unwrap_or(""),
-        j["status"].as_str().unwrap_or(""),
+        j.job_id, j.token, j.state.stage, j.state.status,
     )
 }
 
@@ -57,15 +58,16 @@ pub async fn rotate(
         body["reason"] = json!(r);
     }
     let path = format!("/api/v1/tokens/{}/rotate", urlencode(name));
-    let job = client.call(Method::POST, &path, Some(body)).await?;
-    let id = job["job_id"].as_str().unwrap_or("").to_string();
+    let job: velvet_server::KickoffAccepted =
+        client.call_as(Method::POST, &path, Some(body)).await?;
+    let id = job.job_id.clone();
     if !follow {
         emit(ctx.output, &job, |j| {
-            println!("{}", j["job_id"].as_str().unwrap_or(""));
+            println!("{}", j.job_id);
             eprintln!(
                 "rotation started ({} flow); follow it with: velvet rotations watch {}",
-                j["flow_type"].as_str().unwrap_or(""),
-                j["job_id"].as_str().unwrap_or("")
+                j.flow_type.as_str(),
+                j.job_id
             );
         });
         return Ok(());
@@ -86,28 +88,26 @@ pub async fn list(
     if let Some(s) = status {
         query.push(format!("status={}", urlencode(s)));
     }
-    let answer = Client::from_env()?
-        .call(
+    let answer: RotationPage = Client::from_env()?
+        .call_as(
             Method::GET,
             &format!("/api/v1/rotations?{}", query.join("&")),
             None,
         )
         .await?;
     emit(ctx.output, &answer, |a| {
-        let rows: Vec<Vec<String>> = a["rotations"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = a
+            .rotations
+            .iter()
             .map(|j| {
-                let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
                 vec![
-                    s("job_id"),
-                    s("token"),
-                    s("flow_type"),
-                    s("stage"),
-                    s("status"),
-                    s("awaiting"),
-                    s("created_at"),
+                    j.job_id.clone(),
+                    j.token.clone(),
+                    j.flow_type.as_str().into(),
+                    j.state.stage.to_string(),
+                    j.state.status.to_string(),
+                    j.state.awaiting.map_or("-".into(), |a| a.to_string()),
+                    j.created_at.to_rfc3339(),
                 ]
             })
             .collect();
@@ -123,22 +123,21 @@ pub async fn list(
 
 pub async fn show(ctx: &Context, id: &str) -> Result<(), Failure> {
     checked_id(id)?;
-    let job = Client::from_env()?
-        .call(Method::GET, &format!("/api/v1/rotations/{id}"), None)
+    let job: RotationJobView = Client::from_env()?
+        .call_as(Method::GET, &format!("/api/v1/rotations/{id}"), None)
         .await?;
     emit(ctx.output, &job, |j| {
         println!("{}", job_line(j));
-        let rows: Vec<Vec<String>> = j["consumers"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = j
+            .consumers
+            .iter()
             .map(|c| {
                 vec![
-                    c["consumer"].as_str().unwrap_or("").into(),
-                    c["kind"].as_str().unwrap_or("").into(),
-                    c["status"].as_str().unwrap_or("").into(),
-                    c["attempts"].to_string(),
-                    c["last_error"].as_str().unwrap_or("-").into(),
+                    c.consumer.clone(),
+                    c.kind.clone(),
+                    c.status.as_str().into(),
+                    c.attempts.to_string(),
+                    c.last_error.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -174,8 +173,8 @@ pub async fn stage(
     if let Some(r) = reason {
         body["reason"] = json!(r);
     }
-    let mut job = client
-        .call(
+    let mut job: RotationJobView = client
+        .call_as(
             Method::POST,
             &format!("/api/v1/rotations/{id}/stage"),
             Some(body),
@@ -184,15 +183,17 @@ pub async fn stage(
     // Abort and rollback answer while the engine is still undoing: show how it ended.
     if matches!(action, "abort" | "rollback") {
         let start = std::time::Instant::now();
-        while job["status"] == "running" && start.elapsed() < std::time::Duration::from_secs(60) {
+        while job.state.status == JobStatus::Running
+            && start.elapsed() < std::time::Duration::from_secs(60)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             job = client
-                .call(Method::GET, &format!("/api/v1/rotations/{id}"), None)
+                .call_as(Method::GET, &format!("/api/v1/rotations/{id}"), None)
                 .await?;
         }
     }
     emit(ctx.output, &job, |j| println!("{}", job_line(j)));
-    if job["status"] == "failed" {
+    if job.state.status == JobStatus::Failed {
         return Err(Failure::failed(failed_with_next_steps(&job)));
     }
     Ok(())
@@ -218,16 +219,16 @@ pub async fn approve(ctx: &Context, id: &str, totp: Option<&str>) -> Result<(), 
             )));
         }
     };
-    let job = client
-        .call(
+    let job: RotationJobView = client
+        .call_as(
             Method::POST,
             &format!("/api/v1/rotations/{id}/approvals"),
             Some(json!({"totp": code})),
         )
         .await?;
     emit(ctx.output, &job, |j| {
-        let have = j["gate"]["approvals"].as_array().map_or(0, Vec::len);
-        let need = j["gate"]["requires"]["approvals"].as_u64().unwrap_or(0);
+        let have = j.gate.as_ref().map_or(0, |g| g.approvals.len());
+        let need = j.gate.as_ref().map_or(0, |g| g.requires.approvals);
         println!("{}", job_line(j));
         eprintln!(
             "approved ({have} of {need}); the revoke goes on with: velvet rotations stage {id} proceed_revoke"
@@ -253,7 +254,7 @@ async fn follow_job(
     let mut view = View::new(live, ctx.output == Output::Json);
     let mut last_id = None;
     let mut acted: HashSet<String> = HashSet::new();
-    let mut job = Value::Null;
+    let mut job: Option<RotationJobView> = None;
     // Reconnects resume after the last event seen, so nothing is missed or shown twice.
     for _attempt in 0..5 {
         let mut stream = client.events(id, last_id).await?;
@@ -266,40 +267,43 @@ async fn follow_job(
             }
             match e.event.as_str() {
                 "end" => {
-                    view.finish(&job);
-                    return match job["status"].as_str() {
-                        Some("succeeded") => Ok(()),
+                    view.finish(job.as_ref());
+                    let status = job.as_ref().map(|j| j.state.status);
+                    return match status {
+                        Some(JobStatus::Succeeded) => Ok(()),
                         other => Err(Failure::failed(format!(
                             "the rotation ended {}{}",
-                            other.unwrap_or("unknown"),
-                            job["error"]
-                                .as_str()
+                            other.map_or("unknown", JobStatus::as_str),
+                            job.as_ref()
+                                .and_then(|j| j.error.as_deref())
                                 .map(|e| format!(": {e}"))
                                 .unwrap_or_default()
                         ))),
                     };
                 }
                 "job" => {
-                    job = e.data.clone();
-                    view.job(&job);
+                    let j: RotationJobView = decode("a `job` event", e.data)?;
+                    view.job(&j);
                     // A failed job waits for a person and sends no `end`: say what can be done.
-                    if job["status"] == "failed" {
-                        view.finish(&job);
-                        return Err(Failure::failed(failed_with_next_steps(&job)));
+                    if j.state.status == JobStatus::Failed {
+                        view.finish(Some(&j));
+                        return Err(Failure::failed(failed_with_next_steps(&j)));
                     }
-                    if let (Some(confirm), Some(awaiting)) = (confirm, job["awaiting"].as_str())
-                        && matches!(awaiting, "proceed_distribute" | "proceed_revoke")
-                        && acted.insert(awaiting.to_string())
+                    let awaiting = j.state.awaiting;
+                    job = Some(j);
+                    if let (Some(confirm), Some(awaiting)) = (confirm, awaiting)
+                        && acted.insert(awaiting.as_str().to_string())
                     {
+                        let awaiting = awaiting.as_str();
                         if !(confirm || ask(&view, awaiting).await?) {
-                            view.finish(&job);
+                            view.finish(job.as_ref());
                             // Not finished is not succeeded: the exit status says so (§6).
                             return Err(Failure::failed(format!(
                                 "not finished: {id} awaits {awaiting}; go on with: velvet rotations stage {id} {awaiting}"
                             )));
                         }
                         let mut body = json!({"action": awaiting});
-                        if awaiting == "proceed_revoke"
+                        if awaiting == Awaiting::ProceedRevoke.as_str()
                             && let Some(code) = gate_code(client, &view, id).await?
                         {
                             body["totp"] = json!(code);
@@ -313,7 +317,7 @@ async fn follow_job(
                             .await?;
                     }
                 }
-                "consumer" => view.consumer(&e),
+                "consumer" => view.consumer(decode("a `consumer` event", e.data)?),
                 _ => {}
             }
         }
@@ -324,22 +328,22 @@ async fn follow_job(
 }
 
 /// What failed and the commands that go on from there.
-fn failed_with_next_steps(job: &Value) -> String {
-    let id = job["job_id"].as_str().unwrap_or("ID");
-    let stage = job["stage"].as_str().unwrap_or("?");
+fn failed_with_next_steps(job: &RotationJobView) -> String {
+    let id = &job.job_id;
+    let stage = job.state.stage;
     let mut text = format!(
         "the rotation failed at {stage}{}\nnext, one of:\n  velvet rotations stage {id} retry_failed   # run again what failed\n",
-        job["error"]
-            .as_str()
+        job.error
+            .as_deref()
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
-    if stage != "revoke" {
+    if stage != Stage::Revoke {
         text.push_str(&format!(
             "  velvet rotations stage {id} rollback       # put the previous value back everywhere\n"
         ));
     }
-    if stage == "mint" {
+    if stage == Stage::Mint {
         text.push_str(&format!(
             "  velvet rotations stage {id} abort          # discard the new value\n"
         ));
@@ -389,13 +393,13 @@ async fn ask(view: &View, awaiting: &str) -> Result<bool, Failure> {
 /// The TOTP code the job's revocation gate asks for, read from the terminal; `None` when the
 /// gate asks for none. Without a terminal, the refusal says how to pass one.
 async fn gate_code(client: &Client, view: &View, id: &str) -> Result<Option<String>, Failure> {
-    let job = client
-        .call(Method::GET, &format!("/api/v1/rotations/{id}"), None)
+    let job: RotationJobView = client
+        .call_as(Method::GET, &format!("/api/v1/rotations/{id}"), None)
         .await?;
-    if job["gate"]["requires"]["totp"] != true {
+    let Some(gate) = job.gate.filter(|g| g.requires.totp) else {
         return Ok(None);
-    }
-    let gate = job["gate"]["name"].as_str().unwrap_or("");
+    };
+    let gate = gate.name;
     if !std::io::stdin().is_terminal() {
         return Err(Failure::new(
             Code::GateDenied,
@@ -445,22 +449,14 @@ impl View {
         }
     }
 
-    fn job(&mut self, j: &Value) {
-        if let Some(cs) = j["consumers"].as_array() {
-            for c in cs {
-                self.consumers.insert(
-                    c["consumer"].as_str().unwrap_or("").into(),
-                    c["status"].as_str().unwrap_or("").into(),
-                );
-            }
+    fn job(&mut self, j: &RotationJobView) {
+        for c in &j.consumers {
+            self.consumers
+                .insert(c.consumer.clone(), c.status.as_str().into());
         }
         match &self.bar {
             Some(b) => {
-                b.set_prefix(format!(
-                    "{} {}",
-                    j["stage"].as_str().unwrap_or(""),
-                    j["status"].as_str().unwrap_or("")
-                ));
+                b.set_prefix(format!("{} {}", j.state.stage, j.state.status));
                 self.redraw();
             }
             None if self.quiet => {}
@@ -468,33 +464,35 @@ impl View {
         }
     }
 
-    fn consumer(&mut self, e: &SseEvent) {
-        let name = e.data["consumer"].as_str().unwrap_or("").to_string();
-        let status = e.data["status"].as_str().unwrap_or("").to_string();
+    fn consumer(&mut self, e: ConsumerEvent) {
+        let c = e.consumer;
+        let status = c.status.as_str().to_string();
         match &self.bar {
             Some(b) => {
                 if status == "failed" {
                     b.println(format!(
-                        "consumer {name} failed: {}",
-                        e.data["last_error"].as_str().unwrap_or("")
+                        "consumer {} failed: {}",
+                        c.consumer,
+                        c.last_error.as_deref().unwrap_or("")
                     ));
                 }
-                self.consumers.insert(name, status);
+                self.consumers.insert(c.consumer, status);
                 self.redraw();
             }
             None if self.quiet => {
-                self.consumers.insert(name, status);
+                self.consumers.insert(c.consumer, status);
             }
             None => {
-                let error = e.data["last_error"]
-                    .as_str()
+                let error = c
+                    .last_error
+                    .as_deref()
                     .map(|m| format!(" — {m}"))
                     .unwrap_or_default();
                 println!(
-                    "consumer {name}: {status} (attempt {}){error}",
-                    e.data["attempts"]
+                    "consumer {}: {status} (attempt {}){error}",
+                    c.consumer, c.attempts
                 );
-                self.consumers.insert(name, status);
+                self.consumers.insert(c.consumer, status);
             }
         }
     }
@@ -516,11 +514,12 @@ impl View {
         }
     }
 
-    fn finish(&self, j: &Value) {
+    fn finish(&self, j: Option<&RotationJobView>) {
+        let status = j.map_or("unknown", |j| j.state.status.as_str());
         match &self.bar {
-            Some(b) => b.finish_with_message(format!("— {}", j["status"].as_str().unwrap_or(""))),
+            Some(b) => b.finish_with_message(format!("— {status}")),
             None if self.quiet => {}
-            None => println!("end: {}", j["status"].as_str().unwrap_or("")),
+            None => println!("end: {status}"),
         }
     }
 }

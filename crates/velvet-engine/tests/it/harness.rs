@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
-use velvet_core::job::Job;
+use velvet_core::job::RotationJob;
 use velvet_core::keyring::version_aad;
 use velvet_core::rotation::{JobStatus, Stage};
 use velvet_core::secret::SecretValue;
@@ -112,7 +112,7 @@ impl Harness {
         self.config.read().unwrap().clone()
     }
 
-    pub async fn kickoff(&self, flow: FlowType) -> Job {
+    pub async fn kickoff(&self, flow: FlowType) -> RotationJob {
         self.engine
             .kickoff(&NewJob {
                 token: "api",
@@ -131,13 +131,18 @@ impl Harness {
         &self,
         job_id: &str,
         action: velvet_core::rotation::Action,
-    ) -> Result<Job, velvet_engine::ServiceError> {
+    ) -> Result<RotationJob, velvet_engine::ServiceError> {
         self.engine
             .stage(&OPERATOR, job_id, velvet_engine::StageRequest::new(action))
             .await
     }
 
-    pub async fn until(&self, job_id: &str, what: &str, done: impl Fn(&Job) -> bool) -> Job {
+    pub async fn until(
+        &self,
+        job_id: &str,
+        what: &str,
+        done: impl Fn(&RotationJob) -> bool,
+    ) -> RotationJob {
         let start = Instant::now();
         loop {
             let job = self.f.store.get_job(job_id).await.unwrap().unwrap();
@@ -183,6 +188,6 @@ impl Harness {
     }
 }
 
-pub fn is(stage: Stage, status: JobStatus) -> impl Fn(&Job) -> bool {
+pub fn is(stage: Stage, status: JobStatus) -> impl Fn(&RotationJob) -> bool {
     move |j| j.state.stage == stage && j.state.status == status
 }

@@ -226,7 +226,7 @@ async fn transitions_are_checked_against_the_state_and_the_lease(f: Fixture) {
         .await
         .unwrap()
         .unwrap();
-    let from: JobState = claimed.state.into();
+    let from: JobState = claimed.state;
     let running = transition(FlowType::Staged, from, Event::Claimed).unwrap();
     let e = f
         .store
@@ -283,10 +283,10 @@ async fn drive(
     job_id: &str,
     flow: FlowType,
     steps: &[(Event, JobChanges)],
-) -> velvet_core::job::Job {
+) -> velvet_core::job::RotationJob {
     let mut job = f.store.get_job(job_id).await.unwrap().unwrap();
     for (event, changes) in steps {
-        let from: JobState = job.state.into();
+        let from: JobState = job.state;
         let to = transition(flow, from, *event).unwrap_or_else(|e| panic!("{e}"));
         job = f
             .store
