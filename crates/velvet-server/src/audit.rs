@@ -1,7 +1,7 @@
 //! `/api/v1/audit`: the tamper-evident log, page by page, and a walk of the whole chain.
 
 use crate::auth::{AuditRead, Can};
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, RateLimited, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -80,11 +80,10 @@ pub struct AuditPage {
     ),
     responses(
         (status = 200, description = "A page of records", body = AuditPage),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn page(
     _: Can<AuditRead>,
@@ -122,10 +121,9 @@ pub struct Verification {
 #[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verifyAudit", tag = "audit", security(("bearer" = [])),
     responses(
         (status = 200, description = "The result of the walk (`ok` false names the first bad record)", body = Verification),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn verify(
     _: Can<AuditRead>,
@@ -156,11 +154,10 @@ pub struct DecisionList {
     ),
     responses(
         (status = 200, description = "Decisions", body = DecisionList),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn decisions(
     _: Can<AuditRead>,
@@ -197,11 +194,10 @@ pub struct SecurityEventList {
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many (default 100)")),
     responses(
         (status = 200, description = "Security events", body = SecurityEventList),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn security_events(
     _: Can<AuditRead>,

@@ -4,6 +4,43 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error: `{"error": code, "message": text}`, plus the fields some codes carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthorized`, `forbidden`, `gate_required`, `gate_denied`, `not_found`, `job_active`,
+    /// `invalid_transition`, `validation_failed`, `payload_too_large`, `rate_limited`,
+    /// `not_enabled`, `audit_unavailable` or `internal`.
+    pub error: String,
+    /// What went wrong and what to do about it, for a human.
+    pub message: String,
+    /// `job_active`: the token's active job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// `invalid_transition`: where the job is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<velvet_core::rotation::Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<velvet_core::rotation::JobStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable)]
+    pub awaiting: Option<velvet_core::rotation::Awaiting>,
+}
+
+/// `401 unauthorized`, which every authenticated route may answer before its handler runs.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "`unauthorized`: no valid bearer token")]
+#[allow(dead_code)] // only its OpenAPI entry is used: the answer itself is an `ApiError`
+pub struct Unauthorized(ErrorBody);
+
+/// `429 rate_limited` of the authentication limiter, shared by every authenticated route.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 429, description = "`rate_limited`: too many failed authentications",
+    headers(("Retry-After" = u16, description = "Seconds until this address may try again")))]
+#[allow(dead_code)] // as `Unauthorized`
+pub struct RateLimited(ErrorBody);
 
 impl From<velvet_store::StoreError> for ApiError {
     fn from(e: velvet_store::StoreError) -> Self {

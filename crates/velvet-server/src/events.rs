@@ -10,6 +10,7 @@
 //! its own buffer, never holding up the engine or the others.
 
 use crate::auth::{Can, TokensRead};
+use crate::error::Unauthorized;
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -252,11 +253,11 @@ async fn changed(bus: &mut Option<broadcast::Receiver<String>>, job_id: &str) ->
     ),
     responses(
         (status = 200, description = "Events `job` (data: the job), `consumer` (data: the consumer's state and `job_id`) and `end` (data: null), each with its `id`", content_type = "text/event-stream", body = StreamEvent),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = crate::openapi::ErrorBody),
-        (status = 404, description = "`not_found`: no such job", body = crate::openapi::ErrorBody),
-        (status = 422, description = "`validation_failed`: Last-Event-ID is not an id this stream gave out", body = crate::openapi::ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications, or this address has `server.max_streams_per_client` streams open", body = crate::openapi::ErrorBody,
+        Unauthorized,
+        (status = 403, description = "`forbidden`: the role lacks tokens.read", body = crate::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = crate::error::ErrorBody),
+        (status = 422, description = "`validation_failed`: Last-Event-ID is not an id this stream gave out", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many failed authentications, or this address has `server.max_streams_per_client` streams open", body = crate::error::ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
     ))]
 pub async fn stream(

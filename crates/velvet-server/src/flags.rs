@@ -4,7 +4,7 @@
 
 use crate::auth::{AdminOnly, Can, TokensRead};
 use crate::body::Body;
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, RateLimited, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -74,10 +74,9 @@ pub(crate) async fn require_rotation(state: &AppState) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/api/v1/flags", operation_id = "listFlags", tag = "flags", security(("bearer" = [])),
     responses(
         (status = 200, description = "The flags", body = FlagList),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn list(
     _: Can<TokensRead>,
@@ -107,13 +106,12 @@ pub struct SetBody {
     request_body(content = SetBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The flag's new value", body = Flag),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: only admin may set flags", body = ErrorBody),
         (status = 404, description = "`not_found`: no such flag", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
     ))]
 async fn set(

@@ -4,7 +4,7 @@
 
 use crate::auth::Caller;
 use crate::body::Body;
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -51,7 +51,7 @@ pub struct ApproveBody {
     request_body(content = ApproveBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The job, its gate listing the approvals so far", body = RotationJobView),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden` (the role lacks rotations.revoke), `gate_required` (not an operator) or `gate_denied` (wrong or replayed code)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
         (status = 409, description = "`invalid_transition`: the job is not awaiting proceed_revoke, or its gate needs no approvals", body = ErrorBody),

@@ -124,7 +124,7 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health",
     responses(
         (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
-        (status = 403, description = "`forbidden`: the client is not on loopback", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`forbidden`: the client is not on loopback", body = crate::error::ErrorBody),
     ))]
 async fn metrics(
     State(state): State<AppState>,

@@ -5,34 +5,11 @@
 use crate::AppState;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use serde::Serialize;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// Every error: `{"error": code, "message": text}`, plus the fields some codes carry.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// `unauthorized`, `forbidden`, `gate_required`, `gate_denied`, `not_found`, `job_active`,
-    /// `invalid_transition`, `validation_failed`, `payload_too_large`, `rate_limited`,
-    /// `not_enabled`, `audit_unavailable` or `internal`.
-    pub error: String,
-    /// What went wrong and what to do about it, for a human.
-    pub message: String,
-    /// `job_active`: the token's active job.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
-    /// `invalid_transition`: where the job is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<velvet_core::rotation::Stage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<velvet_core::rotation::JobStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable)]
-    pub awaiting: Option<velvet_core::rotation::Awaiting>,
-}
 
 #[derive(OpenApi)]
 #[openapi(

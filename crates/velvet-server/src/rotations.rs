@@ -3,7 +3,7 @@
 use crate::audit::Params;
 use crate::auth::{Can, TokensRead};
 use crate::body::Body;
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, RateLimited, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -57,11 +57,10 @@ fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
     ),
     responses(
         (status = 200, description = "A page of jobs", body = RotationPage),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn list(
     _: Can<TokensRead>,
@@ -110,11 +109,10 @@ async fn list(
     params(("job_id" = String, Path, description = "`rot_` and 26 base32 characters")),
     responses(
         (status = 200, description = "The job", body = RotationJobView),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn show(
     _: Can<TokensRead>,
@@ -150,7 +148,7 @@ pub struct StageBody {
     request_body(content = StageBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The job after the action", body = RotationJobView),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden` (the role lacks rotations.stage, or rotations.revoke for proceed_revoke), `gate_required` or `gate_denied`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
         (status = 409, description = "`invalid_transition`: the job cannot take this action now (`stage`, `status`, `awaiting`)", body = ErrorBody),

@@ -3,7 +3,7 @@
 
 use crate::auth::{AdminOnly, Can};
 use crate::body::Body;
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, RateLimited, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -41,11 +41,10 @@ pub struct EndedSessions {
     params(("operator" = String, Path, description = "The operator's name")),
     responses(
         (status = 200, description = "The sessions are ended", body = EndedSessions),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: only admin may end sessions", body = ErrorBody),
         (status = 404, description = "`not_found`: no such operator", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
     ))]
 async fn end_sessions(
@@ -154,12 +153,11 @@ fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {
     request_body(content = CreateBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `token` is shown this once", body = CreatedServiceToken),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a field is wrong or unknown", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was created", body = ErrorBody),
     ))]
 async fn create(
@@ -251,10 +249,9 @@ async fn create(
 #[utoipa::path(get, path = "/api/v1/auth/tokens", operation_id = "listServiceTokens", tag = "auth", security(("bearer" = [])),
     responses(
         (status = 200, description = "The service tokens", body = ServiceTokenList),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn list(
     _: Can<AdminOnly>,
@@ -271,11 +268,10 @@ async fn list(
     params(("id" = String, Path, description = "The service token's id (`st_…`)")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
         (status = 404, description = "`not_found`: no such service token", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was revoked", body = ErrorBody),
     ))]
 async fn revoke(

@@ -2,7 +2,7 @@
 
 use crate::auth::{Can, Kickoff, TokensRead};
 use crate::body::OptionalBody;
-use crate::openapi::ErrorBody;
+use crate::error::{ErrorBody, RateLimited, Unauthorized};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -88,10 +88,9 @@ pub struct TokenDetail {
 #[utoipa::path(get, path = "/api/v1/tokens", operation_id = "listTokens", tag = "tokens", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every declared token", body = TokenList),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn list(
     _: Can<TokensRead>,
@@ -111,11 +110,10 @@ async fn list(
     params(("name" = String, Path, description = "The token's name")),
     responses(
         (status = 200, description = "The token", body = TokenDetail),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 404, description = "`not_found`: no such token", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
     ))]
 async fn show(
     _: Can<TokensRead>,
@@ -196,14 +194,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 ("StageRotation" = (operation_id = "stageRotation", parameters(("job_id" = "$response.body#/job_id")))),
                 ("StreamRotationEvents" = (operation_id = "streamRotationEvents", parameters(("job_id" = "$response.body#/job_id")))),
             )),
-        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "`forbidden`: the role lacks rotations.kickoff", body = ErrorBody),
         (status = 404, description = "`not_found`: no such token", body = ErrorBody),
         (status = 409, description = "`job_active`: the token already has an unfinished job (`job_id`)", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a field is wrong, or the Idempotency-Key was used with another body", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many failed authentications", body = ErrorBody,
-            headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
+        RateLimited,
         (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off", body = ErrorBody),
         (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
     ))]

@@ -3,3 +3,4 @@
 mod conformance;
 mod jobs;
 mod operators;
+mod sqlite_open;
