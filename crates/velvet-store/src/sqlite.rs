@@ -95,8 +95,9 @@ impl SqliteStore {
 /// Chains shorter than this are verified on one thread.
 const PARALLEL_VERIFY_MIN: i64 = 20_000;
 
-/// Microseconds since the epoch of a time as sqlx stores it (`2026-11-23T13:48:51.466092+00:00`),
-/// read by position for speed, with chrono for any other RFC 3339 form.
+/// Microseconds since the epoch of a time as `db::sqlite::ts` writes it
+/// (`2026-11-23T13:48:51.466092+00:00`), read by position for speed, with chrono for any other
+/// RFC 3339 form.
 fn parse_stored_time(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<u32> {

@@ -300,3 +300,54 @@ fn errors_are_json_with_output_json_and_a_closed_pipe_is_no_panic() {
     let out = run(&w, &env, &["audit", "verify", "--expect-head", "12:nothex"]);
     assert_eq!(out.code, 2, "{}", out.all());
 }
+
+/// A loopback server that answers every request with `body`, as a server of another version.
+fn answering(body: &'static str) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new()
+                .fallback(move || async move { ([("content-type", "application/json")], body) });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+#[test]
+fn an_answer_of_a_shape_the_cli_does_not_know_fails_naming_the_field_instead_of_printing_blanks() {
+    let w = Workdir::new();
+    let job = "rot_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    // A job object without `token`.
+    let addr = answering(r#"{"job_id":"rot_aaaaaaaaaaaaaaaaaaaaaaaaaa"}"#);
+    let env = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+    let out = w.run(&["rotations", "show", job], &env, None);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("missing field `token`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.trim().is_empty(),
+        "nothing half-printed: {}",
+        out.stdout
+    );
+    // A page whose job has a status this CLI does not know.
+    let addr =
+        answering(r#"{"rotations":[{"job_id":"x","status":"half_done"}],"next_cursor":null}"#);
+    let env = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+    let out = w.run(&["rotations", "list"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not in the shape this velvet knows"),
+        "{}",
+        out.stderr
+    );
+}
