@@ -100,7 +100,7 @@ pub async fn run(n: usize) -> Row {
     assert!(v.finish(1).first_bad.is_none());
     let check_only = t.elapsed().as_secs_f64();
     eprintln!(
-        "B5: for comparison, paging through sqlx takes {fetch_only:.3}s; checking records already in memory {check_only:.3}s"
+        "B5: for comparison, paging through the store (audit_page) takes {fetch_only:.3}s; checking records already in memory {check_only:.3}s"
     );
 
     // Reference: HMAC-SHA256 (keyed per record, as a plain HMAC call is) over the same bytes.
