@@ -225,11 +225,12 @@ impl Store for SqliteStore {
                 .filter(|s| s.status == "pending")
                 .collect());
         }
+        let set = Arc::new(set.clone());
         let mut done = Vec::new();
         loop {
             // One writer request per migration: the writer thread is the lock, and a failure
             // keeps the migrations before it.
-            let set = set.clone();
+            let set = Arc::clone(&set);
             let applied_now = self
                 .db
                 .writer

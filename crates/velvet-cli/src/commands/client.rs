@@ -85,7 +85,7 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, Failure> {
-        let what = format!("{method} {path}");
+        let what = format!("the answer to {method} {path}");
         let json = self.call(method, path, body).await?;
         decode(&what, json)
     }
@@ -137,11 +137,11 @@ impl Client {
     }
 }
 
-/// Decodes an answer or event as the server's type for it.
+/// Decodes an answer or event (`what`, for the error) as the server's type for it.
 pub fn decode<T: serde::de::DeserializeOwned>(what: &str, json: Value) -> Result<T, Failure> {
     serde_json::from_value(json).map_err(|e| {
         Failure::failed(format!(
-            "the answer to {what} is not in the shape this velvet knows ({e}); \
+            "{what} is not in the shape this velvet knows ({e}); \
              are the CLI and the server the same version (velvet --version)?"
         ))
     })

@@ -303,21 +303,9 @@ fn errors_are_json_with_output_json_and_a_closed_pipe_is_no_panic() {
 
 /// A loopback server that answers every request with `body`, as a server of another version.
 fn answering(body: &'static str) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new()
-                .fallback(move || async move { ([("content-type", "application/json")], body) });
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+    let app = axum::Router::new()
+        .fallback(move || async move { ([("content-type", "application/json")], body) });
+    format!("http://{}", receiver::serve_on_loopback(app))
 }
 
 #[test]

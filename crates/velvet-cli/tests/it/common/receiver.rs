@@ -48,12 +48,9 @@ async fn hook(State(d): State<Deliveries>, body: axum::body::Bytes) -> StatusCod
     StatusCode::OK
 }
 
-/// Starts the receiver on its own runtime thread; returns its URL.
-pub fn start(delay: Duration) -> (Deliveries, String) {
-    let d = Deliveries::default();
-    *d.delay_ms.lock().unwrap() = delay.as_millis() as u64;
+/// Serves `app` on a loopback port from its own runtime thread; returns the address.
+pub fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
-    let state = d.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -63,12 +60,19 @@ pub fn start(delay: Duration) -> (Deliveries, String) {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new()
-                .route("/hook", post(hook))
-                .with_state(state);
             axum::serve(listener, app).await.unwrap();
         });
     });
-    let addr = rx.recv().unwrap();
+    rx.recv().unwrap()
+}
+
+/// Starts the receiver on its own runtime thread; returns its URL.
+pub fn start(delay: Duration) -> (Deliveries, String) {
+    let d = Deliveries::default();
+    *d.delay_ms.lock().unwrap() = delay.as_millis() as u64;
+    let app = axum::Router::new()
+        .route("/hook", post(hook))
+        .with_state(d.clone());
+    let addr = serve_on_loopback(app);
     (d, format!("http://{addr}/hook"))
 }
