@@ -11,20 +11,13 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use velvet_core::job::RotationJob;
-use velvet_core::job_view::{ApprovalView, GateView, RotationJobView};
+use velvet_core::job_view::{GateView, RotationJobView};
 
 /// The job object: the job with its gate, what it requires and the approvals so far.
 pub(crate) async fn show(state: &AppState, job: RotationJob) -> Result<RotationJobView, ApiError> {
     let gate = match state.engine.as_ref().and_then(|e| e.gate_of(&job)) {
         Some(g) => {
             let approvals = state.store.approvals(&job.job_id).await?;
-            let approvals = approvals
-                .into_iter()
-                .map(|a| ApprovalView {
-                    operator: a.operator,
-                    approved_at: a.approved_at,
-                })
-                .collect();
             Some(GateView::new(&g, approvals))
         }
         None => None,

@@ -37,11 +37,8 @@ pub struct NewOperator<'a> {
     pub created_by: &'a str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct Approval {
-    pub operator: String,
-    pub approved_at: DateTime<Utc>,
-}
+/// One operator's approval of a job's revoke, as the job object shows it.
+pub use velvet_core::job_view::ApprovalView as Approval;
 
 #[async_trait]
 pub trait OperatorStore: Send + Sync {
