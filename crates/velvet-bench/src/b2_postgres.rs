@@ -7,7 +7,7 @@ use crate::Row;
 use chrono::Utc;
 use serde_json::json;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::rotation::JobStatus;
@@ -313,7 +313,7 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
     let engine = Engine::new(
         f.store.clone(),
         f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
+        velvet_core::config::live(config),
         opts,
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -379,6 +379,7 @@ async fn breakdown(pg: &PasswordPostgres) {
         velvet_core::config::PgStrategy::Single {
             role: "bd_0".into(),
         },
+        &Default::default(),
     )
     .unwrap();
     let opts: sqlx::postgres::PgConnectOptions = pg.admin_url.parse().unwrap();

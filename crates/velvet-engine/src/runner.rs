@@ -4,17 +4,18 @@
 use crate::step_error::StepError;
 use crate::values;
 use chrono::Utc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 use velvet_adapters::AdapterError;
 use velvet_adapters::source::{self, Source};
 use velvet_core::audit::AuditDraft;
-use velvet_core::config::{Config, TokenSpec};
+use velvet_core::config::{Config, LiveConfig, TokenSpec};
 use velvet_core::decision::Decision;
 use velvet_core::job::{ConsumerStatus, JobChanges, RotationJob};
 use velvet_core::keyring::{Keyring, version_aad};
+use velvet_core::rotation::Word as _;
 use velvet_core::rotation::{Event, JobState, JobStatus, Revert, Stage, transition};
 use velvet_core::secret::SecretValue;
 use velvet_store::JobChanged;
@@ -101,8 +102,10 @@ impl EngineOptions {
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keyring: Arc<Keyring>,
-    pub(crate) config: Arc<RwLock<Arc<Config>>>,
+    pub(crate) config: LiveConfig,
     pub(crate) opts: EngineOptions,
+    /// Builds each step's source, and owns the admin pools those share.
+    sources: source::Sources,
     pub(crate) wake: Notify,
     pub(crate) bus: broadcast::Sender<String>,
     pub(crate) global: Arc<tokio::sync::Semaphore>,
@@ -147,11 +150,11 @@ impl Engine {
     pub fn new(
         store: Arc<dyn Store>,
         keyring: Arc<Keyring>,
-        config: Arc<RwLock<Arc<Config>>>,
+        config: LiveConfig,
         opts: EngineOptions,
     ) -> Arc<Self> {
         let (concurrency, per_lock_key) = {
-            let c = config.read().expect("config lock");
+            let c = config.load();
             (c.engine.concurrency, c.engine.per_lock_key)
         };
         Arc::new(Self {
@@ -159,6 +162,7 @@ impl Engine {
             keyring,
             config,
             opts,
+            sources: source::Sources::default(),
             wake: Notify::new(),
             bus: broadcast::channel(1024).0,
             global: Arc::new(tokio::sync::Semaphore::new(concurrency)),
@@ -237,10 +241,7 @@ impl Engine {
     }
 
     pub(crate) fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .expect("config lock is never poisoned")
-            .clone()
+        self.config.load_full()
     }
 
     /// Claims and drives jobs until `shutdown` turns true.
@@ -508,7 +509,9 @@ impl Engine {
     }
 
     fn source(&self, spec: &TokenSpec) -> Result<Box<dyn Source>, String> {
-        source::build(&spec.source, &*self.opts.env).map_err(|e| e.to_string())
+        self.sources
+            .build(&spec.source, &*self.opts.env)
+            .map_err(|e| e.to_string())
     }
 
     /// Runs `op` until it succeeds, fails for good, or the token's retry budget is spent.

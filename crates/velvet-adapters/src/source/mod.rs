@@ -44,9 +44,35 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Builds the source a token declares. `env` resolves `*_env` fields; their values are read
-/// here and never logged.
-pub fn build(spec: &SourceSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Box<dyn Source>> {
+/// The sources of one engine: builds the source each token declares and owns what those share
+/// (the PostgreSQL admin pools), so shared connections live with their owner, not the process.
+#[derive(Debug, Default)]
+pub struct Sources {
+    postgres: postgres::AdminPools,
+}
+
+impl Sources {
+    /// The source `spec` declares. `env` resolves `*_env` fields; their values are read here
+    /// and never logged.
+    pub fn build(
+        &self,
+        spec: &SourceSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Box<dyn Source>> {
+        build(spec, env, self)
+    }
+
+    /// The PostgreSQL admin pools built so far.
+    pub fn postgres_pools(&self) -> &postgres::AdminPools {
+        &self.postgres
+    }
+}
+
+fn build(
+    spec: &SourceSpec,
+    env: &dyn Fn(&str) -> Option<String>,
+    sources: &Sources,
+) -> Result<Box<dyn Source>> {
     let need = |name: &str| {
         env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
             AdapterError::permanent(format!("environment variable `{name}` is not set"))
@@ -57,7 +83,11 @@ pub fn build(spec: &SourceSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<
         SourceSpec::PostgresRole {
             admin_url_env,
             strategy,
-        } => Box::new(PostgresRole::new(&need(admin_url_env)?, strategy.clone())?),
+        } => Box::new(PostgresRole::new(
+            &need(admin_url_env)?,
+            strategy.clone(),
+            &sources.postgres,
+        )?),
         SourceSpec::RedisAcl {
             admin_url_env,
             user,

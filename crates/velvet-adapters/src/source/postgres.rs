@@ -9,28 +9,25 @@
 use super::{Source, credential_value, credentials};
 use crate::{AdapterError, Result};
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use velvet_core::config::PgStrategy;
 use velvet_core::secret::SecretValue;
 
 const PASSWORD_LEN: usize = 40;
-const SCRAM_ITERATIONS: u32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections per server at most, shared by every rotation in this process.
 const ADMIN_CONNECTIONS: u32 = 4;
 
 pub struct PostgresRole {
-    admin_url: String,
     admin: PgConnectOptions,
+    pool: PgPool,
     strategy: PgStrategy,
 }
 
@@ -47,48 +44,99 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` for `password` (RFC 5802/7677),
-/// the form PostgreSQL stores and accepts in `ALTER ROLE … PASSWORD`.
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` for `password` (RFC 5802/7677,
+/// SASLprep included), the form PostgreSQL stores and accepts in `ALTER ROLE … PASSWORD`.
 pub fn scram_verifier(password: &str) -> String {
-    let mut salt = [0u8; 16];
-    crate::random_bytes(&mut salt);
-    let mut salted = zeroize::Zeroizing::new([0u8; 32]);
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, SCRAM_ITERATIONS, &mut *salted);
-    let hmac = |key: &[u8], msg: &[u8]| -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
-        m.update(msg);
-        m.finalize().into_bytes().into()
-    };
-    let client_key = hmac(&*salted, b"Client Key");
-    let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-    let server_key = hmac(&*salted, b"Server Key");
-    format!(
-        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
-        B64.encode(salt),
-        B64.encode(stored_key),
-        B64.encode(server_key)
-    )
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
-/// Admin connection pools, one per admin URL, kept for the life of the process. Small and
-/// quick to let idle connections go, since they sit on someone else's database.
-fn admin_pool(url: &str, opts: &PgConnectOptions) -> PgPool {
-    static POOLS: LazyLock<Mutex<HashMap<String, PgPool>>> = LazyLock::new(Default::default);
-    // Keyed by the whole URL, password included, so a changed password gets a new pool; it
-    // only ever lives in memory, as the options do.
-    POOLS
-        .lock()
-        .expect("the pool map is never poisoned")
-        .entry(url.to_string())
-        .or_insert_with(|| {
-            PgPoolOptions::new()
-                .max_connections(ADMIN_CONNECTIONS)
-                .min_connections(0)
-                .idle_timeout(Some(Duration::from_secs(60)))
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_lazy_with(opts.clone())
-        })
-        .clone()
+/// Admin connection pools of one engine, one per server and admin login, so rotations share a
+/// few warm connections instead of paying for a backend and a SCRAM handshake each. They live
+/// and die with the engine that owns them, not the process.
+///
+/// A pool is found by where it connects (host, port, socket, user, database) and checked against
+/// a keyed fingerprint of the URL it was built from, so a changed admin password replaces the
+/// pool while no map key or log line ever holds the URL.
+pub struct AdminPools {
+    fingerprint_key: [u8; 32],
+    pools: Mutex<HashMap<Server, (Fingerprint, PgPool)>>,
+}
+
+type Fingerprint = [u8; 32];
+
+#[derive(PartialEq, Eq, Hash)]
+struct Server {
+    host: String,
+    port: u16,
+    socket: Option<std::path::PathBuf>,
+    user: String,
+    database: Option<String>,
+}
+
+impl Default for AdminPools {
+    fn default() -> Self {
+        let mut fingerprint_key = [0u8; 32];
+        crate::random_bytes(&mut fingerprint_key);
+        Self {
+            fingerprint_key,
+            pools: Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminPools")
+            .field("pools", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminPools {
+    /// How many servers have a pool.
+    pub fn len(&self) -> usize {
+        self.pools.lock().expect("never poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pool for `opts`, built lazily (no connection until the first statement). Small, and
+    /// quick to let idle connections go, since they sit on someone else's database.
+    fn pool(&self, url: &str, opts: &PgConnectOptions) -> PgPool {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.fingerprint_key)
+            .expect("any key length");
+        mac.update(url.as_bytes());
+        let fingerprint: Fingerprint = mac.finalize().into_bytes().into();
+        let server = Server {
+            host: opts.get_host().to_string(),
+            port: opts.get_port(),
+            socket: opts.get_socket().cloned(),
+            user: opts.get_username().to_string(),
+            database: opts.get_database().map(str::to_string),
+        };
+        let mut pools = self.pools.lock().expect("never poisoned");
+        if let Some((seen, pool)) = pools.get(&server)
+            && *seen == fingerprint
+        {
+            return pool.clone();
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(ADMIN_CONNECTIONS)
+            .min_connections(0)
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(opts.clone());
+        // A replaced pool (the admin URL changed) says goodbye to the server once its last
+        // borrower is done.
+        if let Some((_, old)) = pools.insert(server, (fingerprint, pool.clone()))
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { old.close().await });
+        }
+        pool
+    }
 }
 
 fn db_error(what: &str, e: sqlx::Error) -> AdapterError {
@@ -103,12 +151,13 @@ fn db_error(what: &str, e: sqlx::Error) -> AdapterError {
 }
 
 impl PostgresRole {
-    pub fn new(admin_url: &str, strategy: PgStrategy) -> Result<Self> {
+    /// A role rotated over `admin_url`, its admin connections taken from `pools`.
+    pub fn new(admin_url: &str, strategy: PgStrategy, pools: &AdminPools) -> Result<Self> {
         let admin = PgConnectOptions::from_str(admin_url)
             .map_err(|_| AdapterError::permanent("the admin URL is not a valid PostgreSQL URL"))?
             .disable_statement_logging();
         Ok(Self {
-            admin_url: admin_url.to_string(),
+            pool: pools.pool(admin_url, &admin),
             admin,
             strategy,
         })
@@ -117,8 +166,7 @@ impl PostgresRole {
     /// Runs `sql` as the admin over a pooled connection: a rotation should not pay for a new
     /// backend and a SCRAM handshake each time it changes a password.
     async fn as_admin(&self, sql: String, what: &str) -> Result<()> {
-        let pool = admin_pool(&self.admin_url, &self.admin);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, pool.acquire())
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, self.pool.acquire())
             .await
             .map_err(|_| AdapterError::retryable("connecting to PostgreSQL as admin timed out"))?
             .map_err(|e| db_error("connecting to PostgreSQL as admin", e))?;
@@ -224,11 +272,11 @@ impl Source for PostgresRole {
             PgStrategy::Single { role } => vec![role.clone()],
             PgStrategy::Alternating { roles } => roles.to_vec(),
         };
-        let pool = admin_pool(&self.admin_url, &self.admin);
+        let pool = &self.pool;
         let found: Vec<String> =
             sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
                 .bind(&roles)
-                .fetch_all(&pool)
+                .fetch_all(pool)
                 .await
                 .map_err(|e| db_error("connecting to PostgreSQL as admin", e))?;
         if let Some(missing) = roles.iter().find(|r| !found.contains(r)) {
@@ -242,7 +290,7 @@ impl Source for PostgresRole {
             "SELECT current_user::text, rolsuper, rolcreaterole, current_setting('server_version_num')::int
              FROM pg_roles WHERE rolname = current_user",
         )
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .map_err(|e| db_error("reading the admin's privileges", e))?;
         if !superuser {
@@ -258,7 +306,7 @@ impl Source for PostgresRole {
             )
             .bind(&roles)
             .bind(version)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await
             .map_err(|e| db_error("reading the roles' attributes", e))?;
             for (role, role_super, admin_option) in rows {

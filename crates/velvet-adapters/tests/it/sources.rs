@@ -67,7 +67,9 @@ async fn postgres_single_changes_the_password_in_place() {
             role: "app_single".into(),
         },
     };
-    let s = source::build(&spec, &env_of("PG_ADMIN", pg.admin_url.clone())).unwrap();
+    let s = source::Sources::default()
+        .build(&spec, &env_of("PG_ADMIN", pg.admin_url.clone()))
+        .unwrap();
     let previous = velvet_adapters_credential("app_single", "initial-pw");
     let new = s.generate(Some(&previous)).unwrap();
     let (user, pw) = creds(&new);
@@ -98,6 +100,69 @@ async fn postgres_single_changes_the_password_in_place() {
     assert!(!log.contains(&pw));
 }
 
+/// Sources built by one owner share one admin pool per server; an admin URL with another
+/// password replaces it, so no source ever runs on connections another password opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_admin_pools_are_shared_per_server_and_follow_the_admin_password() {
+    let pg = tokio::task::spawn_blocking(PasswordPostgres::start)
+        .await
+        .unwrap();
+    admin_exec(
+        &pg.admin_url,
+        "CREATE ROLE pool_admin SUPERUSER LOGIN PASSWORD 'first-admin-pw'; \
+         CREATE ROLE app_pooled LOGIN PASSWORD 'x'",
+    )
+    .await;
+    let url = |pw: &str| format!("postgres://pool_admin:{pw}@127.0.0.1:{}/postgres", pg.port);
+    let spec = SourceSpec::PostgresRole {
+        admin_url_env: "PG_ADMIN".into(),
+        strategy: PgStrategy::Single {
+            role: "app_pooled".into(),
+        },
+    };
+    let sources = source::Sources::default();
+    let rotate = async |admin_url: String| {
+        let s = sources
+            .build(&spec, &env_of("PG_ADMIN", admin_url))
+            .unwrap();
+        let v = s.generate(None).unwrap();
+        s.activate(&v, None).await.map(|()| v)
+    };
+    let v = rotate(url("first-admin-pw")).await.unwrap();
+    let (_, pw) = creds(&v);
+    assert!(login(pg.port, "app_pooled", &pw).await);
+    rotate(url("first-admin-pw")).await.unwrap();
+    assert_eq!(sources.postgres_pools().len(), 1, "one pool per server");
+    assert!(
+        source::Sources::default().postgres_pools().is_empty(),
+        "pools belong to their owner, not the process"
+    );
+
+    admin_exec(
+        &pg.admin_url,
+        "ALTER ROLE pool_admin PASSWORD 'second-admin-pw'",
+    )
+    .await;
+    rotate(url("second-admin-pw")).await.unwrap();
+    assert_eq!(
+        sources.postgres_pools().len(),
+        1,
+        "the new password replaced the pool"
+    );
+    // Back to the old URL: its pool is built afresh and its login refused, rather than running
+    // on connections the new password opened.
+    let e = rotate(url("first-admin-pw")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
+    let shown = format!("{sources:?}");
+    assert!(
+        !shown.contains("admin-pw") && !shown.contains("pool_admin"),
+        "{shown}"
+    );
+}
+
 /// The credential value a database source produces.
 fn velvet_adapters_credential(user: &str, pw: &str) -> SecretValue {
     use velvet_core::secret::SecretString;
@@ -119,7 +184,9 @@ async fn postgres_alternating_keeps_the_previous_role_until_revoke() {
             roles: ["app_a".into(), "app_b".into()],
         },
     };
-    let s = source::build(&spec, &env_of("PG_ADMIN", pg.admin_url.clone())).unwrap();
+    let s = source::Sources::default()
+        .build(&spec, &env_of("PG_ADMIN", pg.admin_url.clone()))
+        .unwrap();
     let v1 = velvet_adapters_credential("app_a", "a-initial");
     let v2 = s.generate(Some(&v1)).unwrap();
     let (u2, p2) = creds(&v2);
@@ -157,7 +224,9 @@ async fn postgres_alternating_keeps_the_previous_role_until_revoke() {
             roles: ["app_c".into(), "app_d".into()],
         },
     };
-    let s = source::build(&first, &env_of("PG_ADMIN", pg.admin_url.clone())).unwrap();
+    let s = source::Sources::default()
+        .build(&first, &env_of("PG_ADMIN", pg.admin_url.clone()))
+        .unwrap();
     let v1 = s.generate(None).unwrap();
     let (u1, p1) = creds(&v1);
     assert_eq!(u1, "app_c");
@@ -198,13 +267,16 @@ async fn redis_acl_overlaps_until_revoke() {
         admin_url_env: "REDIS_ADMIN".into(),
         user: user.clone(),
     };
-    let s = source::build(&spec, &env_of("REDIS_ADMIN", url.clone())).unwrap();
+    let s = source::Sources::default()
+        .build(&spec, &env_of("REDIS_ADMIN", url.clone()))
+        .unwrap();
     assert!(s.probe().await.unwrap().contains(&user));
     let nobody = SourceSpec::RedisAcl {
         admin_url_env: "REDIS_ADMIN".into(),
         user: velvet_testkit::unique_name("velvet_nobody"),
     };
-    let e = source::build(&nobody, &env_of("REDIS_ADMIN", url.clone()))
+    let e = source::Sources::default()
+        .build(&nobody, &env_of("REDIS_ADMIN", url.clone()))
         .unwrap()
         .probe()
         .await

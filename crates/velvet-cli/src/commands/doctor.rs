@@ -143,8 +143,9 @@ pub async fn run(ctx: &Context) -> Result<(), Failure> {
         } else {
             checks.extend(store_checks(config, &store_name, keyring.as_ref()).await?);
         }
+        let sources = velvet_adapters::source::Sources::default();
         for t in &config.tokens {
-            let (result, detail) = match velvet_adapters::source::build(&t.source, &process_env) {
+            let (result, detail) = match sources.build(&t.source, &process_env) {
                 Ok(source) => probe(source.probe()).await,
                 Err(e) => ("fail", e.to_string()),
             };
