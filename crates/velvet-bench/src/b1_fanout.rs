@@ -4,7 +4,7 @@
 use crate::Row;
 use axum::routing::post;
 use chrono::Utc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::rotation::{JobStatus, Stage};
@@ -57,7 +57,7 @@ async fn distribute_seconds(n: usize, base: &str) -> f64 {
     let engine = Engine::new(
         f.store.clone(),
         f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
+        velvet_core::config::live(config),
         opts,
     );
     let (_stop, rx) = tokio::sync::watch::channel(false);

@@ -28,33 +28,32 @@ pub fn is_job_id(s: &str) -> bool {
     })
 }
 
-macro_rules! consumer_status {
-    ($($variant:ident = $word:literal),* $(,)?) => {
-        /// Where one consumer is in a job.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum ConsumerStatus { $($variant),* }
-
-        impl ConsumerStatus {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $word),* }
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($word => Some(Self::$variant),)* _ => None }
-            }
-        }
-    };
+/// Where one consumer is in a job.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ConsumerStatus {
+    Pending,
+    InProgress,
+    Distributed,
+    Verified,
+    Failed,
+    RolledBack,
 }
-
-consumer_status!(
-    Pending = "pending",
-    InProgress = "in_progress",
-    Distributed = "distributed",
-    Verified = "verified",
-    Failed = "failed",
-    RolledBack = "rolled_back",
-);
 
 /// One consumer's state in a job.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,10 +30,7 @@ impl<K: Hash + Eq> FailureLimiter<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let windows = self.windows.lock().expect("never poisoned");
-        let (start, n) = windows.get(key)?;
-        let left = self.window.checked_sub(start.elapsed())?;
-        (*n >= self.budget).then(|| left.as_secs().max(1))
+        self.blocked_at(key, Instant::now())
     }
 
     /// Counts a failure; true when this one spent the budget (the moment to raise an alarm).
@@ -42,18 +39,41 @@ impl<K: Hash + Eq> FailureLimiter<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        self.record_at(key, Instant::now())
+    }
+
+    fn blocked_at<Q>(&self, key: &Q, now: Instant) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let windows = self.windows.lock().expect("never poisoned");
+        let (start, n) = windows.get(key)?;
+        let left = self
+            .window
+            .checked_sub(now.saturating_duration_since(*start))
+            .filter(|left| !left.is_zero())?;
+        (*n >= self.budget).then(|| left.as_secs().max(1))
+    }
+
+    fn record_at<Q>(&self, key: &Q, now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut windows = self.windows.lock().expect("never poisoned");
+        let window = self.window;
+        let ended = |start: Instant| now.saturating_duration_since(start) >= window;
         // Forget finished windows so the map only holds recent offenders.
         if windows.len() > 10_000 {
-            let window = self.window;
-            windows.retain(|_, (start, _)| start.elapsed() < window);
+            windows.retain(|_, (start, _)| !ended(*start));
         }
         let w = match windows.get_mut(key) {
             Some(w) => w,
-            None => windows.entry(key.to_owned()).or_insert((Instant::now(), 0)),
+            None => windows.entry(key.to_owned()).or_insert((now, 0)),
         };
-        if w.0.elapsed() >= self.window {
-            *w = (Instant::now(), 0);
+        if ended(w.0) {
+            *w = (now, 0);
         }
         w.1 += 1;
         w.1 == self.budget
@@ -80,11 +100,18 @@ mod tests {
     }
 
     #[test]
-    fn the_window_passes() {
-        let l = FailureLimiter::new(1, Duration::from_millis(30));
-        l.record(&1);
-        assert!(l.blocked(&1).is_some());
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(l.blocked(&1), None);
+    fn the_window_passes_and_a_new_one_starts_counting_afresh() {
+        let l = FailureLimiter::new(2, Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        l.record_at(&1, t0);
+        assert!(l.record_at(&1, at(1)), "spent");
+        assert_eq!(l.blocked_at(&1, at(1)), Some(29));
+        assert_eq!(l.blocked_at(&1, at(29)), Some(1));
+        assert_eq!(l.blocked_at(&1, at(30)), None, "the window is over");
+        assert!(!l.record_at(&1, at(31)), "a new window counts from one");
+        assert_eq!(l.blocked_at(&1, at(31)), None);
+        assert!(l.record_at(&1, at(32)));
+        assert!(l.blocked_at(&1, at(32)).is_some());
     }
 }

@@ -4,74 +4,149 @@
 
 use crate::config::FlowType;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
-macro_rules! words {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $word:literal),* $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),* }
+/// A flow word: an enum stored, sent and shown as one snake_case word. strum derives the
+/// words (`IntoStaticStr`, `EnumString`, `VariantArray`) and serde the same ones for JSON; the
+/// `words_round_trip` test holds the two together.
+pub trait Word: Copy + Into<&'static str> + std::str::FromStr + strum::VariantArray {
+    const ALL: &'static [Self] = Self::VARIANTS;
 
-        impl $name {
-            pub const ALL: &[$name] = &[$($name::$variant),*];
+    fn as_str(self) -> &'static str {
+        self.into()
+    }
 
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $word),* }
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($word => Some($name::$variant),)* _ => None }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
+    fn parse(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
 }
 
-words!(
-    /// Where a job is in the flow.
-    Stage { Mint = "mint", Distribute = "distribute", Revoke = "revoke", Done = "done" }
-);
+impl<T: Copy + Into<&'static str> + std::str::FromStr + strum::VariantArray> Word for T {}
 
-words!(
-    /// What a job is doing at its stage.
-    JobStatus {
-        Pending = "pending",
-        Running = "running",
-        AwaitingConfirmation = "awaiting_confirmation",
-        Waiting = "waiting",
-        Succeeded = "succeeded",
-        Failed = "failed",
-        Aborted = "aborted",
-        RolledBack = "rolled_back",
-    }
-);
+/// Where a job is in the flow.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Stage {
+    Mint,
+    Distribute,
+    Revoke,
+    Done,
+}
 
-words!(
-    /// The operator action a paused job waits for.
-    Awaiting { ProceedDistribute = "proceed_distribute", ProceedRevoke = "proceed_revoke" }
-);
+/// What a job is doing at its stage.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    AwaitingConfirmation,
+    Waiting,
+    Succeeded,
+    Failed,
+    Aborted,
+    RolledBack,
+}
 
-words!(
-    /// Actions an operator may ask for through `POST /rotations/{id}/stage`.
-    Action {
-        ProceedDistribute = "proceed_distribute",
-        ProceedRevoke = "proceed_revoke",
-        RetryFailed = "retry_failed",
-        Rollback = "rollback",
-        Abort = "abort",
-    }
-);
+/// The operator action a paused job waits for.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Awaiting {
+    ProceedDistribute,
+    ProceedRevoke,
+}
 
-words!(
-    /// A revert in progress: the job stays `running` while the engine undoes it.
-    Revert { Rollback = "rollback", Abort = "abort" }
-);
+/// Actions an operator may ask for through `POST /rotations/{id}/stage`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Action {
+    ProceedDistribute,
+    ProceedRevoke,
+    RetryFailed,
+    Rollback,
+    Abort,
+}
+
+/// A revert in progress: the job stays `running` while the engine undoes it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Revert {
+    Rollback,
+    Abort,
+}
 
 impl JobStatus {
     /// Terminal jobs no longer hold the token's single-flight slot (I3).

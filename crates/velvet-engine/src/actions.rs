@@ -5,6 +5,7 @@ use crate::runner::Engine;
 use crate::service::ServiceError;
 use velvet_core::audit::AuditDraft;
 use velvet_core::job::{JobChanges, RotationJob};
+use velvet_core::rotation::Word as _;
 use velvet_core::rotation::{Action, Event, InvalidTransition, JobState, Stage, transition};
 use velvet_store::StoreError;
 

@@ -25,6 +25,7 @@ use utoipa::openapi::{Ref, RefOr, Schema};
 use velvet_core::job::is_job_id;
 use velvet_core::job_view::{ConsumerEvent, RotationJobView};
 use velvet_core::rotation::JobStatus;
+use velvet_core::rotation::Word as _;
 use velvet_store::JobEvent;
 
 /// How often a feed looks at the store unasked: a safety net, since this replica's engine

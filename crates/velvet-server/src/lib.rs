@@ -29,11 +29,11 @@ pub use flags::{Flag, FlagList};
 pub use metrics::Metrics;
 pub use openapi::document_json as openapi_json;
 pub use service_tokens::{CreatedServiceToken, ServiceTokenList, ServiceTokenView};
-pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve};
+pub use startup::{Prepared, ServeOptions, StartError, open_keyring, prepare, serve, serve_on};
 pub use tokens::KickoffAccepted;
 pub use velvet_engine::EnvLookup;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use velvet_core::config::Config;
 use velvet_core::keyring::Keyring;
 use velvet_store::Store;
@@ -44,7 +44,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     /// Replaced on SIGHUP when the file is valid; handlers clone the `Arc` they need.
-    pub config: Arc<RwLock<Arc<Config>>>,
+    pub config: velvet_core::config::LiveConfig,
     pub metrics: Arc<Metrics>,
     /// The rotation engine, when this process runs one.
     pub engine: Option<Arc<velvet_engine::Engine>>,
@@ -56,10 +56,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .expect("config lock is never poisoned")
-            .clone()
+        self.config.load_full()
     }
 }
 

@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use velvet_core::identity::Permission;
 use velvet_core::job::{RotationJob, is_job_id};
 use velvet_core::job_view::{RotationJobView, RotationPage};
+use velvet_core::rotation::Word as _;
 use velvet_core::rotation::{Action, JobStatus};
 use velvet_engine::StageRequest;
 use velvet_store::JobQuery;

@@ -9,6 +9,7 @@ use velvet_core::audit::now_micros;
 use velvet_core::job::JobChanges;
 use velvet_core::job_view::{ConsumerEvent, ConsumerView};
 use velvet_core::rotation::JobState;
+use velvet_core::rotation::Word as _;
 
 /// Moves the job from `from` to `to` (refused as `StaleJob` if it moved meanwhile, or if
 /// `owner` no longer holds its lease) and applies `changes`.

@@ -11,6 +11,7 @@ use velvet_core::keyring::Sealed;
 use velvet_core::model::{
     ConsumerRecord, SealedVersion, TokenRecord, TokenStatus, VersionLabel, VersionRecord,
 };
+use velvet_core::rotation::Word as _;
 use velvet_core::rotation::{Awaiting, JobState, JobStatus, Revert, Stage};
 
 fn corrupt(what: &str, value: &str) -> StoreError {

@@ -12,6 +12,20 @@ const DEFAULT_ADDR: &str = "http://127.0.0.1:8700";
 pub struct Client {
     base: String,
     token: SecretString,
+    http: reqwest::Client,
+}
+
+/// The CLI's own HTTP client: it talks to one Velvet server, never follows a redirect (the
+/// token would go along), and gives up on a server that does not answer the connect.
+fn http() -> Result<reqwest::Client, Failure> {
+    // A second install (another crate got there first) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("velvet-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Failure::failed(format!("building the HTTP client: {e}")))
 }
 
 impl Client {
@@ -37,12 +51,14 @@ impl Client {
         Ok(Self {
             base,
             token: SecretString::new(token),
+            http: http()?,
         })
     }
 
     /// Opens a job's event stream, resuming after `last_id` when given.
     pub async fn events(&self, job_id: &str, last_id: Option<i64>) -> Result<EventStream, Failure> {
-        let mut req = velvet_adapters::http::client()
+        let mut req = self
+            .http
             .get(format!("{}/api/v1/rotations/{job_id}/events", self.base))
             .bearer_auth(self.token.expose());
         if let Some(id) = last_id {
@@ -98,7 +114,8 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, Failure> {
-        let mut req = velvet_adapters::http::client()
+        let mut req = self
+            .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(self.token.expose());
         if let Some(b) = body {

@@ -12,6 +12,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use velvet_core::job_view::{ConsumerEvent, RotationJobView, RotationPage};
+use velvet_core::rotation::Word as _;
 use velvet_core::rotation::{Awaiting, JobStatus, Stage};
 
 fn checked_id(id: &str) -> Result<(), Failure> {

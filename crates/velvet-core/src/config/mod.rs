@@ -147,6 +147,15 @@ pub struct Config {
     token_index: HashMap<String, usize>,
 }
 
+/// The configuration in force, shared by the server and the engine. A reload swaps it whole;
+/// a reader keeps the one it loaded for as long as it holds it, without a lock.
+pub type LiveConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
+
+/// `config` as the one in force.
+pub fn live(config: Config) -> LiveConfig {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config))
+}
+
 /// Options for reading a config.
 #[derive(Clone, Copy)]
 pub struct LoadOptions<'e> {

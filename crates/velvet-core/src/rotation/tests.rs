@@ -360,14 +360,28 @@ fn every_action_not_in_the_table_is_an_invalid_transition() {
 
 #[test]
 fn words_round_trip() {
-    for s in Stage::ALL {
-        assert_eq!(Stage::parse(s.as_str()), Some(*s));
+    /// Each word parses back, and strum's word is serde's (the store and the API agree).
+    fn check<W: Word + std::fmt::Debug + PartialEq + serde::Serialize>() {
+        for w in W::ALL {
+            assert_eq!(W::parse(w.as_str()), Some(*w));
+            assert_eq!(
+                serde_json::to_value(w).unwrap(),
+                serde_json::Value::from(w.as_str()),
+                "{w:?}"
+            );
+        }
+        assert_eq!(W::parse("Not_A_Word"), None);
     }
-    for s in JobStatus::ALL {
-        assert_eq!(JobStatus::parse(s.as_str()), Some(*s));
-    }
-    for a in Action::ALL {
-        assert_eq!(Action::parse(a.as_str()), Some(*a));
-    }
+    check::<Stage>();
+    check::<JobStatus>();
+    check::<Awaiting>();
+    check::<Action>();
+    check::<Revert>();
+    check::<crate::job::ConsumerStatus>();
     assert_eq!(JobStatus::ALL.len(), 8);
+    assert_eq!(
+        JobStatus::AwaitingConfirmation.as_str(),
+        "awaiting_confirmation"
+    );
+    assert_eq!(JobStatus::RolledBack.to_string(), "rolled_back");
 }

@@ -3,7 +3,7 @@
 use crate::harness::*;
 use chrono::Utc;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velvet_core::config::FlowType;
 use velvet_core::job::ConsumerStatus;
@@ -225,7 +225,7 @@ async fn the_claim_loop_stops_when_its_stop_channel_goes_away() {
     let engine = Engine::new(
         f.store.clone(),
         f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
+        velvet_core::config::live(config),
         EngineOptions::for_this_process(),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -277,7 +277,7 @@ tokens:
     let engine = Engine::new(
         f.store.clone(),
         f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
+        velvet_core::config::live(config),
         opts,
     );
     let (_stop, rx) = tokio::sync::watch::channel(false);
@@ -486,7 +486,7 @@ async fn every_unfinished_job_has_a_way_to_end() {
     let dir = h.f.dir.path().to_path_buf();
     let parse = |yaml: &str| parse(&dir, yaml);
     // The token leaves the file (as a SIGHUP with it removed would do).
-    *h.config.write().unwrap() = Arc::new(parse("tokens: []\n"));
+    h.config.store(Arc::new(parse("tokens: []\n")));
     let e = h
         .act(&job.job_id, Action::ProceedDistribute)
         .await
@@ -507,9 +507,9 @@ async fn every_unfinished_job_has_a_way_to_end() {
     assert_eq!(h.labels().await, [(2, "discarded"), (1, "current")]);
 
     // A mint that fails (its source cannot be built: the admin URL is not set) can be aborted.
-    *h.config.write().unwrap() = Arc::new(parse(
+    h.config.store(Arc::new(parse(
         "tokens: [{name: api, flow: staged, source: {kind: redis_acl, admin_url_env: NOT_SET_ANYWHERE, user: u}}]\n",
-    ));
+    )));
     let job = h.kickoff(FlowType::Staged).await;
     h.until(
         &job.job_id,
@@ -558,11 +558,11 @@ async fn a_reload_resizes_the_concurrency_limit() {
         std::fs::remove_file(&counts).unwrap();
         n
     };
-    *h.config.write().unwrap() = Arc::new(with(1));
+    h.config.store(Arc::new(with(1)));
     h.engine.resize();
     rotate_declared(&h).await;
     assert_eq!(most_at_once(), 1, "concurrency 1 after the reload");
-    *h.config.write().unwrap() = Arc::new(with(4));
+    h.config.store(Arc::new(with(4)));
     h.engine.resize();
     rotate_declared(&h).await;
     assert!(most_at_once() >= 2, "more at once after raising it");

@@ -3,7 +3,7 @@
 
 use crate::harness::OPERATOR;
 use chrono::Utc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::rotation::{Action, JobStatus, Stage};
@@ -39,7 +39,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
     let engine = Engine::new(
         f.store.clone(),
         f.keyring.clone(),
-        Arc::new(RwLock::new(Arc::new(config))),
+        velvet_core::config::live(config),
         opts,
     );
     let (_stop, rx) = tokio::sync::watch::channel(false);

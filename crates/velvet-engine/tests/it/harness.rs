@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use velvet_core::config::{Config, FlowType, LoadOptions};
 use velvet_core::job::RotationJob;
@@ -26,7 +26,7 @@ pub const OPERATOR: Person<'static> = Person {
 pub struct Harness {
     pub f: Fixture,
     pub engine: Arc<Engine>,
-    pub config: Arc<RwLock<Arc<Config>>>,
+    pub config: velvet_core::config::LiveConfig,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -95,7 +95,7 @@ pub async fn harness_polling(
     .unwrap();
     let mut opts = EngineOptions::for_this_process();
     opts.poll_interval = poll;
-    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let config = velvet_core::config::live(config);
     let engine = Engine::new(f.store.clone(), f.keyring.clone(), config.clone(), opts);
     let (stop, rx) = tokio::sync::watch::channel(false);
     engine.start(rx);
@@ -109,7 +109,7 @@ pub async fn harness_polling(
 
 impl Harness {
     pub fn engine_config(&self) -> Arc<Config> {
-        self.config.read().unwrap().clone()
+        self.config.load_full()
     }
 
     pub async fn kickoff(&self, flow: FlowType) -> RotationJob {

@@ -15,7 +15,7 @@ async fn a_store_failing_for_now_during_mint_delays_the_job_instead_of_failing_i
     // A short lease, below what velvet.yaml accepts, so the retry comes quickly.
     let mut c = (*h.engine_config()).clone();
     c.engine.lease = Duration::from_millis(600);
-    *h.config.write().unwrap() = Arc::new(c);
+    h.config.store(Arc::new(c));
     let RawDb::Postgres(raw) = &h.f.raw else {
         unreachable!()
     };
