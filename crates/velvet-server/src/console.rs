@@ -9,6 +9,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, LOCATION, RETRY
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -46,33 +47,30 @@ pub(crate) async fn security_headers(mut r: Response) -> Response {
     r
 }
 
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 /// A violet rounded square with a "V", inline (the CSP allows `data:` images), so no page
 /// load asks for a /favicon.ico that is not there.
 const FAVICON: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E%3Crect width='16' height='16' rx='3' fill='%236b3fa0'/%3E%3Cpath d='M4 4l4 8 4-8' stroke='white' stroke-width='2' fill='none'/%3E%3C/svg%3E";
 
-fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Response {
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{extra_head}\
-         <link rel=\"icon\" href=\"{FAVICON}\">\
-         <link rel=\"stylesheet\" href=\"{}\"><script src=\"{}\" defer></script>\
-         <title>{} · Velvet</title></head><body>{body}</body></html>",
-        crate::assets::path("console.css"),
-        crate::assets::path("console.js"),
-        esc(title)
-    );
+fn page(status: StatusCode, title: &str, body: Markup, extra_head: Markup) -> Response {
+    let html = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                (extra_head)
+                link rel="icon" href=(FAVICON);
+                link rel="stylesheet" href=(crate::assets::path("console.css"));
+                script src=(crate::assets::path("console.js")) defer {}
+                title { (title) " · Velvet" }
+            }
+            body { (body) }
+        }
+    };
     (
         status,
         [(CONTENT_SECURITY_POLICY, CSP), (CACHE_CONTROL, "no-store")],
-        Html(html),
+        Html(html.into_string()),
     )
         .into_response()
 }
@@ -82,23 +80,27 @@ fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Respon
 const LOGIN_COOKIE: &str = "velvet_login";
 
 fn login_form(status: StatusCode, error: Option<&str>) -> Response {
-    let error = error
-        .map(|e| format!("<p role=\"alert\" class=\"error\">{}</p>", esc(e)))
-        .unwrap_or_default();
     let csrf = session::random_hex(16);
     let mut r = page(
         status,
         "Log in",
-        &format!(
-            "<main class=\"login card\"><h1>Velvet</h1>{error}\
-             <form method=\"post\" action=\"/console/login\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <label for=\"name\">Operator</label><input id=\"name\" name=\"name\" autocomplete=\"username\" required>\
-             <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-             <label for=\"code\">TOTP code or backup code</label><input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" required>\
-             <button type=\"submit\">Log in</button></form></main>"
-        ),
-        "",
+        html! {
+            main.login.card {
+                h1 { "Velvet" }
+                @if let Some(e) = error { p role="alert" class="error" { (e) } }
+                form method="post" action="/console/login" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="name" { "Operator" }
+                    input id="name" name="name" autocomplete="username" required;
+                    label for="password" { "Password" }
+                    input id="password" name="password" type="password" autocomplete="current-password" required;
+                    label for="code" { "TOTP code or backup code" }
+                    input id="code" name="code" autocomplete="one-time-code" required;
+                    button type="submit" { "Log in" }
+                }
+            }
+        },
+        html! {},
     );
     let cookie = format!(
         "{LOGIN_COOKIE}={csrf}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=3600"
@@ -187,26 +189,27 @@ pub(crate) async fn signed_in(
 }
 
 /// A console page for a signed-in operator: the header with navigation, who, and logout.
-pub(crate) fn shell(s: &session::Session, title: &str, body: &str) -> Response {
+pub(crate) fn shell(s: &session::Session, title: &str, body: Markup) -> Response {
+    let audit = s.role.grants(velvet_core::identity::Permission::AuditRead);
     page(
         StatusCode::OK,
         title,
-        &format!(
-            "<header class=\"top\"><a class=\"brand\" href=\"/console\">Velvet</a>\
-             <nav aria-label=\"Main\"><a href=\"/console\">Tokens</a>{audit}</nav>\
-             <span class=\"who\">{} ({})</span>\
-             <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\" class=\"secondary\">Log out</button></form></header><main>{body}</main>",
-            esc(&s.operator),
-            s.role.as_str(),
-            esc(&s.csrf),
-            audit = if s.role.grants(velvet_core::identity::Permission::AuditRead) {
-                "<a href=\"/console/audit\">Audit</a>"
-            } else {
-                ""
+        html! {
+            header.top {
+                a.brand href="/console" { "Velvet" }
+                nav aria-label="Main" {
+                    a href="/console" { "Tokens" }
+                    @if audit { a href="/console/audit" { "Audit" } }
+                }
+                span.who { (s.operator) " (" (s.role.as_str()) ")" }
+                form method="post" action="/console/logout" {
+                    input type="hidden" name="csrf" value=(s.csrf);
+                    button type="submit" class="secondary" { "Log out" }
+                }
             }
-        ),
-        &format!("<meta name=\"csrf-token\" content=\"{}\">", esc(&s.csrf)),
+            main { (body) }
+        },
+        html! { meta name="csrf-token" content=(s.csrf); },
     )
 }
 

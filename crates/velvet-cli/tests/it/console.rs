@@ -34,6 +34,8 @@ defaults: {grace_period: 0s}
 tokens:
   - name: api
     flow: staged
+    description: '<img src=x onerror=alert(1)> & ''quoted'' \"too\"'
+    tags: ['<b>bold</b>']
     source: {kind: random}
 ",
     );
@@ -362,4 +364,24 @@ fn the_tokens_table_lines_up_and_names_what_a_job_waits_for() {
     assert_eq!(row.matches("<td").count(), headers, "{page}");
     assert!(row.contains("awaiting distribute"), "{row}");
     assert!(page.contains("rel=\"icon\""), "a favicon");
+}
+
+/// What a person wrote in velvet.yaml is text on every page, never markup.
+#[test]
+fn written_text_is_escaped_on_the_pages() {
+    let (_w, s, e) = setup();
+    let cookie = session_of(&login(&s, &e.password, &e.codes[0]));
+    for path in ["/console", "/console/tokens/api"] {
+        let page = get(&s, path, &cookie).text().unwrap();
+        assert!(
+            !page.contains("<b>bold") && page.contains("&lt;b&gt;bold&lt;/b&gt;"),
+            "{path}: {page}"
+        );
+    }
+    let page = get(&s, "/console/tokens/api", &cookie).text().unwrap();
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(1)&gt; &amp; 'quoted' &quot;too&quot;"),
+        "{page}"
+    );
+    assert!(!page.contains("<img"), "{page}");
 }
