@@ -5,7 +5,7 @@
 use crate::{AppState, Metrics, router};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use velvet_core::config::{Config, KeyringSource, LoadOptions, process_env};
 use velvet_core::keyring::{Keyring, KeyringError};
@@ -84,7 +84,7 @@ pub async fn prepare(config: Config, opts: &ServeOptions) -> Result<Prepared, St
             "VELVET_API_KEY is set: it is a bootstrap admin credential; unset it once service tokens exist"
         );
     }
-    let config = Arc::new(RwLock::new(Arc::new(config)));
+    let config = velvet_core::config::live(config);
     let mut engine_opts = velvet_engine::EngineOptions::for_this_process();
     if let Some(env) = &opts.env {
         engine_opts.env = env.clone();
@@ -148,7 +148,7 @@ async fn reload_on_hangup(state: AppState, file: PathBuf) {
         );
         match loaded {
             Ok(c) => {
-                *state.config.write().expect("config lock is never poisoned") = Arc::new(c);
+                state.config.store(Arc::new(c));
                 if let Some(engine) = &state.engine {
                     engine.resize();
                 }
@@ -180,13 +180,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-/// Binds and serves until SIGTERM/SIGINT. `on_listening` is told the bound address.
+/// Binds and serves until SIGTERM/SIGINT, reloading on SIGHUP. `on_listening` is told the
+/// bound address.
 pub async fn serve(
     prepared: Prepared,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), StartError> {
-    let state = prepared.state;
-    let config = state.config();
+    let config = prepared.state.config();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -196,7 +196,22 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     tracing::info!(%addr, store = %config.store, "velvet listening");
     on_listening(addr);
-    tokio::spawn(reload_on_hangup(state.clone(), config.file.clone()));
+    tokio::spawn(reload_on_hangup(
+        prepared.state.clone(),
+        config.file.clone(),
+    ));
+    serve_on(prepared, listener, shutdown_signal()).await
+}
+
+/// Serves on `listener`, with the engine running, until `stop` completes; then lets requests
+/// in flight finish and each job finish its step and release its lease.
+pub async fn serve_on(
+    prepared: Prepared,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let state = prepared.state;
+    let config = state.config();
     let (stop_engine, engine_stopped) = tokio::sync::watch::channel(false);
     if let Some(engine) = &state.engine {
         engine.start(engine_stopped);
@@ -204,14 +219,13 @@ pub async fn serve(
     let engine = state.engine.clone();
     let app = router(state);
     crate::listen::serve(listener, app, &config.server, async move {
-        shutdown_signal().await;
+        stop.await;
         // Stop claiming work; a job left mid-step resumes from its stored state (I4).
         let _ = stop_engine.send(true);
     })
     .await
     .map_err(StartError::Serve)?;
-    // Let each job finish its step and release its lease, bounded by the lease itself (after
-    // that another replica would take the job over anyway).
+    // Bounded by the lease: after it, another replica would take the job over anyway.
     if let Some(engine) = engine {
         engine.drain(config.engine.lease).await;
     }

@@ -40,19 +40,19 @@ fn parse(body: &str) -> Vec<Sse> {
 }
 
 /// Reads a whole stream (it closes after `end`), in a thread, with a deadline.
+/// Opens a stream and reads it to its end on a thread. It returns once the answer's headers
+/// came, which the server sends after the stream follows the job: every later change reaches it.
 fn read_stream(url: String, last_event_id: Option<i64>) -> std::thread::JoinHandle<(u16, String)> {
-    std::thread::spawn(move || {
-        let mut req = http()
-            .get(url)
-            .bearer_auth(KEY)
-            .timeout(Duration::from_secs(30));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let r = req.send().unwrap();
-        let code = r.status().as_u16();
-        (code, r.text().unwrap())
-    })
+    let mut req = http()
+        .get(url)
+        .bearer_auth(KEY)
+        .timeout(Duration::from_secs(30));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let r = req.send().unwrap();
+    let code = r.status().as_u16();
+    std::thread::spawn(move || (code, r.text().unwrap()))
 }
 
 fn wait_awaiting(s: &Server, job: &str, awaiting: &str) {
@@ -93,7 +93,6 @@ tokens:
 
     let url = s.url(&format!("/api/v1/rotations/{id}/events"));
     let live = read_stream(url.clone(), None);
-    std::thread::sleep(Duration::from_millis(300));
     let stage = format!("/api/v1/rotations/{id}/stage");
     let (code, body) = s.call(
         "POST",

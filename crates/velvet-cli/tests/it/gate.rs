@@ -465,7 +465,10 @@ revocation_gates:
         (j["stage"].as_str(), j["status"].as_str()),
         (Some("revoke"), Some("awaiting_confirmation"))
     );
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // Another job run start to end after the hold proves the engine kept working meanwhile,
+    // which a pause would only hope for.
+    let after = kick("roles-only");
+    wait_for(&s, &after, "");
     let (_, j) = s.call("GET", &format!("/api/v1/rotations/{held}"), Some(KEY), None);
     assert_eq!(j["awaiting"], "proceed_revoke", "still waiting: {j}");
     let (code, r) = s.call(

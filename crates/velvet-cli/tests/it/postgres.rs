@@ -275,19 +275,17 @@ tokens:
         .iter()
         .map(|s| {
             let url = s.url(&format!("/api/v1/rotations/{id}/events"));
-            std::thread::spawn(move || {
-                http()
-                    .get(url)
-                    .bearer_auth(KEY)
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .unwrap()
-                    .text()
-                    .unwrap()
-            })
+            // The answer's headers come once the stream follows the job, so every change made
+            // after this returns reaches it: no pause needed.
+            let r = http()
+                .get(url)
+                .bearer_auth(KEY)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .unwrap();
+            std::thread::spawn(move || r.text().unwrap())
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
     let stage = format!("/api/v1/rotations/{id}/stage");
     let body = serde_json::json!({"action": "proceed_distribute"});
     assert_eq!(b.call("POST", &stage, Some(KEY), Some(body)).0, 200);

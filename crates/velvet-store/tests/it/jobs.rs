@@ -751,7 +751,25 @@ async fn a_lock_key_is_held_across_replicas(f: Fixture) {
     .await
     .unwrap();
     assert_eq!(killed, [true, true], "both replicas' lock connections");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the server has let the dead sessions' locks go.
+    let start = std::time::Instant::now();
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+        )
+        .fetch_one(raw)
+        .await
+        .unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{held} locks stay"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The broken connection is reported as retryable and replaced on the next try.
     let mut retaken = f.store.try_lock_key("elsewhere", 1).await;
     if let Err(e) = &retaken {
