@@ -1,7 +1,7 @@
-//! B2: rotations per second of PostgreSQL roles, Velvet (auto flow, durable SQLite store,
-//! verifying each new password with a real login) against OpenBao's database secrets engine
-//! (`rotate-role` on raft storage), both against the same password-checking PostgreSQL, with
-//! the same number of concurrent callers.
+//! B2: rotations per second of PostgreSQL roles, Velvet (`velvet serve`, auto flow, durable
+//! SQLite store, verifying each new password with a real login, driven over its API) against
+//! OpenBao's database secrets engine (`rotate-role` on raft storage), both against the same
+//! password-checking PostgreSQL, with the same number of concurrent callers.
 
 use crate::Row;
 use chrono::Utc;
@@ -283,8 +283,9 @@ async fn openbao(pg: &PasswordPostgres, n: usize) -> Run {
     )
 }
 
-/// Velvet: rotations/s of `n` `postgres_role` tokens with `CALLERS` callers, each kicking off a
-/// rotation and waiting for it to finish, as a `rotate-role` call does.
+/// Velvet's engine in this process (`--velvet-only`, for profiling): rotations/s of `n` tokens
+/// with `CALLERS` callers, each kicking off a rotation and waiting for it to finish. Its CPU
+/// includes the callers', so B2 and B2c use [`velvet_served`].
 async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
     create_roles(&pg.admin_url, &format!("vb{n}"), n);
     let f = Fixture::new(Dialect::Sqlite).await;
@@ -368,6 +369,76 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
     )
 }
 
+/// Velvet as it runs in production: a `velvet serve` process on SQLite, each caller kicking a
+/// rotation off over the API and following its event stream to the end (as a `rotate-role`
+/// call returns once done). The CPU counted is that process's alone, as OpenBao's is: the
+/// callers' work is in neither figure.
+async fn velvet_served(pg: &PasswordPostgres, n: usize) -> Run {
+    use crate::b4_sse::{KEY, start_server_env};
+    let prefix = format!("vs{n}");
+    create_roles(&pg.admin_url, &prefix, n);
+    // Every caller streams from this one address.
+    let mut yaml = String::from(
+        "server: {max_streams_per_client: 10000}\ndefaults: {flow: auto, grace_period: 0s}\ntokens:\n",
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: {prefix}_{i}\n    source: {{kind: postgres_role, admin_url_env: PG_ADMIN, role: {prefix}_{i}}}\n"
+        ));
+    }
+    let server = start_server_env(&yaml, &[("PG_ADMIN", &pg.admin_url)]);
+    let pid = server.child.id().to_string();
+    let http = velvet_adapters::http::client();
+    let pg_pid = pg.postmaster_pid().unwrap_or(0).to_string();
+    let cpu0 = (cpu(&pid, false), cpu(&pg_pid, true));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CALLERS {
+        let (base, prefix) = (server.base.clone(), prefix.clone());
+        tasks.spawn(async move {
+            for i in (c..n).step_by(CALLERS) {
+                let r = http
+                    .post(format!("{base}/api/v1/tokens/{prefix}_{i}/rotate"))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let kicked: serde_json::Value = r.json().await.unwrap();
+                let job = kicked["job_id"].as_str().unwrap();
+                // The stream ends once the job is terminal; its last `job` event says how.
+                let events = http
+                    .get(format!("{base}/api/v1/rotations/{job}/events"))
+                    .bearer_auth(KEY)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let last = events
+                    .split("\n\n")
+                    .filter(|b| b.contains("event: job"))
+                    .last()
+                    .unwrap_or("");
+                assert!(
+                    last.contains("\"status\":\"succeeded\""),
+                    "{prefix}_{i}: {last}"
+                );
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    Run::new(
+        &format!("Velvet serve ({n} tokens)"),
+        rate,
+        n,
+        (&pid, false, cpu0.0),
+        (&pg_pid, cpu0.1),
+    )
+}
+
 /// Where one rotation's time goes at the source, one call at a time: the mean of each phase.
 async fn breakdown(pg: &PasswordPostgres) {
     use sqlx::ConnectOptions;
@@ -422,9 +493,9 @@ pub async fn run(n: usize, velvet_only: bool) -> Vec<Row> {
     }
     eprintln!("B2: OpenBao rotate-role on raft, {n} roles, {CALLERS} callers…");
     let bao = openbao(&pg, n).await;
-    eprintln!("B2: Velvet on SQLite, verifying each new password by a login…");
-    let vr = velvet(&pg, n, "postgres_role").await;
-    let v10 = velvet(&pg, n * 10, "postgres_role").await.rate;
+    eprintln!("B2: velvet serve on SQLite, verifying each new password by a login…");
+    let vr = velvet_served(&pg, n).await;
+    let v10 = velvet_served(&pg, n * 10).await.rate;
     // Where the time goes: PostgreSQL's own work per verified rotation (the password change
     // plus the login that proves it) bounds any rotator that verifies, however fast it is.
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;

@@ -9,8 +9,10 @@
 use super::{Source, credential_value, credentials};
 use crate::{AdapterError, Result};
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use velvet_core::config::PgStrategy;
 use velvet_core::secret::SecretValue;
 
 const PASSWORD_LEN: usize = 40;
+const SCRAM_ITERATIONS: u32 = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections per server at most, shared by every rotation in this process.
 const ADMIN_CONNECTIONS: u32 = 4;
@@ -44,10 +47,35 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` for `password` (RFC 5802/7677,
-/// SASLprep included), the form PostgreSQL stores and accepts in `ALTER ROLE … PASSWORD`.
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` for `password` (RFC 5802/7677),
+/// the form PostgreSQL stores and accepts in `ALTER ROLE … PASSWORD`. The password is SASLprep'd
+/// first, as PostgreSQL does at login (raw bytes when SASLprep refuses it, as PostgreSQL does).
+///
+/// Not `postgres_protocol::password::scram_sha_256`: it re-keys its HMAC on each of the 4,096
+/// rounds, twice the SHA-256 work of `pbkdf2`, and this runs on every rotation (ADR 0016).
 pub fn scram_verifier(password: &str) -> String {
-    postgres_protocol::password::scram_sha_256(password.as_bytes())
+    let prepared = zeroize::Zeroizing::new(match stringprep::saslprep(password) {
+        Ok(p) => p.into_owned(),
+        Err(_) => password.to_string(),
+    });
+    let mut salt = [0u8; 16];
+    crate::random_bytes(&mut salt);
+    let mut salted = zeroize::Zeroizing::new([0u8; 32]);
+    pbkdf2::pbkdf2_hmac::<Sha256>(prepared.as_bytes(), &salt, SCRAM_ITERATIONS, &mut *salted);
+    let hmac = |key: &[u8], msg: &[u8]| -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        m.update(msg);
+        m.finalize().into_bytes().into()
+    };
+    let client_key = hmac(&*salted, b"Client Key");
+    let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+    let server_key = hmac(&*salted, b"Server Key");
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
 }
 
 /// Admin connection pools of one engine, one per server and admin login, so rotations share a

@@ -68,14 +68,8 @@ async fn every_answer_is_hardened_and_the_api_wants_a_credential() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let listed: Value = s
-        .admin(Method::GET, "/api/v1/tokens")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value =
+        serde_json::from_str(&s.text(s.admin(Method::GET, "/api/v1/tokens")).await).unwrap();
     assert_eq!(listed["tokens"][0]["name"], "api", "{listed}");
     let missing = s
         .admin(Method::GET, "/api/v1/nothing-here")
@@ -102,14 +96,7 @@ async fn a_kickoff_runs_to_its_end_and_its_event_stream_follows_and_resumes() {
     let events_path = format!("/api/v1/rotations/{}/events", kicked.job_id);
 
     // The stream ends by itself once the job is terminal, so reading it to the end is the wait.
-    let text = s
-        .admin(Method::GET, &events_path)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.text(s.admin(Method::GET, &events_path)).await;
     let events = parse_sse(&text);
     assert_eq!(
         events.first().map(|e| e.event.as_str()),
@@ -130,14 +117,11 @@ async fn a_kickoff_runs_to_its_end_and_its_event_stream_follows_and_resumes() {
         "{text}"
     );
 
-    let job: RotationJobView = s
-        .admin(Method::GET, &format!("/api/v1/rotations/{}", kicked.job_id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job: RotationJobView = serde_json::from_str(
+        &s.text(s.admin(Method::GET, &format!("/api/v1/rotations/{}", kicked.job_id)))
+            .await,
+    )
+    .unwrap();
     assert_eq!(job.state.status, JobStatus::Succeeded);
     let fingerprint = job.consumers[0].fingerprint.clone().unwrap();
     let file = std::fs::read_to_string(s.dir.path().join("app.env")).unwrap();
@@ -162,14 +146,11 @@ async fn a_kickoff_runs_to_its_end_and_its_event_stream_follows_and_resumes() {
             .collect()
     };
     let resumed = s
-        .admin(Method::GET, &events_path)
-        .header("Last-Event-ID", from.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(
+            s.admin(Method::GET, &events_path)
+                .header("Last-Event-ID", from.to_string()),
+        )
+        .await;
     let resumed_events = parse_sse(&resumed);
     assert!(
         resumed_events.iter().all(|e| e.id.is_none_or(|i| i > from)),

@@ -73,6 +73,11 @@ impl Running {
         self.http.request(method, self.url(path)).bearer_auth(KEY)
     }
 
+    /// Sends `req` and reads its whole body.
+    pub async fn text(&self, req: reqwest::RequestBuilder) -> String {
+        req.send().await.unwrap().text().await.unwrap()
+    }
+
     /// Asks the server to stop and waits until it has, engine drained.
     pub async fn stop(mut self) -> Result<(), StartError> {
         if let Some(s) = self.stop.take() {
