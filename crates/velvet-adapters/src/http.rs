@@ -13,17 +13,23 @@ use std::time::Duration;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One client per process (connection pools are per client).
+/// A client builder with Velvet's rules: rustls with the ring provider, a bounded connect, and
+/// no redirects. The consumers' shared client and the CLI's own both start here.
+pub fn builder(user_agent: &str) -> reqwest::ClientBuilder {
+    // A second install (another crate got there first) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(format!("{user_agent}/{}", env!("CARGO_PKG_VERSION")))
+}
+
+/// The client HTTP consumers share (connection pools are per client).
 pub fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        // A second install (another crate got there first) is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+        builder("velvet")
             .pool_max_idle_per_host(256)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("velvet/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with the ring provider installed")
     })

@@ -59,40 +59,32 @@ impl Sources {
         spec: &SourceSpec,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Box<dyn Source>> {
-        build(spec, env, self)
+        let need = |name: &str| {
+            env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                AdapterError::permanent(format!("environment variable `{name}` is not set"))
+            })
+        };
+        Ok(match spec {
+            SourceSpec::Random { bytes, encoding } => Box::new(Random::new(*bytes, *encoding)),
+            SourceSpec::PostgresRole {
+                admin_url_env,
+                strategy,
+            } => Box::new(PostgresRole::new(
+                &need(admin_url_env)?,
+                strategy.clone(),
+                &self.postgres,
+            )?),
+            SourceSpec::RedisAcl {
+                admin_url_env,
+                user,
+            } => Box::new(RedisAcl::new(&need(admin_url_env)?, user)?),
+        })
     }
 
     /// The PostgreSQL admin pools built so far.
     pub fn postgres_pools(&self) -> &postgres::AdminPools {
         &self.postgres
     }
-}
-
-fn build(
-    spec: &SourceSpec,
-    env: &dyn Fn(&str) -> Option<String>,
-    sources: &Sources,
-) -> Result<Box<dyn Source>> {
-    let need = |name: &str| {
-        env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-            AdapterError::permanent(format!("environment variable `{name}` is not set"))
-        })
-    };
-    Ok(match spec {
-        SourceSpec::Random { bytes, encoding } => Box::new(Random::new(*bytes, *encoding)),
-        SourceSpec::PostgresRole {
-            admin_url_env,
-            strategy,
-        } => Box::new(PostgresRole::new(
-            &need(admin_url_env)?,
-            strategy.clone(),
-            &sources.postgres,
-        )?),
-        SourceSpec::RedisAcl {
-            admin_url_env,
-            user,
-        } => Box::new(RedisAcl::new(&need(admin_url_env)?, user)?),
-    })
 }
 
 /// The `username` and `password` of a database value.

@@ -15,15 +15,10 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// The CLI's own HTTP client: it talks to one Velvet server, never follows a redirect (the
-/// token would go along), and gives up on a server that does not answer the connect.
+/// The CLI's own HTTP client, not the consumers' shared one: it talks to one Velvet server and,
+/// like every Velvet client, never follows a redirect (the token would go along).
 fn http() -> Result<reqwest::Client, Failure> {
-    // A second install (another crate got there first) is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("velvet-cli/", env!("CARGO_PKG_VERSION")))
+    velvet_adapters::http::builder("velvet-cli")
         .build()
         .map_err(|e| Failure::failed(format!("building the HTTP client: {e}")))
 }
