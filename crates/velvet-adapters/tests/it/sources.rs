@@ -100,6 +100,23 @@ async fn postgres_single_changes_the_password_in_place() {
     assert!(!log.contains(&pw));
 }
 
+/// The verifier is made from the SASLprep'd password, as PostgreSQL's own `ALTER ROLE … PASSWORD`
+/// makes it: a soft hyphen maps to nothing, so the password logs in without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_verifiers_are_made_from_the_saslprepped_password() {
+    let pg = tokio::task::spawn_blocking(PasswordPostgres::start)
+        .await
+        .unwrap();
+    let verifier = velvet_adapters::source::postgres::scram_verifier("pre\u{00AD}pared-pw");
+    admin_exec(
+        &pg.admin_url,
+        &format!("CREATE ROLE app_prep LOGIN PASSWORD '{verifier}'"),
+    )
+    .await;
+    assert!(login(pg.port, "app_prep", "prepared-pw").await);
+    assert!(!login(pg.port, "app_prep", "other-pw").await);
+}
+
 /// Sources built by one owner share one admin pool per server; an admin URL with another
 /// password replaces it, so no source ever runs on connections another password opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
