@@ -1,7 +1,7 @@
 //! `/api/v1/audit`: the tamper-evident log, page by page, and a walk of the whole chain.
 
 use crate::auth::{AuditRead, Can};
-use crate::error::{ErrorBody, RateLimited, Unauthorized};
+use crate::error::{ErrorBody, RateLimited, Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -81,6 +81,7 @@ pub struct AuditPage {
     responses(
         (status = 200, description = "A page of records", body = AuditPage),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
         RateLimited,
@@ -122,6 +123,7 @@ pub struct Verification {
     responses(
         (status = 200, description = "The result of the walk (`ok` false names the first bad record)", body = Verification),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         RateLimited,
     ))]
@@ -155,6 +157,7 @@ pub struct DecisionList {
     responses(
         (status = 200, description = "Decisions", body = DecisionList),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
         RateLimited,
@@ -195,6 +198,7 @@ pub struct SecurityEventList {
     responses(
         (status = 200, description = "Security events", body = SecurityEventList),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks audit.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
         RateLimited,

@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 pub struct ErrorBody {
     /// `unauthorized`, `forbidden`, `gate_required`, `gate_denied`, `not_found`, `job_active`,
     /// `invalid_transition`, `validation_failed`, `payload_too_large`, `rate_limited`,
-    /// `not_enabled`, `audit_unavailable` or `internal`.
+    /// `not_enabled`, `audit_unavailable`, `unavailable` (the store is busy: retry after
+    /// `Retry-After`) or `internal`.
     pub error: String,
     /// What went wrong and what to do about it, for a human.
     pub message: String,
@@ -42,6 +43,14 @@ pub struct Unauthorized(ErrorBody);
 #[allow(dead_code)] // as `Unauthorized`
 pub struct RateLimited(ErrorBody);
 
+/// `503 unavailable`: the store is busy or unreachable; nothing was done, and the same request
+/// may succeed after `Retry-After`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "`unavailable`: the store is busy, so nothing was done; retry after `Retry-After` seconds",
+    headers(("Retry-After" = u16, description = "Seconds to wait before retrying")))]
+#[allow(dead_code)] // as `Unauthorized`
+pub struct Unavailable(ErrorBody);
+
 impl From<velvet_store::StoreError> for ApiError {
     fn from(e: velvet_store::StoreError) -> Self {
         use velvet_store::StoreError as S;
@@ -63,6 +72,18 @@ impl From<velvet_store::StoreError> for ApiError {
                     "audit_unavailable",
                     format!("the audit log cannot be written, so nothing was done: {m}"),
                 )
+            }
+            // Busy, pool exhausted or connection lost: the same request may succeed shortly, so
+            // say so (a client backs off) instead of a 500 that reads as a bug.
+            other if other.retryable() => {
+                tracing::warn!(error = %other, "store busy; answered 503 unavailable");
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is busy or unreachable, so nothing was done; retry after the Retry-After seconds",
+                );
+                e.retry_after = Some(1);
+                e
             }
             other => Self::internal(&other),
         }
@@ -101,7 +122,7 @@ pub struct ApiError {
     /// Fields the contract adds for some codes (`job_id` for `job_active`; `stage`, `status`
     /// and `awaiting` for `invalid_transition`).
     pub extra: serde_json::Map<String, serde_json::Value>,
-    /// Seconds for a `Retry-After` header (429).
+    /// Seconds for a `Retry-After` header (429, and 503 `unavailable`).
     pub retry_after: Option<u16>,
 }
 
@@ -178,5 +199,38 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use velvet_store::StoreError;
+
+    fn database(retryable: bool) -> StoreError {
+        StoreError::Database {
+            context: "claiming a job",
+            retryable,
+            source: "connection pool timed out".into(),
+        }
+    }
+
+    #[test]
+    fn a_busy_store_answers_503_unavailable_with_retry_after_and_a_broken_one_500() {
+        for e in [
+            ApiError::from(database(true)),
+            ApiError::from(velvet_engine::ServiceError::Store(database(true))),
+        ] {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, "unavailable");
+            let response = e.into_response();
+            assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+        }
+        let e = ApiError::from(database(false));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !e.message.contains("pool"),
+            "a 500 keeps its cause in the log"
+        );
     }
 }

@@ -10,7 +10,7 @@
 //! its own buffer, never holding up the engine or the others.
 
 use crate::auth::{Can, TokensRead};
-use crate::error::Unauthorized;
+use crate::error::{Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -255,6 +255,7 @@ async fn changed(bus: &mut Option<broadcast::Receiver<String>>, job_id: &str) ->
     responses(
         (status = 200, description = "Events `job` (data: the job), `consumer` (data: the consumer's state and `job_id`) and `end` (data: null), each with its `id`", content_type = "text/event-stream", body = StreamEvent),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = crate::error::ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = crate::error::ErrorBody),
         (status = 422, description = "`validation_failed`: Last-Event-ID is not an id this stream gave out", body = crate::error::ErrorBody),

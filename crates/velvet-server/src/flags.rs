@@ -4,7 +4,7 @@
 
 use crate::auth::{AdminOnly, Can, TokensRead};
 use crate::body::Body;
-use crate::error::{ErrorBody, RateLimited, Unauthorized};
+use crate::error::{ErrorBody, RateLimited, Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -75,6 +75,7 @@ pub(crate) async fn require_rotation(state: &AppState) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "The flags", body = FlagList),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         RateLimited,
     ))]
@@ -112,7 +113,8 @@ pub struct SetBody {
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
         RateLimited,
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn set(
     Can(caller, ..): Can<AdminOnly>,

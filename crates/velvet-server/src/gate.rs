@@ -52,7 +52,8 @@ pub struct ApproveBody {
         (status = 422, description = "`validation_failed`: the body is wrong", body = ErrorBody),
         (status = 429, description = "`rate_limited`: too many failed authentications, or the operator spent its wrong step-up codes (5 in 15 minutes)", body = ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
-        (status = 503, description = "`audit_unavailable`: the approval could not be audited, so it was not recorded", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the approval could not be audited, so it was not recorded; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 pub(crate) async fn approve(
     caller: Caller,

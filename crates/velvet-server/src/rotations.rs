@@ -3,7 +3,7 @@
 use crate::audit::Params;
 use crate::auth::{Can, TokensRead};
 use crate::body::Body;
-use crate::error::{ErrorBody, RateLimited, Unauthorized};
+use crate::error::{ErrorBody, RateLimited, Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -59,6 +59,7 @@ fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
     responses(
         (status = 200, description = "A page of jobs", body = RotationPage),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a query parameter is wrong or unknown", body = ErrorBody),
         RateLimited,
@@ -111,6 +112,7 @@ async fn list(
     responses(
         (status = 200, description = "The job", body = RotationJobView),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job", body = ErrorBody),
         RateLimited,
@@ -158,7 +160,8 @@ pub struct StageBody {
         (status = 429, description = "`rate_limited`: too many failed authentications, or the operator spent its wrong step-up codes (5 in 15 minutes)", body = ErrorBody,
             headers(("Retry-After" = u16, description = "Seconds until this address may try again"))),
         (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off, or this server runs no engine", body = ErrorBody),
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn stage(
     caller: crate::auth::Caller,

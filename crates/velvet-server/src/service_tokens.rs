@@ -3,7 +3,7 @@
 
 use crate::auth::{AdminOnly, Can};
 use crate::body::Body;
-use crate::error::{ErrorBody, RateLimited, Unauthorized};
+use crate::error::{ErrorBody, RateLimited, Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -45,7 +45,8 @@ pub struct EndedSessions {
         (status = 403, description = "`forbidden`: only admin may end sessions", body = ErrorBody),
         (status = 404, description = "`not_found`: no such operator", body = ErrorBody),
         RateLimited,
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing changed; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn end_sessions(
     Can(caller, ..): Can<AdminOnly>,
@@ -158,7 +159,8 @@ fn checked_name(field: &str, value: &str) -> Result<(), ApiError> {
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 422, description = "`validation_failed`: a field is wrong or unknown", body = ErrorBody),
         RateLimited,
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was created", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was created; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn create(
     Can(caller, ..): Can<AdminOnly>,
@@ -250,6 +252,7 @@ async fn create(
     responses(
         (status = 200, description = "The service tokens", body = ServiceTokenList),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
         RateLimited,
     ))]
@@ -272,7 +275,8 @@ async fn list(
         (status = 403, description = "`forbidden`: only admin may manage service tokens", body = ErrorBody),
         (status = 404, description = "`not_found`: no such service token", body = ErrorBody),
         RateLimited,
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was revoked", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing was revoked; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn revoke(
     Can(caller, ..): Can<AdminOnly>,

@@ -2,7 +2,7 @@
 
 use crate::auth::{Can, Kickoff, TokensRead};
 use crate::body::OptionalBody;
-use crate::error::{ErrorBody, RateLimited, Unauthorized};
+use crate::error::{ErrorBody, RateLimited, Unauthorized, Unavailable};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -89,6 +89,7 @@ pub struct TokenDetail {
     responses(
         (status = 200, description = "Every declared token", body = TokenList),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         RateLimited,
     ))]
@@ -111,6 +112,7 @@ async fn list(
     responses(
         (status = 200, description = "The token", body = TokenDetail),
         Unauthorized,
+        Unavailable,
         (status = 403, description = "`forbidden`: the role lacks tokens.read", body = ErrorBody),
         (status = 404, description = "`not_found`: no such token", body = ErrorBody),
         RateLimited,
@@ -202,7 +204,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 422, description = "`validation_failed`: a field is wrong, or the Idempotency-Key was used with another body", body = ErrorBody),
         RateLimited,
         (status = 501, description = "`not_enabled`: the velvet_v2_rotation flag is off", body = ErrorBody),
-        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran", body = ErrorBody),
+        (status = 503, description = "`audit_unavailable`: the audit record could not be written, so nothing ran; or `unavailable`: the store is busy, retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u16, description = "Seconds to wait before retrying (`unavailable`)"))),
     ))]
 async fn rotate(
     Can(caller, ..): Can<Kickoff>,

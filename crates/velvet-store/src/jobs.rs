@@ -242,10 +242,11 @@ async fn insert_job<C: Conn>(
 
 /// Why the unique index refused a kickoff: the job that holds the token's slot, unless a
 /// concurrent request with our `Idempotency-Key` made it (it committed before the index let
-/// us fail), in which case it is our job too.
-async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<RotationJob, StoreError> {
+/// us fail), in which case it is our job too. `None`: the holder finished meanwhile, so the
+/// slot is free and the kickoff may be tried again.
+async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<Option<RotationJob>, StoreError> {
     if let Some(job) = replayed(c, k).await? {
-        return Ok(job);
+        return Ok(Some(job));
     }
     let sql = format!(
         "SELECT j.id FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
@@ -254,15 +255,15 @@ async fn slot_holder<C: Conn>(c: &mut C, k: &Kickoff) -> Result<RotationJob, Sto
     let active: Option<String> = c
         .opt("finding the active job", &sql, &[k.token.as_str().into()])
         .await?;
-    Err(match active {
-        Some(id) => StoreError::JobActive(id),
-        // It finished meanwhile: the caller may simply ask again.
-        None => StoreError::Conflict(format!(
-            "another kickoff of token `{}` ran at the same moment; try again",
-            k.token
-        )),
-    })
+    match active {
+        Some(id) => Err(StoreError::JobActive(id)),
+        None => Ok(None),
+    }
 }
+
+/// How often a kickoff is tried when the job holding its token's slot keeps finishing between
+/// the refused insert and the look-up (each try is one short write and one read).
+const KICKOFF_TRIES: usize = 3;
 
 #[async_trait]
 impl<B: Backend> JobStore for B {
@@ -282,28 +283,38 @@ impl<B: Backend> JobStore for B {
                 )
             }),
         };
-        let kickoff = k.clone();
-        let made = self
-            .driver()
-            .write("creating a job", move |c| {
-                Box::pin(async move {
-                    if let Some(job) = replayed(c, &kickoff).await? {
-                        return Ok(Some(job));
-                    }
-                    insert_job(c, &kickoff, &keyring).await
-                })
-            })
-            .await?;
-        match made {
-            Some(job) => Ok(job),
-            None => {
-                self.driver()
-                    .read("finding the active job", move |c| {
-                        Box::pin(async move { slot_holder(c, &k).await })
+        for _ in 0..KICKOFF_TRIES {
+            let (kickoff, keyring) = (k.clone(), keyring.clone());
+            let made = self
+                .driver()
+                .write("creating a job", move |c| {
+                    Box::pin(async move {
+                        if let Some(job) = replayed(c, &kickoff).await? {
+                            return Ok(Some(job));
+                        }
+                        insert_job(c, &kickoff, &keyring).await
                     })
-                    .await
+                })
+                .await?;
+            if let Some(job) = made {
+                return Ok(job);
+            }
+            let k = k.clone();
+            let holder = self
+                .driver()
+                .read("finding the active job", move |c| {
+                    Box::pin(async move { slot_holder(c, &k).await })
+                })
+                .await?;
+            if let Some(job) = holder {
+                return Ok(job);
             }
         }
+        // Still racing after every try: the same request may succeed in a moment.
+        Err(StoreError::Unavailable(format!(
+            "kickoffs of token `{}` keep racing jobs that finish at the same moment; try again",
+            k.token
+        )))
     }
 
     async fn get_job(&self, job_id: &str) -> Result<Option<RotationJob>, StoreError> {
