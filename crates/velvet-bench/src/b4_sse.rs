@@ -42,6 +42,20 @@ fn start_server() -> ServerProc {
     start_server_with(&yaml)
 }
 
+/// The server's log (warnings and errors) goes to `VELVET_BENCH_SERVER_LOG` (appended) when set, so a
+/// failing figure can be explained; by default they are dropped.
+fn server_log() -> Stdio {
+    match std::env::var_os("VELVET_BENCH_SERVER_LOG") {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        None => Stdio::null(),
+    }
+}
+
 /// A real `velvet serve` on a free loopback port, in a fresh directory, with `yaml`.
 pub(crate) fn start_server_with(yaml: &str) -> ServerProc {
     start_server_env(yaml, &[])
@@ -70,8 +84,8 @@ pub(crate) fn start_server_env(yaml: &str, env: &[(&str, &str)]) -> ServerProc {
         .env("VELVET_LOG", "warn")
         .envs(env.iter().copied())
         .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(server_log())
+        .stderr(server_log())
         .spawn()
         .unwrap();
     let start = Instant::now();
