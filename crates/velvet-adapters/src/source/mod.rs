@@ -5,10 +5,12 @@
 //! `activate` (the source accepts the new value) → `verify` (a real login) →
 //! … distribute … → `revoke` (only the new value works), or `revert` (back to the previous).
 
+mod mysql;
 pub mod postgres;
 mod random;
 mod redis;
 
+pub use mysql::MysqlUser;
 pub use postgres::PostgresRole;
 pub use random::Random;
 pub use redis::RedisAcl;
@@ -78,6 +80,15 @@ impl Sources {
                 admin_url_env,
                 user,
             } => Box::new(RedisAcl::new(&need(admin_url_env)?, user)?),
+            SourceSpec::MysqlUser {
+                admin_url_env,
+                strategy,
+                host,
+            } => Box::new(MysqlUser::new(
+                &need(admin_url_env)?,
+                strategy.clone(),
+                host,
+            )?),
         })
     }
 

@@ -1,4 +1,4 @@
-//! I5: a full rotation of every source kind to every consumer kind through the binary, then
+//! I5: a full rotation of every source kind (PostgreSQL, Redis, MariaDB, random) to every consumer kind through the binary, then
 //! every log line, API response, event stream, the audit export, `/metrics` and the store's
 //! files are searched for the values (and for the credentials Velvet holds): zero hits.
 
@@ -42,6 +42,31 @@ fn no_value_of_any_source_or_consumer_leaks() {
         .exec(&mut rc)
         .unwrap();
 
+    // MariaDB: an admin with just what mysql_user needs, and an app user set by hand.
+    let maria = |sql: &str| {
+        let out = std::process::Command::new("mariadb")
+            .args(["-uroot", "-e", sql])
+            .output()
+            .expect("the mariadb client (scripts/setup)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (my_admin, my_user) = (
+        velvet_testkit::unique_name("vladm"),
+        velvet_testkit::unique_name("vlapp"),
+    );
+    let my_admin_pw = format!("admin-{}", velvet_testkit::unique_name("pw"));
+    maria(&format!(
+        "CREATE USER '{my_admin}'@'127.0.0.1' IDENTIFIED BY '{my_admin_pw}';
+         GRANT CREATE USER ON *.* TO '{my_admin}'@'127.0.0.1';
+         GRANT SELECT ON mysql.global_priv TO '{my_admin}'@'127.0.0.1';
+         CREATE USER '{my_user}'@'%' IDENTIFIED BY 'm0'"
+    ));
+    let my_admin_url = format!("mysql://{my_admin}:{my_admin_pw}@127.0.0.1:3306");
+
     let w = Workdir::new();
     w.write_config(&format!(
         "defaults: {{flow: auto, grace_period: 0s, retry: {{attempts: 3, initial_backoff: 50ms, max_backoff: 100ms}}}}
@@ -54,6 +79,10 @@ tokens:
     source: {{kind: redis_acl, admin_url_env: REDIS_ADMIN, user: {user}}}
     consumers:
       - {{name: env, kind: file, path: cache.env, format: dotenv, key: REDIS_PASSWORD, template: '{{{{password}}}}'}}
+  - name: my
+    source: {{kind: mysql_user, admin_url_env: MY_ADMIN, user: {my_user}}}
+    consumers:
+      - {{name: env, kind: file, path: my.env, format: dotenv, key: MYSQL_PASSWORD, template: '{{{{password}}}}'}}
   - name: api
     source: {{kind: random}}
     consumers:
@@ -72,13 +101,14 @@ tokens:
         ("VELVET_API_KEY", KEY),
         ("PG_ADMIN", pg.admin_url.as_str()),
         ("REDIS_ADMIN", redis_url.as_str()),
+        ("MY_ADMIN", my_admin_url.as_str()),
         ("HOOK_SECRET", HOOK_SECRET),
         ("BAO_TOKEN", bao.token.as_str()),
     ];
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
     let mut jobs = Vec::new();
-    for token in ["db", "cache", "api", "db", "api"] {
+    for token in ["db", "cache", "my", "api", "db", "my", "api"] {
         let (code, body) = s.call(
             "POST",
             &format!("/api/v1/tokens/{token}/rotate"),
@@ -153,6 +183,12 @@ tokens:
             .unwrap()
             .to_string(),
         read("api.token"),
+        read("my.env")
+            .trim()
+            .strip_prefix("MYSQL_PASSWORD=")
+            .unwrap()
+            .to_string(),
+        my_admin_pw.clone(),
         pg.admin_url
             .split(':')
             .nth(2)
@@ -186,6 +222,33 @@ tokens:
         "app_b",
         "{}",
         String::from_utf8_lossy(&login.stderr)
+    );
+
+    // The MariaDB password in the file logs in over TCP; the one set by hand does not.
+    let my_login = |pw: &str| {
+        std::process::Command::new("mariadb")
+            .args([
+                "-h127.0.0.1",
+                "-P3306",
+                &format!("-u{my_user}"),
+                &format!("-p{pw}"),
+                "-e",
+                "SELECT 1",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(my_login(
+        read("my.env")
+            .trim()
+            .strip_prefix("MYSQL_PASSWORD=")
+            .unwrap()
+    ));
+    assert!(
+        !my_login("m0"),
+        "the password from before Velvet was revoked"
     );
 
     // An exec command never sees the server's environment (design §10).
@@ -226,4 +289,7 @@ tokens:
         .arg(&user)
         .exec(&mut rc)
         .unwrap();
+    maria(&format!(
+        "DROP USER '{my_admin}'@'127.0.0.1'; DROP USER '{my_user}'@'%'"
+    ));
 }

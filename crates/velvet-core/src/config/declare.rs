@@ -184,12 +184,13 @@ fn decode_source(cx: &mut Cx, node: &marked_yaml::Node, path: &str) -> Option<So
         Some("random") => &["kind", "bytes", "encoding"],
         Some("postgres_role") => &["kind", "admin_url_env", "strategy", "role", "roles"],
         Some("redis_acl") => &["kind", "admin_url_env", "user"],
+        Some("mysql_user") => &["kind", "admin_url_env", "strategy", "user", "users", "host"],
         Some(other) => {
             cx.err(
                 &format!("{path}.kind"),
                 node.span(),
                 format!(
-                    "unknown source kind `{other}`; available: random, postgres_role, redis_acl"
+                    "unknown source kind `{other}`; available: random, postgres_role, redis_acl, mysql_user"
                 ),
             );
             return None;
@@ -198,7 +199,7 @@ fn decode_source(cx: &mut Cx, node: &marked_yaml::Node, path: &str) -> Option<So
             cx.err(
                 &format!("{path}.kind"),
                 node.span(),
-                "missing required key `kind` (random, postgres_role or redis_acl)",
+                "missing required key `kind` (random, postgres_role, redis_acl or mysql_user)",
             );
             return None;
         }
@@ -275,8 +276,90 @@ fn decode_source(cx: &mut Cx, node: &marked_yaml::Node, path: &str) -> Option<So
                 user: user?,
             })
         }
+        "mysql_user" => decode_mysql_user(cx, &s),
         _ => None,
     }
+}
+
+fn decode_mysql_user(cx: &mut Cx, s: &Map) -> Option<SourceSpec> {
+    let admin_url_env = s.env_name(cx, "admin_url_env", true);
+    let single = s
+        .choice(cx, "strategy", &[("single", true), ("alternating", false)])
+        .unwrap_or(true);
+    let host = s.str(cx, "host").unwrap_or_else(|| "%".into());
+    // Host patterns as MySQL writes them: names, addresses, `%` and `_` wildcards, netmasks.
+    if host.is_empty()
+        || host.len() > 255
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_%:/".contains(c))
+    {
+        cx.err(
+            &s.path_of("host"),
+            s.span(),
+            format!("`{host}` is not a MySQL host pattern such as %, localhost or 10.0.%"),
+        );
+        return None;
+    }
+    let strategy = if single {
+        if s.get("users").is_some() {
+            cx.err(
+                &s.path_of("users"),
+                s.span(),
+                "`users` goes with strategy alternating; strategy single takes `user`",
+            );
+        }
+        let user = s
+            .req_str(cx, "user")
+            .filter(|u| check_mysql_user(cx, s, "user", u))?;
+        MysqlStrategy::Single { user }
+    } else {
+        if s.get("user").is_some() {
+            cx.err(
+                &s.path_of("user"),
+                s.span(),
+                "strategy alternating takes `users: [a, b]`, not `user`",
+            );
+        }
+        let users = s.str_list(cx, "users").unwrap_or_default();
+        if users.len() != 2 || users[0] == users[1] {
+            cx.err(
+                &s.path_of("users"),
+                s.span(),
+                "strategy alternating needs exactly two different users with the same grants",
+            );
+            return None;
+        }
+        if !users.iter().all(|u| check_mysql_user(cx, s, "users", u)) {
+            return None;
+        }
+        MysqlStrategy::Alternating {
+            users: [users[0].clone(), users[1].clone()],
+        }
+    };
+    Some(SourceSpec::MysqlUser {
+        admin_url_env: admin_url_env?,
+        strategy,
+        host,
+    })
+}
+
+/// User names are spliced into `ALTER USER` (which takes no bind parameters), so only plain
+/// names pass: letters, digits, `_`, `-` and `.`, at most 80 (MariaDB's limit; MySQL's is 32).
+fn check_mysql_user(cx: &mut Cx, s: &Map, key: &str, user: &str) -> bool {
+    let ok = !user.is_empty()
+        && user.len() <= 80
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !ok {
+        cx.err(
+            &s.path_of(key),
+            s.span(),
+            format!("`{user}` is not a plain MySQL user name (letters, digits, _ - .; at most 80)"),
+        );
+    }
+    ok
 }
 
 fn check_pg_role(cx: &mut Cx, s: &Map, key: &str, role: &str) -> bool {

@@ -96,6 +96,15 @@ pub enum PgStrategy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case")]
+pub enum MysqlStrategy {
+    /// One user that holds the old and the new password between mint and revoke.
+    Single { user: String },
+    /// Two users with the same grants; each rotation re-keys the one not in use.
+    Alternating { users: [String; 2] },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
     Random {
@@ -111,6 +120,13 @@ pub enum SourceSpec {
         admin_url_env: String,
         user: String,
     },
+    MysqlUser {
+        admin_url_env: String,
+        #[serde(flatten)]
+        strategy: MysqlStrategy,
+        /// The account's host part (`'user'@'host'`).
+        host: String,
+    },
 }
 
 impl SourceSpec {
@@ -119,6 +135,7 @@ impl SourceSpec {
             Self::Random { .. } => "random",
             Self::PostgresRole { .. } => "postgres_role",
             Self::RedisAcl { .. } => "redis_acl",
+            Self::MysqlUser { .. } => "mysql_user",
         }
     }
 
@@ -126,7 +143,9 @@ impl SourceSpec {
     pub fn fields(&self) -> &'static [&'static str] {
         match self {
             Self::Random { .. } => &["value"],
-            Self::PostgresRole { .. } | Self::RedisAcl { .. } => &["username", "password"],
+            Self::PostgresRole { .. } | Self::RedisAcl { .. } | Self::MysqlUser { .. } => {
+                &["username", "password"]
+            }
         }
     }
 }

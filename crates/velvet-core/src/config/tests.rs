@@ -458,3 +458,63 @@ fn exec_env_and_file_links_are_checked() {
         );
     }
 }
+
+#[test]
+fn mysql_user_takes_single_or_alternating_and_names_what_is_wrong() {
+    let ok = |src: &str| {
+        parse_with(
+            &format!("tokens:\n  - name: db\n    source: {src}\n"),
+            &[("MY_ADMIN", "mysql://root@127.0.0.1/mysql")],
+        )
+        .map(|c| c.tokens[0].source.clone())
+    };
+    let s = ok("{kind: mysql_user, admin_url_env: MY_ADMIN, user: app}").unwrap();
+    assert_eq!(
+        s,
+        SourceSpec::MysqlUser {
+            admin_url_env: "MY_ADMIN".into(),
+            strategy: MysqlStrategy::Single { user: "app".into() },
+            host: "%".into(),
+        },
+        "single and host % by default"
+    );
+    assert_eq!(s.fields(), ["username", "password"]);
+    let s = ok("{kind: mysql_user, admin_url_env: MY_ADMIN, strategy: alternating, users: [app_a, app_b], host: 10.0.%}").unwrap();
+    assert!(
+        matches!(&s, SourceSpec::MysqlUser { strategy: MysqlStrategy::Alternating { users }, host, .. } if users[1] == "app_b" && host == "10.0.%")
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(serde_json::from_value::<SourceSpec>(json).unwrap(), s);
+
+    let bad = |src: &str| match ok(src) {
+        Ok(s) => panic!("{src} was accepted as {s:?}"),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let p = bad("{kind: mysql_user, admin_url_env: MY_ADMIN, users: [a, b]}");
+    assert!(
+        p.contains("source.users") && p.contains("strategy single takes `user`"),
+        "{p}"
+    );
+    let p =
+        bad("{kind: mysql_user, admin_url_env: MY_ADMIN, strategy: alternating, users: [a, a]}");
+    assert!(p.contains("exactly two different users"), "{p}");
+    let p = bad("{kind: mysql_user, admin_url_env: MY_ADMIN, user: \"app'; DROP USER root; --\"}");
+    assert!(
+        p.contains("source.user") && p.contains("not a plain MySQL user name"),
+        "{p}"
+    );
+    let p = bad("{kind: mysql_user, admin_url_env: MY_ADMIN, user: app, host: \"%' OR '1\"}");
+    assert!(
+        p.contains("source.host") && p.contains("host pattern"),
+        "{p}"
+    );
+    let p = bad("{kind: mysql_user, admin_url_env: MY_ADMIN, user: app, role: app}");
+    assert!(p.contains("role"), "{p}");
+    let p = bad("{kind: mysql_user, admin_url_env: NOT_SET, user: app}");
+    assert!(p.contains("`NOT_SET` is not set"), "{p}");
+}
