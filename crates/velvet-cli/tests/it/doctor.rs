@@ -214,3 +214,78 @@ tokens:
             .unwrap();
     }
 }
+
+#[test]
+fn doctor_checks_a_mysql_admin_and_account_without_changing_them() {
+    let maria = |sql: &str| {
+        let out = std::process::Command::new("mariadb")
+            .args(["-uroot", "-Nse", sql])
+            .output()
+            .expect("the mariadb client (scripts/setup)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (weak, admin, app) = (
+        velvet_testkit::unique_name("vdweak"),
+        velvet_testkit::unique_name("vdadm"),
+        velvet_testkit::unique_name("vdapp"),
+    );
+    maria(&format!(
+        "CREATE USER '{weak}'@'127.0.0.1' IDENTIFIED BY 'weak-pw';
+         GRANT SELECT ON mysql.global_priv TO '{weak}'@'127.0.0.1';
+         CREATE USER '{admin}'@'127.0.0.1' IDENTIFIED BY 'admin-pw';
+         GRANT CREATE USER ON *.* TO '{admin}'@'127.0.0.1';
+         GRANT SELECT ON mysql.global_priv TO '{admin}'@'127.0.0.1';
+         CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw'"
+    ));
+    let priv_of = |u: &str| {
+        maria(&format!(
+            "SELECT Priv FROM mysql.global_priv WHERE User = '{u}'"
+        ))
+    };
+    let before = priv_of(&app);
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "
+tokens:
+  - name: my
+    source: {{kind: mysql_user, admin_url_env: MY_WEAK, user: {app}}}
+  - name: my-ok
+    source: {{kind: mysql_user, admin_url_env: MY_ADMIN, user: {app}}}
+  - name: my-missing
+    source: {{kind: mysql_user, admin_url_env: MY_ADMIN, user: {app}x}}
+"
+    ));
+    let env = [
+        ("MY_WEAK", format!("mysql://{weak}:weak-pw@127.0.0.1:3306")),
+        (
+            "MY_ADMIN",
+            format!("mysql://{admin}:admin-pw@127.0.0.1:3306"),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = w.run(&["doctor", "--output", "json"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let rows = results(&out);
+    let my = find(&rows, "source mysql_user", "my");
+    assert!(
+        my.starts_with("fail") && my.contains("GRANT CREATE USER ON *.*"),
+        "{my}"
+    );
+    let ok = find(&rows, "source mysql_user", "my-ok");
+    assert!(ok.starts_with("ok") && ok.contains(&app), "{ok}");
+    let missing = find(&rows, "source mysql_user", "my-missing");
+    assert!(
+        missing.starts_with("fail") && missing.contains("does not exist"),
+        "{missing}"
+    );
+    assert!(!out.all().contains("admin-pw") && !out.all().contains("weak-pw"));
+    assert_eq!(priv_of(&app), before, "doctor changed the account");
+    maria(&format!(
+        "DROP USER '{weak}'@'127.0.0.1'; DROP USER '{admin}'@'127.0.0.1'; DROP USER '{app}'@'%'"
+    ));
+}
