@@ -239,3 +239,19 @@ impl Drop for PasswordPostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs SQL as the machine's MariaDB root over its socket (the `mariadb` client, as an operator
+/// would) and returns what it printed, tab-separated and without headers. Panics, saying how to
+/// fix it, when MariaDB does not answer: these tests never skip silently.
+pub fn mariadb_root(sql: &str) -> String {
+    let out = std::process::Command::new("mariadb")
+        .args(["-uroot", "-Nse", sql])
+        .output()
+        .unwrap_or_else(|e| panic!("the `mariadb` client is required ({e}); run scripts/setup"));
+    assert!(
+        out.status.success(),
+        "MariaDB refused `{sql}`: {}; is it running (scripts/setup)?",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -98,6 +98,17 @@ impl Sources {
     }
 }
 
+/// Of two alternating logins, the one a new value goes to: the one `previous` does not use
+/// (the first on a first rotation).
+pub(crate) fn idle_of(pair: &[String; 2], previous: Option<&SecretValue>) -> String {
+    let in_use = previous.and_then(|p| p.get("username")).map(|u| u.expose());
+    if in_use == Some(pair[0].as_str()) {
+        pair[1].clone()
+    } else {
+        pair[0].clone()
+    }
+}
+
 /// The `username` and `password` of a database value.
 pub(crate) fn credentials(v: &SecretValue) -> Result<(&str, &str)> {
     match (v.get("username"), v.get("password")) {

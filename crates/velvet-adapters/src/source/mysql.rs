@@ -205,14 +205,7 @@ impl MysqlUser {
     fn next_user(&self, previous: Option<&SecretValue>) -> String {
         match &self.strategy {
             MysqlStrategy::Single { user } => user.clone(),
-            MysqlStrategy::Alternating { users } => {
-                let in_use = previous.and_then(|p| p.get("username")).map(|u| u.expose());
-                if in_use == Some(users[0].as_str()) {
-                    users[1].clone()
-                } else {
-                    users[0].clone()
-                }
-            }
+            MysqlStrategy::Alternating { users } => super::idle_of(users, previous),
         }
     }
 

@@ -219,14 +219,7 @@ impl PostgresRole {
     fn next_role(&self, previous: Option<&SecretValue>) -> String {
         match &self.strategy {
             PgStrategy::Single { role } => role.clone(),
-            PgStrategy::Alternating { roles } => {
-                let in_use = previous.and_then(|p| p.get("username")).map(|u| u.expose());
-                if in_use == Some(roles[0].as_str()) {
-                    roles[1].clone()
-                } else {
-                    roles[0].clone()
-                }
-            }
+            PgStrategy::Alternating { roles } => super::idle_of(roles, previous),
         }
     }
 }

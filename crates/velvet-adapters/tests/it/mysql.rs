@@ -6,17 +6,8 @@ use velvet_adapters::source::{self, Source};
 use velvet_core::config::{MysqlStrategy, SourceSpec};
 use velvet_core::secret::SecretValue;
 
-/// Runs SQL as MariaDB's root over its socket (the `mariadb` client, as an operator would).
 fn root(sql: &str) {
-    let out = std::process::Command::new("mariadb")
-        .args(["-uroot", "-e", sql])
-        .output()
-        .unwrap_or_else(|e| panic!("the `mariadb` client is required ({e}); run scripts/setup"));
-    assert!(
-        out.status.success(),
-        "MariaDB refused `{sql}`: {}; is it running (scripts/setup)?",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    velvet_testkit::servers::mariadb_root(sql);
 }
 
 /// Users made for one test, dropped when it ends (also when it fails).

@@ -217,18 +217,7 @@ tokens:
 
 #[test]
 fn doctor_checks_a_mysql_admin_and_account_without_changing_them() {
-    let maria = |sql: &str| {
-        let out = std::process::Command::new("mariadb")
-            .args(["-uroot", "-Nse", sql])
-            .output()
-            .expect("the mariadb client (scripts/setup)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let maria = velvet_testkit::servers::mariadb_root;
     let (weak, admin, app) = (
         velvet_testkit::unique_name("vdweak"),
         velvet_testkit::unique_name("vdadm"),

@@ -43,17 +43,7 @@ fn no_value_of_any_source_or_consumer_leaks() {
         .unwrap();
 
     // MariaDB: an admin with just what mysql_user needs, and an app user set by hand.
-    let maria = |sql: &str| {
-        let out = std::process::Command::new("mariadb")
-            .args(["-uroot", "-e", sql])
-            .output()
-            .expect("the mariadb client (scripts/setup)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let maria = velvet_testkit::servers::mariadb_root;
     let (my_admin, my_user) = (
         velvet_testkit::unique_name("vladm"),
         velvet_testkit::unique_name("vlapp"),
