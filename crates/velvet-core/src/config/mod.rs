@@ -4,6 +4,7 @@
 mod declare;
 mod decode;
 mod server;
+mod sources;
 mod spec;
 
 pub use decode::{EnvLookup, valid_name};
