@@ -178,12 +178,17 @@ impl MysqlUser {
         user: &str,
         hashes: &[String],
     ) -> Result<()> {
-        debug_assert!(!hashes.is_empty());
         let chain: Vec<String> = hashes
             .iter()
             .filter(|h| is_native_hash(h))
             .map(|h| format!("{NATIVE} USING '{h}'"))
             .collect();
+        if chain.is_empty() {
+            return Err(AdapterError::permanent(format!(
+                "no password hash to identify {} by",
+                self.account(user)
+            )));
+        }
         let sql = format!(
             "ALTER USER {} IDENTIFIED VIA {}",
             self.account(user),
@@ -248,7 +253,9 @@ impl Source for MysqlUser {
             // The idle user: nobody logs in with its old password.
             MysqlStrategy::Alternating { .. } => vec![new_hash],
         };
-        self.identify(&mut conn, user, &chain).await
+        let done = self.identify(&mut conn, user, &chain).await;
+        let _ = conn.close().await;
+        done
     }
 
     async fn verify(&self, new: &SecretValue) -> Result<()> {
@@ -274,7 +281,7 @@ impl Source for MysqlUser {
     async fn revoke(&self, current: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {
         let (current_user, password) = credentials(current)?;
         let mut conn = self.admin().await?;
-        match &self.strategy {
+        let done = match &self.strategy {
             // Only the new password is left, which also ends one set before Velvet.
             MysqlStrategy::Single { .. } => {
                 self.identify(&mut conn, current_user, &[native_hash(password)])
@@ -286,17 +293,20 @@ impl Source for MysqlUser {
                     // A first rotation: the other user holds a password from before Velvet.
                     None => match users.iter().find(|u| u.as_str() != current_user) {
                         Some(u) => u.clone(),
-                        None => return Ok(()),
+                        None => current_user.to_string(),
                     },
                 };
                 if retired == current_user {
-                    return Ok(());
+                    Ok(())
+                } else {
+                    // A password nobody knows, never stored: the retired user cannot log in.
+                    let locked = native_hash(&crate::random_password(PASSWORD_LEN));
+                    self.identify(&mut conn, &retired, &[locked]).await
                 }
-                // A password nobody knows, never stored: the retired user cannot log in.
-                let locked = native_hash(&crate::random_password(PASSWORD_LEN));
-                self.identify(&mut conn, &retired, &[locked]).await
             }
-        }
+        };
+        let _ = conn.close().await;
+        done
     }
 
     async fn revert(&self, new: &SecretValue, previous: Option<&SecretValue>) -> Result<()> {
@@ -312,7 +322,9 @@ impl Source for MysqlUser {
             // The idle user, or nothing to restore: locked again.
             _ => vec![native_hash(&crate::random_password(PASSWORD_LEN))],
         };
-        self.identify(&mut conn, user, &chain).await
+        let done = self.identify(&mut conn, user, &chain).await;
+        let _ = conn.close().await;
+        done
     }
 
     async fn probe(&self) -> Result<String> {
