@@ -6,11 +6,13 @@
 
 mod exec;
 mod file;
+mod heroku;
 mod vault;
 mod webhook;
 
 pub use exec::Exec;
 pub use file::File;
+pub use heroku::HerokuConfigVar;
 pub use vault::VaultKv;
 pub use webhook::{Webhook, signature as webhook_signature};
 
@@ -108,6 +110,22 @@ pub fn build(
             path,
             field,
             previous_field.clone(),
+        )),
+        K::HerokuConfigVar {
+            app,
+            key,
+            previous_key,
+            api_key_env,
+            api_url,
+            template,
+        } => Box::new(HerokuConfigVar::new(
+            api_url,
+            app,
+            key,
+            previous_key.clone(),
+            velvet_core::secret::SecretString::new(need(api_key_env)?),
+            api_key_env,
+            Renderer::new(template.as_deref())?,
         )),
     })
 }

@@ -1,6 +1,7 @@
 //! The integration tests of velvet-adapters, as one binary (one link instead of one per file).
 
 mod consumers;
+mod heroku;
 mod mysql;
 mod sources;
 mod vault;

@@ -57,6 +57,12 @@ fn no_value_of_any_source_or_consumer_leaks() {
     ));
     let my_admin_url = format!("mysql://{my_admin}:{my_admin_pw}@127.0.0.1:3306");
 
+    // Heroku's fake, on a runtime of its own that lives as long as the test.
+    const HEROKU_KEY: &str = "heroku-api-key-for-the-leak-test";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start(HEROKU_KEY));
+    heroku.add_app("leak-app", &[("OTHER", "keep-me")]);
+
     let w = Workdir::new();
     w.write_config(&format!(
         "defaults: {{flow: auto, grace_period: 0s, retry: {{attempts: 3, initial_backoff: 50ms, max_backoff: 100ms}}}}
@@ -81,11 +87,13 @@ tokens:
       - {{name: kv, kind: vault_kv, address: '{bao}', token_env: BAO_TOKEN, path: leak/api, field: TOKEN, previous_field: TOKEN_PREVIOUS}}
       - {{name: cmd, kind: exec, command: [sh, -c, 'cat > {exec_out}']}}
       - {{name: envdump, kind: exec, command: [sh, -c, 'env > {env_out}']}}
+      - {{name: heroku, kind: heroku_config_var, app: leak-app, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS, api_key_env: HEROKU_API_KEY, api_url: '{heroku_url}'}}
 ",
         port = pg.port,
         bao = bao.address,
         exec_out = w.path("api.exec").display(),
         env_out = w.path("exec.env").display(),
+        heroku_url = heroku.url(),
     ));
     let env = [
         ("VELVET_API_KEY", KEY),
@@ -94,6 +102,7 @@ tokens:
         ("MY_ADMIN", my_admin_url.as_str()),
         ("HOOK_SECRET", HOOK_SECRET),
         ("BAO_TOKEN", bao.token.as_str()),
+        ("HEROKU_API_KEY", HEROKU_KEY),
     ];
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
@@ -199,7 +208,22 @@ tokens:
     let kv: serde_json::Value = serde_json::from_slice(&kv.stdout).unwrap();
     assert_eq!(kv["data"]["data"]["TOKEN"], api.as_str(), "{kv}");
     assert!(kv["data"]["data"]["TOKEN_PREVIOUS"].is_null(), "{kv}");
-    secrets.extend([first_api, HOOK_SECRET.to_string(), bao.token.clone()]);
+    let app = heroku.vars("leak-app");
+    assert_eq!(
+        app.get("API_TOKEN").map(String::as_str),
+        Some(api.as_str()),
+        "{app:?}"
+    );
+    assert!(
+        !app.contains_key("API_TOKEN_PREVIOUS") && app["OTHER"] == "keep-me",
+        "{app:?}"
+    );
+    secrets.extend([
+        first_api,
+        HOOK_SECRET.to_string(),
+        bao.token.clone(),
+        HEROKU_KEY.to_string(),
+    ]);
     assert!(secrets.iter().all(|v| v.len() >= 16), "{secrets:?}");
     // The rotated credential logs in; the second rotation moved to the other role.
     let login = std::process::Command::new("psql")

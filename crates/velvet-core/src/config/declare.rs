@@ -213,8 +213,16 @@ fn decode_consumers(
                 "field",
                 "previous_field",
             ],
+            Some("heroku_config_var") => &[
+                "app",
+                "key",
+                "previous_key",
+                "api_key_env",
+                "api_url",
+                "template",
+            ],
             Some(k) if LATER_CONSUMERS.contains(&k) => {
-                cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: file, exec, webhook, vault_kv"));
+                cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: file, exec, webhook, vault_kv, heroku_config_var"));
                 continue;
             }
             Some(k) => {
@@ -222,7 +230,7 @@ fn decode_consumers(
                     &format!("{path}.kind"),
                     node.span(),
                     format!(
-                        "unknown consumer kind `{k}`; available: file, exec, webhook, vault_kv"
+                        "unknown consumer kind `{k}`; available: file, exec, webhook, vault_kv, heroku_config_var"
                     ),
                 );
                 continue;
@@ -231,7 +239,7 @@ fn decode_consumers(
                 cx.err(
                     &format!("{path}.kind"),
                     node.span(),
-                    "missing required key `kind` (file, exec, webhook or vault_kv)",
+                    "missing required key `kind` (file, exec, webhook, vault_kv or heroku_config_var)",
                 );
                 continue;
             }
@@ -267,6 +275,7 @@ fn decode_consumers(
             Some("exec") => decode_exec(cx, &c, fields),
             Some("webhook") => decode_webhook(cx, &c),
             Some("vault_kv") => decode_vault(cx, &c),
+            Some("heroku_config_var") => decode_heroku(cx, &c, fields),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {
@@ -547,6 +556,67 @@ fn decode_webhook(cx: &mut Cx, c: &Map) -> Option<ConsumerKind> {
         signing_secret_env: signing_secret_env?,
         probe,
         timeout,
+    })
+}
+
+/// Heroku's keys are `^\w+$` and must not start with `__` or `HEROKU_` (its own).
+fn check_heroku_key(cx: &mut Cx, c: &Map, key: &str, k: &str) -> bool {
+    let ok = !k.is_empty()
+        && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !k.starts_with("__")
+        && !k.starts_with("HEROKU_");
+    if !ok {
+        cx.err(&c.path_of(key), c.span(), format!("`{k}` is not a Heroku config var name (letters, digits and _, not starting with __ or HEROKU_)"));
+    }
+    ok
+}
+
+fn decode_heroku(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let app = c.req_str(cx, "app");
+    if let Some(a) = &app
+        && (a.is_empty()
+            || a.len() > 64
+            || !a
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+    {
+        cx.err(
+            &c.path_of("app"),
+            c.span(),
+            format!("`{a}` is not a Heroku app name or id (lowercase letters, digits and -)"),
+        );
+    }
+    let key = c
+        .req_str(cx, "key")
+        .filter(|k| check_heroku_key(cx, c, "key", k));
+    let previous_key = c
+        .str(cx, "previous_key")
+        .filter(|k| check_heroku_key(cx, c, "previous_key", k));
+    if let (Some(k), Some(p)) = (&key, &previous_key)
+        && k == p
+    {
+        cx.err(
+            &c.path_of("previous_key"),
+            c.span(),
+            "must differ from `key`",
+        );
+    }
+    let api_key_env = c.env_name(cx, "api_key_env", true);
+    let api_url = c
+        .str(cx, "api_url")
+        .unwrap_or_else(|| "https://api.heroku.com".into());
+    check_http_url(cx, c, "api_url", &api_url);
+    let template = check_template(cx, c, "template", fields);
+    if template.is_none() && fields.len() > 1 {
+        cx.err(&c.path_of("template"), c.span(), format!("this source's value has several fields ({}); declare a template such as '{{{{password}}}}'", fields.join(", ")));
+    }
+    Some(ConsumerKind::HerokuConfigVar {
+        app: app?,
+        key: key?,
+        previous_key,
+        api_key_env: api_key_env?,
+        api_url: api_url.trim_end_matches('/').to_string(),
+        template,
     })
 }
 

@@ -214,6 +214,15 @@ pub enum ConsumerKind {
         field: String,
         previous_field: Option<String>,
     },
+    HerokuConfigVar {
+        app: String,
+        key: String,
+        previous_key: Option<String>,
+        api_key_env: String,
+        /// `https://api.heroku.com` unless pointed elsewhere (tests, proxies).
+        api_url: String,
+        template: Option<String>,
+    },
 }
 
 impl ConsumerKind {
@@ -223,13 +232,13 @@ impl ConsumerKind {
             Self::Exec { .. } => "exec",
             Self::Webhook { .. } => "webhook",
             Self::VaultKv { .. } => "vault_kv",
+            Self::HerokuConfigVar { .. } => "heroku_config_var",
         }
     }
 }
 
 /// Consumer kinds on the roadmap: named so the error says "not yet" rather than "unknown".
 pub(super) const LATER_CONSUMERS: &[&str] = &[
-    "heroku_config_var",
     "cloudflare_worker_secret",
     "github_actions_secret",
     "k8s_secret",

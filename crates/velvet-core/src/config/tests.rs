@@ -312,7 +312,7 @@ fn sources_consumers_and_gates_are_validated() {
             "not a field of this source",
         ),
         (
-            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: heroku_config_var}\n",
+            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: k8s_secret}\n",
             "not available in this version",
         ),
         (
@@ -517,4 +517,84 @@ fn mysql_user_takes_single_or_alternating_and_names_what_is_wrong() {
     assert!(p.contains("role"), "{p}");
     let p = bad("{kind: mysql_user, admin_url_env: NOT_SET, user: app}");
     assert!(p.contains("`NOT_SET` is not set"), "{p}");
+}
+
+#[test]
+fn heroku_config_var_takes_its_keys_and_names_what_is_wrong() {
+    let parse = |consumer: &str, source: &str| {
+        parse_with(
+            &format!(
+                "tokens:\n  - name: api\n    source: {source}\n    consumers:\n      - {consumer}\n"
+            ),
+            &[("HEROKU_API_KEY", "k"), ("PG", "postgres://x")],
+        )
+    };
+    let c = parse(
+        "{name: prod, kind: heroku_config_var, app: console-prod, key: API_TOKEN, previous_key: API_TOKEN_OLD, api_key_env: HEROKU_API_KEY}",
+        "{kind: random}",
+    )
+    .unwrap();
+    assert_eq!(
+        c.tokens[0].consumers[0].kind,
+        ConsumerKind::HerokuConfigVar {
+            app: "console-prod".into(),
+            key: "API_TOKEN".into(),
+            previous_key: Some("API_TOKEN_OLD".into()),
+            api_key_env: "HEROKU_API_KEY".into(),
+            api_url: "https://api.heroku.com".into(),
+            template: None,
+        }
+    );
+    let bad = |consumer: &str, source: &str| match parse(consumer, source) {
+        Ok(_) => panic!("{consumer} was accepted"),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    let r = "{kind: random}";
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: Console_Prod, key: API_TOKEN, api_key_env: HEROKU_API_KEY}",
+        r,
+    );
+    assert!(
+        p.contains(".app") && p.contains("not a Heroku app name"),
+        "{p}"
+    );
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: a, key: HEROKU_TOKEN, api_key_env: HEROKU_API_KEY}",
+        r,
+    );
+    assert!(
+        p.contains(".key") && p.contains("not a Heroku config var name"),
+        "{p}"
+    );
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: a, key: K, previous_key: K, api_key_env: HEROKU_API_KEY}",
+        r,
+    );
+    assert!(
+        p.contains(".previous_key") && p.contains("must differ"),
+        "{p}"
+    );
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: a, key: K, api_key_env: NOT_SET_HERE}",
+        r,
+    );
+    assert!(p.contains("`NOT_SET_HERE` is not set"), "{p}");
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: a, key: K, api_key_env: HEROKU_API_KEY, api_url: ftp://x}",
+        r,
+    );
+    assert!(p.contains(".api_url"), "{p}");
+    let p = bad(
+        "{name: h, kind: heroku_config_var, app: a, key: K, api_key_env: HEROKU_API_KEY}",
+        "{kind: postgres_role, admin_url_env: PG, role: app}",
+    );
+    assert!(
+        p.contains(".template") && p.contains("several fields"),
+        "{p}"
+    );
 }

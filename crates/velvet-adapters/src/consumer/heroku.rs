@@ -1,0 +1,257 @@
+//! `heroku_config_var`: one config var of a Heroku app (and optionally the previous value under
+//! its own key). Every write makes a release and restarts the app, so a write happens only when
+//! the app does not already hold what this step wants: a step repeated after a crash makes no
+//! second release. A PATCH names only this consumer's keys (Heroku leaves the others alone, I7),
+//! and the new value is written before the old key is removed.
+
+use super::{Consumer, Renderer};
+use crate::http::{client, retry_after, transport_error};
+use crate::{AdapterError, Delivery, Result, same_secret};
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+use velvet_core::secret::SecretString;
+use zeroize::Zeroizing;
+
+const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+/// How long one call may take before it counts as a (retryable) timeout.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub struct HerokuConfigVar {
+    api_url: String,
+    app: String,
+    key: String,
+    previous_key: Option<String>,
+    api_key: SecretString,
+    /// The variable the key came from, named in errors about it.
+    api_key_env: String,
+    render: Renderer,
+    timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for HerokuConfigVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HerokuConfigVar")
+            .field("app", &self.app)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HerokuConfigVar {
+    pub fn new(
+        api_url: &str,
+        app: &str,
+        key: &str,
+        previous_key: Option<String>,
+        api_key: SecretString,
+        api_key_env: &str,
+        render: Renderer,
+    ) -> Self {
+        Self {
+            api_url: api_url.trim_end_matches('/').to_string(),
+            app: app.to_string(),
+            key: key.to_string(),
+            previous_key,
+            api_key,
+            api_key_env: api_key_env.to_string(),
+            render,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Another per-call timeout than [`REQUEST_TIMEOUT`].
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, format!("{}{path}", self.api_url))
+            .header(reqwest::header::ACCEPT, ACCEPT)
+            .bearer_auth(self.api_key.expose())
+            .timeout(self.timeout)
+    }
+
+    /// Sends, and turns Heroku's answer into the JSON body or an error that says what to do.
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&format!("Heroku {what}"), &e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        // `{"id": "...", "message": "..."}`: Heroku's words, which never hold a value.
+        let said = format!(
+            "{} ({})",
+            body["message"].as_str().unwrap_or("no message"),
+            body["id"].as_str().unwrap_or("no id")
+        );
+        let app = &self.app;
+        Err(match status {
+            StatusCode::UNAUTHORIZED => AdapterError::permanent(format!(
+                "Heroku refused the API key in `{}` for {what} (401: {said}); it is wrong, \
+                 expired or revoked: put a valid key there (heroku authorizations:create)",
+                self.api_key_env
+            )),
+            StatusCode::FORBIDDEN => AdapterError::permanent(format!(
+                "Heroku forbids {what} on app `{app}` with the key in `{}` (403: {said}); \
+                 give its account access to the app",
+                self.api_key_env
+            )),
+            StatusCode::NOT_FOUND => AdapterError::permanent(format!(
+                "Heroku app `{app}` not found (404: {said}); check `app` or the key's account"
+            )),
+            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+                AdapterError::Retryable {
+                    message: format!("Heroku {what} answered {s}: {said}"),
+                    retry_after: retry_after(&headers),
+                }
+            }
+            s => AdapterError::permanent(format!("Heroku {what} answered {s}: {said}")),
+        })
+    }
+
+    async fn read(&self) -> Result<Map<String, Value>> {
+        let path = format!("/apps/{}/config-vars", self.app);
+        match self
+            .send(
+                "reading config vars",
+                self.request(reqwest::Method::GET, &path),
+            )
+            .await?
+        {
+            Value::Object(m) => Ok(m),
+            _ => Err(AdapterError::permanent(
+                "Heroku answered config vars that are not an object",
+            )),
+        }
+    }
+
+    /// Sets (or, for `None`, deletes) the keys in `want` that differ from what the app holds;
+    /// no PATCH, and no release, when nothing differs.
+    async fn write(&self, want: &[(&str, Option<&str>)]) -> Result<()> {
+        let held = self.read().await?;
+        let mut patch = Map::new();
+        for (k, v) in want {
+            let now = held.get(*k).and_then(Value::as_str);
+            let same = match (now, v) {
+                (Some(a), Some(b)) => same_secret(a.as_bytes(), b.as_bytes()),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                patch.insert(k.to_string(), v.map_or(Value::Null, |s| s.into()));
+            }
+        }
+        if patch.is_empty() {
+            return Ok(());
+        }
+        let path = format!("/apps/{}/config-vars", self.app);
+        let after = self
+            .send(
+                "writing config vars",
+                self.request(reqwest::Method::PATCH, &path)
+                    .json(&Value::Object(patch)),
+            )
+            .await?;
+        // The answer is the whole map after the change: a 200 that does not hold what was
+        // written is a failure, not a success.
+        for (k, v) in want {
+            let got = after.get(*k).and_then(Value::as_str);
+            let ok = match (got, v) {
+                (Some(a), Some(b)) => same_secret(a.as_bytes(), b.as_bytes()),
+                (None, None) => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(AdapterError::permanent(format!(
+                    "Heroku answered 200 but app `{}` does not hold the written `{k}`",
+                    self.app
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn text(&self, v: &velvet_core::secret::SecretValue) -> Result<Zeroizing<String>> {
+        self.render.render(v)
+    }
+}
+
+#[async_trait]
+impl Consumer for HerokuConfigVar {
+    async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
+        let new = self.text(d.new)?;
+        let prev = d.previous.map(|p| self.text(p)).transpose()?;
+        let mut want = vec![(self.key.as_str(), Some(new.as_str()))];
+        if let (Some(pk), Some(p)) = (&self.previous_key, &prev) {
+            want.push((pk.as_str(), Some(p.as_str())));
+        }
+        self.write(&want).await
+    }
+
+    async fn verify(&self, d: &Delivery<'_>) -> Result<()> {
+        let want = self.text(d.new)?;
+        let held = self.read().await?;
+        match held.get(&self.key).and_then(Value::as_str) {
+            Some(got) if same_secret(got.as_bytes(), want.as_bytes()) => Ok(()),
+            Some(_) => Err(AdapterError::permanent(format!(
+                "app `{}` holds a different value in `{}`",
+                self.app, self.key
+            ))),
+            None => Err(AdapterError::permanent(format!(
+                "app `{}` has no `{}`",
+                self.app, self.key
+            ))),
+        }
+    }
+
+    async fn revoke_previous(&self, _: &Delivery<'_>) -> Result<()> {
+        match &self.previous_key {
+            Some(pk) => self.write(&[(pk.as_str(), None)]).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn rollback(&self, d: &Delivery<'_>) -> Result<()> {
+        let prev = d.previous.map(|p| self.text(p)).transpose()?;
+        let mut want = vec![(self.key.as_str(), prev.as_deref().map(|s| s.as_str()))];
+        if let Some(pk) = &self.previous_key {
+            want.push((pk.as_str(), None));
+        }
+        self.write(&want).await
+    }
+
+    fn default_lock_key(&self) -> String {
+        format!("heroku:app:{}", self.app)
+    }
+
+    /// The key is valid (`GET /account`) and can read the app's config vars; nothing written.
+    async fn probe(&self) -> Result<String> {
+        let me = self
+            .send(
+                "checking the API key",
+                self.request(reqwest::Method::GET, "/account"),
+            )
+            .await?;
+        let held = self.read().await?;
+        Ok(format!(
+            "the key in `{}` works as {}; app `{}` is readable and {} `{}`",
+            self.api_key_env,
+            me["email"].as_str().unwrap_or("an account"),
+            self.app,
+            if held.contains_key(&self.key) {
+                "has"
+            } else {
+                "will get"
+            },
+            self.key
+        ))
+    }
+}

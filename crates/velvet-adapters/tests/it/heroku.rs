@@ -1,0 +1,220 @@
+//! The `heroku_config_var` consumer against the Heroku fake (real paths, Accept header, bearer
+//! key, error envelopes, `RateLimit-Remaining`, a release per write).
+
+use std::time::{Duration, Instant};
+use velvet_adapters::consumer::{self, Consumer};
+use velvet_adapters::{AdapterError, Delivery};
+use velvet_core::config::{ConsumerKind, ConsumerSpec};
+use velvet_core::secret::SecretValue;
+use velvet_fakes::heroku::Heroku;
+
+const KEY: &str = "heroku-api-key-0123456789";
+
+fn heroku(
+    fake: &Heroku,
+    app: &str,
+    previous_key: Option<&str>,
+    api_key: &str,
+) -> Box<dyn Consumer> {
+    let spec = ConsumerSpec {
+        name: "h".into(),
+        lock_key: None,
+        kind: ConsumerKind::HerokuConfigVar {
+            app: app.into(),
+            key: "API_TOKEN".into(),
+            previous_key: previous_key.map(str::to_string),
+            api_key_env: "HEROKU_API_KEY".into(),
+            api_url: fake.url(),
+            template: None,
+        },
+    };
+    let api_key = api_key.to_string();
+    consumer::build(&spec, &move |n: &str| {
+        (n == "HEROKU_API_KEY").then(|| api_key.clone())
+    })
+    .unwrap()
+}
+
+fn delivery<'a>(new: &'a SecretValue, old: Option<&'a SecretValue>) -> Delivery<'a> {
+    Delivery {
+        token: "t",
+        job_id: "rot_1",
+        version: 2,
+        new,
+        new_fingerprint: "fp-new",
+        previous: old,
+        previous_version: old.map(|_| 1),
+        previous_fingerprint: old.map(|_| "fp-old"),
+    }
+}
+
+fn vars(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_only_its_keys_once_per_step_and_rolls_back() {
+    let fake = Heroku::start(KEY).await;
+    fake.add_app(
+        "console-prod",
+        &[("API_TOKEN", "old"), ("OTHER", "keep-me")],
+    );
+    fake.add_app("console-staging", &[("API_TOKEN", "staging")]);
+    let c = heroku(&fake, "console-prod", Some("API_TOKEN_PREVIOUS"), KEY);
+    assert_eq!(c.default_lock_key(), "heroku:app:console-prod");
+    let found = c.probe().await.unwrap();
+    assert!(
+        found.contains("HEROKU_API_KEY") && found.contains("console-prod"),
+        "{found}"
+    );
+    assert_eq!(fake.releases("console-prod"), 0, "a probe writes nothing");
+
+    let (old, new) = (
+        SecretValue::single("old".into()),
+        SecretValue::single("new-from-velvet".into()),
+    );
+    let d = delivery(&new, Some(&old));
+    c.apply(&d).await.unwrap();
+    c.apply(&d).await.unwrap(); // repeated after a crash
+    assert_eq!(
+        fake.releases("console-prod"),
+        1,
+        "one release for the step, not two"
+    );
+    c.verify(&d).await.unwrap();
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[
+            ("API_TOKEN", "new-from-velvet"),
+            ("API_TOKEN_PREVIOUS", "old"),
+            ("OTHER", "keep-me")
+        ])
+    );
+    c.revoke_previous(&d).await.unwrap();
+    c.revoke_previous(&d).await.unwrap();
+    assert_eq!(fake.releases("console-prod"), 2);
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[("API_TOKEN", "new-from-velvet"), ("OTHER", "keep-me")])
+    );
+    // I7: another app is untouched.
+    assert_eq!(
+        fake.vars("console-staging"),
+        vars(&[("API_TOKEN", "staging")])
+    );
+    assert_eq!(fake.releases("console-staging"), 0);
+
+    // A rollback puts the previous value back and drops the previous key.
+    let newer = SecretValue::single("newer".into());
+    let d2 = delivery(&newer, Some(&new));
+    c.apply(&d2).await.unwrap();
+    c.rollback(&d2).await.unwrap();
+    c.rollback(&d2).await.unwrap();
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[("API_TOKEN", "new-from-velvet"), ("OTHER", "keep-me")])
+    );
+    assert!(
+        c.verify(&d2).await.is_err(),
+        "verify fails for a value the app does not hold"
+    );
+}
+
+#[tokio::test]
+async fn refusals_name_the_key_variable_or_the_app_and_never_a_value() {
+    let fake = Heroku::start(KEY).await;
+    fake.add_app("console-prod", &[("API_TOKEN", "old")]);
+    let new = SecretValue::single("new-from-velvet".into());
+    let d = delivery(&new, None);
+
+    let wrong = heroku(&fake, "console-prod", None, "not-the-key");
+    let e = wrong.apply(&d).await.unwrap_err();
+    assert!(!e.is_retryable(), "a wrong key is permanent");
+    let m = e.to_string();
+    assert!(
+        m.contains("401") && m.contains("`HEROKU_API_KEY`") && m.contains("expired"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("not-the-key") && !m.contains("new-from-velvet"),
+        "{m}"
+    );
+    assert!(
+        wrong
+            .probe()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("HEROKU_API_KEY")
+    );
+
+    let missing = heroku(&fake, "no-such-app", None, KEY);
+    let e = missing.apply(&d).await.unwrap_err();
+    assert!(!e.is_retryable());
+    assert!(
+        e.to_string().contains("`no-such-app` not found (404"),
+        "{e}"
+    );
+
+    // A key that expires between steps.
+    let c = heroku(&fake, "console-prod", None, KEY);
+    c.apply(&d).await.unwrap();
+    fake.expire_key();
+    let e = c.verify(&d).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[("API_TOKEN", "new-from-velvet")])
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_outages_are_retryable_and_a_retry_succeeds() {
+    let fake = Heroku::start(KEY).await;
+    fake.add_app("console-prod", &[("API_TOKEN", "old")]);
+    let c = heroku(&fake, "console-prod", None, KEY);
+    let new = SecretValue::single("new-from-velvet".into());
+    let d = delivery(&new, None);
+    for status in [429u16, 503] {
+        fake.fail_next(&[status]);
+        let e = c.apply(&d).await.unwrap_err();
+        assert!(
+            matches!(&e, AdapterError::Retryable { message, .. } if message.contains(&status.to_string())),
+            "{e:?}"
+        );
+    }
+    c.apply(&d).await.unwrap();
+    assert_eq!(fake.releases("console-prod"), 1);
+
+    // An empty budget answers 429 with RateLimit-Remaining: 0, retryable.
+    fake.set_budget(1, 0.0);
+    let e = c.verify(&d).await;
+    assert!(e.is_ok(), "{e:?}");
+    let e = c.verify(&d).await.unwrap_err();
+    assert!(e.is_retryable() && e.to_string().contains("429"), "{e}");
+    assert_eq!(fake.requests().1, 1);
+
+    // A provider that does not answer in time is retryable too (a 1 s timeout here).
+    fake.set_budget(100, 10.0);
+    fake.set_delay(Duration::from_secs(30));
+    let quick = consumer::HerokuConfigVar::new(
+        &fake.url(),
+        "console-prod",
+        "API_TOKEN",
+        None,
+        velvet_core::secret::SecretString::new(KEY.into()),
+        "HEROKU_API_KEY",
+        consumer::Renderer::new(None).unwrap(),
+    )
+    .with_timeout(Duration::from_secs(1));
+    let start = Instant::now();
+    let e = quick.verify(&d).await.unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("timed out"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
