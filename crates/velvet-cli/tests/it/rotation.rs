@@ -496,3 +496,51 @@ fn a_stop_drains_the_running_step_and_releases_its_lease() {
         start.elapsed()
     );
 }
+
+/// #12: the process dies (abort at the crash point) between a Heroku write and its verify and is
+/// restarted: the step is repeated, but the
+/// app already holds the value, so the job makes one release (one app restart), not two.
+#[test]
+fn a_crash_between_a_heroku_write_and_its_verify_makes_one_release() {
+    const HEROKU_KEY: &str = "heroku-key-for-the-crash-test";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start(HEROKU_KEY));
+    heroku.add_app("crash-app", &[("OTHER", "kept")]);
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "
+defaults: {{flow: auto, retry: {{attempts: 4, initial_backoff: 50ms, max_backoff: 200ms}}, grace_period: 0s}}
+engine: {{lease: 5s}}
+tokens:
+  - name: api
+    source: {{kind: random}}
+    consumers:
+      - {{name: heroku, kind: heroku_config_var, app: crash-app, key: API_TOKEN, api_key_env: HEROKU_API_KEY, api_url: '{}'}}
+",
+        heroku.url()
+    ));
+    let env = vec![("VELVET_API_KEY", KEY), ("HEROKU_API_KEY", HEROKU_KEY)];
+    let mut crashing = env.clone();
+    crashing.push(("VELVET_CRASH_AT", "after_consumer_applied"));
+    let mut s = w.serve(&[], &crashing);
+    let (code, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_string();
+    s.wait(Duration::from_secs(30));
+    assert_eq!(
+        heroku.releases("crash-app"),
+        1,
+        "the write landed before the crash"
+    );
+    let s = w.serve(&[], &env);
+    let j = wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+    assert_eq!(j["consumers"][0]["status"], "verified", "{j}");
+    assert_eq!(
+        heroku.releases("crash-app"),
+        1,
+        "the repeated step wrote nothing"
+    );
+    let vars = heroku.vars("crash-app");
+    assert_eq!(vars["OTHER"], "kept");
+    assert_eq!(vars["API_TOKEN"].len(), 64, "a 32-byte hex value: {vars:?}");
+}
