@@ -269,23 +269,30 @@ async fn rate_limits(State(s): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Admits a request about `app` and answers `f` of it with 200, or 404 when there is none.
+async fn on_app(
+    s: &Shared,
+    app: &str,
+    headers: &HeaderMap,
+    f: impl FnOnce(&App) -> Value,
+) -> Response {
+    let n = match admit(s, headers, true).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match s.lock().expect("fake state").apps.get(app) {
+        Some(a) => answer(StatusCode::OK, f(a), n),
+        None => not_found(n),
+    }
+}
+
 async fn app_info(
     State(s): State<Shared>,
     Path(app): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let n = match admit(&s, &headers, true).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if !s.lock().expect("fake state").apps.contains_key(&app) {
-        return not_found(n);
-    }
-    answer(
-        StatusCode::OK,
-        json!({"name": app, "id": format!("app-{app}")}),
-        n,
-    )
+    let info = json!({"name": app, "id": format!("app-{app}")});
+    on_app(&s, &app, &headers, |_| info).await
 }
 
 async fn read_vars(
@@ -293,14 +300,7 @@ async fn read_vars(
     Path(app): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let n = match admit(&s, &headers, true).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    match s.lock().expect("fake state").apps.get(&app) {
-        Some(a) => answer(StatusCode::OK, json!(a.vars), n),
-        None => not_found(n),
-    }
+    on_app(&s, &app, &headers, |a| json!(a.vars)).await
 }
 
 /// Keys match `^\w+$`; values are strings or `null` (delete). Anything else is 422.

@@ -139,13 +139,7 @@ impl HerokuConfigVar {
         let held = self.read().await?;
         let mut patch = Map::new();
         for (k, v) in want {
-            let now = held.get(*k).and_then(Value::as_str);
-            let same = match (now, v) {
-                (Some(a), Some(b)) => same_secret(a.as_bytes(), b.as_bytes()),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
+            if !holds(&held, k, *v) {
                 patch.insert(k.to_string(), v.map_or(Value::Null, |s| s.into()));
             }
         }
@@ -162,14 +156,9 @@ impl HerokuConfigVar {
             .await?;
         // The answer is the whole map after the change: a 200 that does not hold what was
         // written is a failure, not a success.
+        let after = after.as_object().cloned().unwrap_or_default();
         for (k, v) in want {
-            let got = after.get(*k).and_then(Value::as_str);
-            let ok = match (got, v) {
-                (Some(a), Some(b)) => same_secret(a.as_bytes(), b.as_bytes()),
-                (None, None) => true,
-                _ => false,
-            };
-            if !ok {
+            if !holds(&after, k, *v) {
                 return Err(AdapterError::permanent(format!(
                     "Heroku answered 200 but app `{}` does not hold the written `{k}`",
                     self.app
@@ -181,6 +170,15 @@ impl HerokuConfigVar {
 
     fn text(&self, v: &velvet_core::secret::SecretValue) -> Result<Zeroizing<String>> {
         self.render.render(v)
+    }
+}
+
+/// Whether `vars` holds `want` at `key` (`None`: the key is absent), compared in constant time.
+fn holds(vars: &Map<String, Value>, key: &str, want: Option<&str>) -> bool {
+    match (vars.get(key).and_then(Value::as_str), want) {
+        (Some(a), Some(b)) => same_secret(a.as_bytes(), b.as_bytes()),
+        (None, None) => true,
+        _ => false,
     }
 }
 
