@@ -278,3 +278,44 @@ tokens:
         "DROP USER '{weak}'@'127.0.0.1'; DROP USER '{admin}'@'127.0.0.1'; DROP USER '{app}'@'%'"
     ));
 }
+
+#[test]
+fn doctor_checks_a_heroku_key_and_app_without_writing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start("good-heroku-key"));
+    heroku.add_app("console-prod", &[("OTHER", "kept")]);
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "
+tokens:
+  - name: api
+    source: {{kind: random}}
+    consumers:
+      - {{name: ok, kind: heroku_config_var, app: console-prod, key: API_TOKEN, api_key_env: GOOD_KEY, api_url: '{url}'}}
+      - {{name: expired, kind: heroku_config_var, app: console-prod, key: API_TOKEN, api_key_env: OLD_KEY, api_url: '{url}'}}
+      - {{name: missing, kind: heroku_config_var, app: console-gone, key: API_TOKEN, api_key_env: GOOD_KEY, api_url: '{url}'}}
+",
+        url = heroku.url()
+    ));
+    let env = [
+        ("GOOD_KEY", "good-heroku-key"),
+        ("OLD_KEY", "expired-heroku-key"),
+    ];
+    let out = w.run(&["doctor", "--output", "json"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let rows = results(&out);
+    let ok = find(&rows, "consumer heroku_config_var", "api/ok");
+    assert!(ok.starts_with("ok") && ok.contains("console-prod"), "{ok}");
+    let expired = find(&rows, "consumer heroku_config_var", "api/expired");
+    assert!(
+        expired.starts_with("fail") && expired.contains("`OLD_KEY`"),
+        "{expired}"
+    );
+    let missing = find(&rows, "consumer heroku_config_var", "api/missing");
+    assert!(
+        missing.starts_with("fail") && missing.contains("`console-gone` not found"),
+        "{missing}"
+    );
+    assert!(!out.all().contains("good-heroku-key") && !out.all().contains("expired-heroku-key"));
+    assert_eq!(heroku.releases("console-prod"), 0, "doctor wrote");
+}
