@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+const RATE_LIMITED: &str = "Your account reached the API rate limit. Please wait a few minutes before making new requests.";
 
 #[derive(Debug, Default)]
 struct App {
@@ -174,19 +175,10 @@ async fn admit(state: &Shared, headers: &HeaderMap, costs: bool) -> Result<u64, 
     s.requests += 1;
     s.bucket.refill();
     let remaining = s.bucket.tokens.floor() as u64;
-    let with_remaining = |mut r: Response, n: u64| {
-        r.headers_mut()
-            .insert("RateLimit-Remaining", HeaderValue::from(n));
-        r
-    };
     if let Some(code) = s.fail_next.pop_front() {
         let status = StatusCode::from_u16(code).expect("a status");
         let r = if code == 429 {
-            error(
-                status,
-                "rate_limit",
-                "Your account reached the API rate limit. Please wait a few minutes before making new requests.",
-            )
+            error(status, "rate_limit", RATE_LIMITED)
         } else {
             error(status, "internal_server_error", "Internal server error.")
         };
@@ -220,11 +212,7 @@ async fn admit(state: &Shared, headers: &HeaderMap, costs: bool) -> Result<u64, 
         if s.bucket.tokens < 1.0 {
             s.rate_limited += 1;
             return Err(with_remaining(
-                error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit",
-                    "Your account reached the API rate limit. Please wait a few minutes before making new requests.",
-                ),
+                error(StatusCode::TOO_MANY_REQUESTS, "rate_limit", RATE_LIMITED),
                 0,
             ));
         }
@@ -233,22 +221,24 @@ async fn admit(state: &Shared, headers: &HeaderMap, costs: bool) -> Result<u64, 
     Ok(s.bucket.tokens.floor() as u64)
 }
 
-fn answer(status: StatusCode, body: Value, remaining: u64) -> Response {
-    let mut r = (status, axum::Json(body)).into_response();
+/// Every answer carries the budget left, as Heroku's do.
+fn with_remaining(mut r: Response, remaining: u64) -> Response {
     r.headers_mut()
         .insert("RateLimit-Remaining", HeaderValue::from(remaining));
     r
 }
 
+fn answer(status: StatusCode, body: Value, remaining: u64) -> Response {
+    with_remaining((status, axum::Json(body)).into_response(), remaining)
+}
+
 fn not_found(remaining: u64) -> Response {
-    let mut r = error(
+    let r = error(
         StatusCode::NOT_FOUND,
         "not_found",
         "Couldn't find that app.",
     );
-    r.headers_mut()
-        .insert("RateLimit-Remaining", HeaderValue::from(remaining));
-    r
+    with_remaining(r, remaining)
 }
 
 async fn account(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -315,10 +305,10 @@ async fn patch_vars(
         Err(r) => return r,
     };
     let invalid = |m: &str| {
-        let mut r = error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", m);
-        r.headers_mut()
-            .insert("RateLimit-Remaining", HeaderValue::from(n));
-        r
+        with_remaining(
+            error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", m),
+            n,
+        )
     };
     let Ok(Value::Object(changes)) = serde_json::from_str::<Value>(&body) else {
         return invalid("Request body must be a JSON object.");

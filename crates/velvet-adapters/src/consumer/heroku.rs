@@ -5,7 +5,7 @@
 //! and the new value is written before the old key is removed.
 
 use super::{Consumer, Renderer};
-use crate::http::{client, retry_after, transport_error};
+use crate::http::{client, status_error, transport_error};
 use crate::{AdapterError, Delivery, Result, same_secret};
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -81,11 +81,13 @@ impl HerokuConfigVar {
             .await
             .map_err(|e| transport_error(&format!("Heroku {what}"), &e))?;
         let status = resp.status();
+        if status.is_success() {
+            return resp.json().await.map_err(|_| {
+                AdapterError::retryable(format!("Heroku {what} answered a body that is not JSON"))
+            });
+        }
         let headers = resp.headers().clone();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(body);
-        }
         // `{"id": "...", "message": "..."}`: Heroku's words, which never hold a value.
         let said = format!(
             "{} ({})",
@@ -107,13 +109,20 @@ impl HerokuConfigVar {
             StatusCode::NOT_FOUND => AdapterError::permanent(format!(
                 "Heroku app `{app}` not found (404: {said}); check `app` or the key's account"
             )),
-            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+            // The shared rules: 429 and 5xx retryable after `Retry-After`, a redirect named and
+            // refused, other 4xx permanent; Heroku's own words added.
+            s => match status_error(&format!("Heroku {what}"), s, &headers) {
                 AdapterError::Retryable {
-                    message: format!("Heroku {what} answered {s}: {said}"),
-                    retry_after: retry_after(&headers),
+                    message,
+                    retry_after,
+                } => AdapterError::Retryable {
+                    message: format!("{message}: {said}"),
+                    retry_after,
+                },
+                AdapterError::Permanent { message } => {
+                    AdapterError::permanent(format!("{message}: {said}"))
                 }
-            }
-            s => AdapterError::permanent(format!("Heroku {what} answered {s}: {said}")),
+            },
         })
     }
 

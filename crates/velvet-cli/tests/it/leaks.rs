@@ -1,6 +1,7 @@
-//! I5: a full rotation of every source kind (PostgreSQL, Redis, MariaDB, random) to every consumer kind through the binary, then
-//! every log line, API response, event stream, the audit export, `/metrics` and the store's
-//! files are searched for the values (and for the credentials Velvet holds): zero hits.
+//! I5: a full rotation of every source kind (PostgreSQL, Redis, MariaDB, random) to every
+//! consumer kind through the binary, then every log line, API response, event stream, the audit
+//! export, `/metrics` and the store's files are searched for the values (and for the
+//! credentials Velvet holds): zero hits.
 
 use crate::common::*;
 use std::time::{Duration, Instant};

@@ -289,6 +289,16 @@ fn decode_consumers(
     out
 }
 
+/// The consumer's `template`, checked, and required when the source's value has several fields
+/// (a consumer that stores one text must be told how to write them).
+fn template_for(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<String> {
+    let template = check_template(cx, c, "template", fields);
+    if template.is_none() && fields.len() > 1 {
+        cx.err(&c.path_of("template"), c.span(), format!("this source's value has several fields ({}); say how to write them with `template`, e.g. \"{{{{username}}}}:{{{{password}}}}\"", fields.join(", ")));
+    }
+    template
+}
+
 fn check_template(cx: &mut Cx, c: &Map, key: &str, fields: &[&str]) -> Option<String> {
     let t = c.str(cx, key)?;
     match Template::parse(&t) {
@@ -381,10 +391,7 @@ fn decode_file(cx: &mut Cx, c: &Map, fields: &[&str], base_dir: &Path) -> Option
             }
         }
     }
-    let template = check_template(cx, c, "template", fields);
-    if template.is_none() && fields.len() > 1 {
-        cx.err(&c.path_of("template"), c.span(), format!("this source's value has several fields ({}); say how to write them with `template`, e.g. \"{{{{username}}}}:{{{{password}}}}\"", fields.join(", ")));
-    }
+    let template = template_for(cx, c, fields);
     let mode = match c.str(cx, "mode") {
         Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
             Ok(v) if v <= 0o777 && v & 0o007 == 0 => v,
@@ -606,10 +613,7 @@ fn decode_heroku(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> 
         .str(cx, "api_url")
         .unwrap_or_else(|| "https://api.heroku.com".into());
     check_http_url(cx, c, "api_url", &api_url);
-    let template = check_template(cx, c, "template", fields);
-    if template.is_none() && fields.len() > 1 {
-        cx.err(&c.path_of("template"), c.span(), format!("this source's value has several fields ({}); declare a template such as '{{{{password}}}}'", fields.join(", ")));
-    }
+    let template = template_for(cx, c, fields);
     Some(ConsumerKind::HerokuConfigVar {
         app: app?,
         key: key?,
