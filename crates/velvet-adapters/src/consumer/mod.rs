@@ -7,12 +7,14 @@
 mod exec;
 mod file;
 mod heroku;
+mod probe;
 mod vault;
 mod webhook;
 
 pub use exec::Exec;
 pub use file::File;
 pub use heroku::HerokuConfigVar;
+pub use probe::{PROBE_TIMEOUT, Probed};
 pub use vault::VaultKv;
 pub use webhook::{Webhook, signature as webhook_signature};
 
@@ -56,7 +58,8 @@ pub fn build(
             AdapterError::permanent(format!("environment variable `{name}` is not set"))
         })
     };
-    Ok(match &spec.kind {
+    let mut probe_timeout = PROBE_TIMEOUT;
+    let built: Box<dyn Consumer> = match &spec.kind {
         K::File {
             path,
             format,
@@ -88,14 +91,15 @@ pub fn build(
         K::Webhook {
             url,
             signing_secret_env,
-            probe,
             timeout,
-        } => Box::new(Webhook::new(
-            url.clone(),
-            velvet_core::secret::SecretString::new(need(signing_secret_env)?),
-            probe.clone(),
-            *timeout,
-        )?),
+        } => {
+            probe_timeout = *timeout;
+            Box::new(Webhook::new(
+                url.clone(),
+                velvet_core::secret::SecretString::new(need(signing_secret_env)?),
+                *timeout,
+            ))
+        }
         K::VaultKv {
             address,
             token_env,
@@ -127,6 +131,10 @@ pub fn build(
             api_key_env,
             Renderer::new(template.as_deref())?,
         )),
+    };
+    Ok(match &spec.verify_probe {
+        Some(p) => Box::new(Probed::new(built, p, probe_timeout)?),
+        None => built,
     })
 }
 

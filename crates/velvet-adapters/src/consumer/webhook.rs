@@ -1,7 +1,7 @@
 //! `webhook`: POSTs `{token, version, fingerprint, value}` signed with
 //! `Velvet-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`. 2xx is applied;
-//! 429 and 5xx are retried (honouring `Retry-After`), other 4xx are permanent. An optional probe
-//! proves the new value is accepted where it matters.
+//! 429 and 5xx are retried (honouring `Retry-After`), other 4xx are permanent. A 2xx is all it
+//! can prove; `verify.probe` (see `probe.rs`) proves the new value is accepted where it matters.
 
 use super::Consumer;
 use crate::http::{client, status_error, transport_error};
@@ -10,15 +10,12 @@ use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::time::Duration;
-use velvet_core::config::ProbeSpec;
 use velvet_core::secret::{SecretString, SecretValue};
-use velvet_core::template::Template;
 use zeroize::Zeroizing;
 
 pub struct Webhook {
     url: String,
     secret: SecretString,
-    probe: Option<ProbeSpec>,
     timeout: Duration,
 }
 
@@ -41,23 +38,12 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
 }
 
 impl Webhook {
-    pub fn new(
-        url: String,
-        secret: SecretString,
-        probe: Option<ProbeSpec>,
-        timeout: Duration,
-    ) -> Result<Self> {
-        if let Some(p) = &probe
-            && let Some(h) = &p.header
-        {
-            Template::parse(h).map_err(AdapterError::permanent)?;
-        }
-        Ok(Self {
+    pub fn new(url: String, secret: SecretString, timeout: Duration) -> Self {
+        Self {
             url,
             secret,
-            probe,
             timeout,
-        })
+        }
     }
 
     async fn post(
@@ -131,37 +117,9 @@ impl Consumer for Webhook {
             .await
     }
 
-    async fn verify(&self, d: &Delivery<'_>) -> Result<()> {
-        let Some(probe) = &self.probe else {
-            return Ok(());
-        };
-        let mut req = client().get(&probe.url).timeout(self.timeout);
-        if let Some(h) = &probe.header {
-            let rendered = Template::parse(h)
-                .map_err(AdapterError::permanent)?
-                .render(d.new)
-                .map_err(AdapterError::permanent)?;
-            let (name, value) = rendered
-                .split_once(':')
-                .ok_or_else(|| AdapterError::permanent("probe header is not `Name: value`"))?;
-            req = req.header(name.trim(), value.trim());
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error("the probe", &e))?;
-        if resp.status().as_u16() == probe.expect_status {
-            return Ok(());
-        }
-        let e = status_error("the probe", resp.status(), resp.headers());
-        if resp.status().is_redirection() {
-            return Err(e);
-        }
-        // A wrong answer may be a deploy still rolling out: retry until attempts run out.
-        Err(AdapterError::Retryable {
-            message: format!("{e} (expected {})", probe.expect_status),
-            retry_after: e.retry_after(),
-        })
+    /// A 2xx at apply is all a webhook proves; `verify.probe` adds the rest.
+    async fn verify(&self, _: &Delivery<'_>) -> Result<()> {
+        Ok(())
     }
 
     async fn revoke_previous(&self, _: &Delivery<'_>) -> Result<()> {

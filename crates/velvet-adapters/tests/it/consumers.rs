@@ -36,6 +36,7 @@ fn file(
     let spec = ConsumerSpec {
         name: "f".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::File {
             path: path.to_path_buf(),
             format,
@@ -153,6 +154,7 @@ fn exec_with_env(
     let spec = ConsumerSpec {
         name: "e".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::Exec {
             command: command.iter().map(|s| s.to_string()).collect(),
             verify_command: verify.map(|v| v.iter().map(|s| s.to_string()).collect()),
@@ -348,14 +350,15 @@ async fn webhook_is_signed_classified_and_probed() {
     let spec = ConsumerSpec {
         name: "w".into(),
         lock_key: None,
+        verify_probe: Some(ProbeSpec {
+            url: format!("{base}/probe"),
+            header: Some("Authorization: Bearer {{value}}".into()),
+            expect_status: 200,
+            reject_status: None,
+        }),
         kind: ConsumerKind::Webhook {
             url: format!("{base}/hook"),
             signing_secret_env: "HOOK_SECRET".into(),
-            probe: Some(ProbeSpec {
-                url: format!("{base}/probe"),
-                header: Some("Authorization: Bearer {{value}}".into()),
-                expect_status: 200,
-            }),
             timeout: Duration::from_secs(5),
         },
     };
@@ -424,10 +427,10 @@ async fn webhook_is_signed_classified_and_probed() {
         "the probe refuses the new token after rollback: {e}"
     );
     let dead = ConsumerSpec {
+        verify_probe: None,
         kind: ConsumerKind::Webhook {
             url: "http://127.0.0.1:1/x".into(),
             signing_secret_env: "HOOK_SECRET".into(),
-            probe: None,
             timeout: Duration::from_secs(2),
         },
         ..spec
@@ -475,10 +478,10 @@ async fn webhook_and_probe_never_follow_a_redirect() {
     let spec = |url: String, probe: Option<ProbeSpec>| ConsumerSpec {
         name: "w".into(),
         lock_key: None,
+        verify_probe: probe,
         kind: ConsumerKind::Webhook {
             url,
             signing_secret_env: "HOOK_SECRET".into(),
-            probe,
             timeout: Duration::from_secs(5),
         },
     };
@@ -505,6 +508,7 @@ async fn webhook_and_probe_never_follow_a_redirect() {
                 url: format!("{base}/probe"),
                 header: Some("Authorization: Bearer {{value}}".into()),
                 expect_status: 200,
+                reject_status: Some(401),
             }),
         ),
         &env,
@@ -522,6 +526,7 @@ fn file_following(path: &std::path::Path, follow: bool) -> Box<dyn Consumer> {
     let spec = ConsumerSpec {
         name: "f".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::File {
             path: path.to_path_buf(),
             format: FileFormat::Dotenv,

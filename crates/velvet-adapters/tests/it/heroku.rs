@@ -19,6 +19,7 @@ fn heroku(
     let spec = ConsumerSpec {
         name: "h".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::HerokuConfigVar {
             app: app.into(),
             key: "API_TOKEN".into(),

@@ -3,5 +3,6 @@
 mod consumers;
 mod heroku;
 mod mysql;
+mod probe;
 mod sources;
 mod vault;

@@ -10,6 +10,7 @@ fn vault(bao: &OpenBao, mount: &str, previous_field: Option<&str>) -> Box<dyn Co
     let spec = ConsumerSpec {
         name: "v".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::VaultKv {
             address: bao.address.clone(),
             token_env: "VAULT_TOKEN".into(),
@@ -97,6 +98,7 @@ async fn kv_v2_writes_only_its_fields_with_check_and_set() {
     let bad_token = ConsumerSpec {
         name: "v".into(),
         lock_key: None,
+        verify_probe: None,
         kind: ConsumerKind::VaultKv {
             address: bao.address.clone(),
             token_env: "T".into(),

@@ -1,6 +1,7 @@
 //! `velvet.yaml`: the schema of design §3, its environment overrides, and validation that
 //! reports every problem at once with its path and line.
 
+mod consumers;
 mod declare;
 mod decode;
 mod server;
@@ -502,5 +503,7 @@ impl Defaults {
     }
 }
 
+#[cfg(test)]
+mod provider_tests;
 #[cfg(test)]
 mod tests;

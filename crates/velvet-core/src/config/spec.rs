@@ -164,6 +164,9 @@ pub struct ProbeSpec {
     /// `Name: value`, where the value may use `{{value}}`.
     pub header: Option<String>,
     pub expect_status: u16,
+    /// Sent again with a random wrong value, the probe must answer this (e.g. 401).
+    #[serde(default)]
+    pub reject_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +174,9 @@ pub struct ConsumerSpec {
     pub name: String,
     /// Consumers sharing a lock key are never written at the same time.
     pub lock_key: Option<String>,
+    /// `verify.probe`: checked after the consumer's own verify.
+    #[serde(default)]
+    pub verify_probe: Option<ProbeSpec>,
     #[serde(flatten)]
     pub kind: ConsumerKind,
 }
@@ -202,7 +208,6 @@ pub enum ConsumerKind {
     Webhook {
         url: String,
         signing_secret_env: String,
-        probe: Option<ProbeSpec>,
         #[serde(with = "crate::duration::serde_str")]
         timeout: Duration,
     },

@@ -1,6 +1,8 @@
 use super::*;
 
-fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+pub(super) fn env_with(
+    vars: &'static [(&'static str, &'static str)],
+) -> impl Fn(&str) -> Option<String> {
     move |name| {
         vars.iter()
             .find(|(k, _)| *k == name)
@@ -8,7 +10,7 @@ fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> O
     }
 }
 
-fn parse_with(
+pub(super) fn parse_with(
     text: &str,
     vars: &'static [(&'static str, &'static str)],
 ) -> Result<Config, ConfigError> {
@@ -23,7 +25,7 @@ fn parse_with(
     )
 }
 
-fn problems(text: &str) -> Vec<String> {
+pub(super) fn problems(text: &str) -> Vec<String> {
     match parse_with(
         text,
         &[
@@ -121,7 +123,7 @@ fn the_design_example_parses() {
     assert_eq!(t.rotate_every, Some(Duration::from_secs(90 * 86400)));
     assert_eq!(t.consumers.len(), 3);
     assert!(
-        matches!(&t.consumers[2].kind, ConsumerKind::Webhook { probe: Some(p), .. } if p.expect_status == 200)
+        matches!(&t.consumers[2].verify_probe, Some(p) if p.expect_status == 200 && p.reject_status.is_none())
     );
     let db = &c.tokens[1];
     assert_eq!(db.flow, FlowType::Staged, "inherits defaults.flow");
