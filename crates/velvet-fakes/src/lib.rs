@@ -3,6 +3,7 @@
 //! headers, with switches to inject 429s, 5xx, slow answers and expired credentials. One place,
 //! shared by the adapter tests, the end-to-end tests and `velvet demo`.
 
+pub mod cloudflare;
 pub mod heroku;
 
 use std::net::SocketAddr;

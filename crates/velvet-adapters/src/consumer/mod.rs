@@ -4,6 +4,7 @@
 //! `revoke_previous` once every consumer is verified, or `rollback` to put the previous value
 //! back. A consumer touches only the keys it declares (I7).
 
+mod cloudflare;
 mod exec;
 mod file;
 mod heroku;
@@ -11,6 +12,7 @@ mod probe;
 mod vault;
 mod webhook;
 
+pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};
 pub use exec::Exec;
 pub use file::File;
 pub use heroku::HerokuConfigVar;
@@ -129,6 +131,24 @@ pub fn build(
             previous_key.clone(),
             velvet_core::secret::SecretString::new(need(api_key_env)?),
             api_key_env,
+            Renderer::new(template.as_deref())?,
+        )),
+        K::CloudflareWorkerSecret {
+            account_id,
+            script,
+            secret_name,
+            api_token_env,
+            api_url,
+            template,
+        } => Box::new(CloudflareWorkerSecret::new(
+            api_url,
+            cloudflare::Target {
+                account_id,
+                script,
+                secret_name,
+            },
+            velvet_core::secret::SecretString::new(need(api_token_env)?),
+            api_token_env,
             Renderer::new(template.as_deref())?,
         )),
     };

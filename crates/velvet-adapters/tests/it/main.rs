@@ -1,5 +1,6 @@
 //! The integration tests of velvet-adapters, as one binary (one link instead of one per file).
 
+mod cloudflare;
 mod consumers;
 mod heroku;
 mod mysql;

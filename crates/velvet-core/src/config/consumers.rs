@@ -2,11 +2,16 @@
 //! field and the fix.
 
 use super::decode::{Cx, Map, valid_name};
+use super::providers::{decode_cloudflare, decode_heroku};
 use super::spec::*;
 use crate::template::Template;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The consumer kinds this version builds, for error messages.
+const AVAILABLE: &str =
+    "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret";
 
 pub(super) fn decode_consumers(
     cx: &mut Cx,
@@ -54,17 +59,23 @@ pub(super) fn decode_consumers(
                 "api_url",
                 "template",
             ],
+            Some("cloudflare_worker_secret") => &[
+                "account_id",
+                "script",
+                "secret_name",
+                "api_token_env",
+                "api_url",
+                "template",
+            ],
             Some(k) if LATER_CONSUMERS.contains(&k) => {
-                cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: file, exec, webhook, vault_kv, heroku_config_var"));
+                cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: {AVAILABLE}"));
                 continue;
             }
             Some(k) => {
                 cx.err(
                     &format!("{path}.kind"),
                     node.span(),
-                    format!(
-                        "unknown consumer kind `{k}`; available: file, exec, webhook, vault_kv, heroku_config_var"
-                    ),
+                    format!("unknown consumer kind `{k}`; available: {AVAILABLE}"),
                 );
                 continue;
             }
@@ -72,7 +83,7 @@ pub(super) fn decode_consumers(
                 cx.err(
                     &format!("{path}.kind"),
                     node.span(),
-                    "missing required key `kind` (file, exec, webhook, vault_kv or heroku_config_var)",
+                    format!("missing required key `kind` (one of: {AVAILABLE})"),
                 );
                 continue;
             }
@@ -110,6 +121,7 @@ pub(super) fn decode_consumers(
             Some("webhook") => decode_webhook(cx, &c),
             Some("vault_kv") => decode_vault(cx, &c),
             Some("heroku_config_var") => decode_heroku(cx, &c, fields),
+            Some("cloudflare_worker_secret") => decode_cloudflare(cx, &c, fields),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {
@@ -126,7 +138,7 @@ pub(super) fn decode_consumers(
 
 /// The consumer's `template`, checked, and required when the source's value has several fields
 /// (a consumer that stores one text must be told how to write them).
-fn template_for(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<String> {
+pub(super) fn template_for(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<String> {
     let template = check_template(cx, c, "template", fields);
     if template.is_none() && fields.len() > 1 {
         cx.err(&c.path_of("template"), c.span(), format!("this source's value has several fields ({}); say how to write them with `template`, e.g. \"{{{{username}}}}:{{{{password}}}}\"", fields.join(", ")));
@@ -134,7 +146,7 @@ fn template_for(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<String> {
     template
 }
 
-fn check_template(cx: &mut Cx, c: &Map, key: &str, fields: &[&str]) -> Option<String> {
+pub(super) fn check_template(cx: &mut Cx, c: &Map, key: &str, fields: &[&str]) -> Option<String> {
     let t = c.str(cx, key)?;
     match Template::parse(&t) {
         Ok(parsed) => {
@@ -341,7 +353,7 @@ fn command_opt(cx: &mut Cx, c: &Map) -> Option<Vec<String>> {
     command(cx, c, "verify_command", false)
 }
 
-fn check_http_url(cx: &mut Cx, c: &Map, key: &str, url: &str) -> bool {
+pub(super) fn check_http_url(cx: &mut Cx, c: &Map, key: &str, url: &str) -> bool {
     let ok = (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8;
     if !ok {
         cx.err(
@@ -423,64 +435,6 @@ fn decode_verify_probe(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ProbeSpe
         header,
         expect_status,
         reject_status,
-    })
-}
-
-/// Heroku's keys are `^\w+$` and must not start with `__` or `HEROKU_` (its own).
-fn check_heroku_key(cx: &mut Cx, c: &Map, key: &str, k: &str) -> bool {
-    let ok = !k.is_empty()
-        && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-        && !k.starts_with("__")
-        && !k.starts_with("HEROKU_");
-    if !ok {
-        cx.err(&c.path_of(key), c.span(), format!("`{k}` is not a Heroku config var name (letters, digits and _, not starting with __ or HEROKU_)"));
-    }
-    ok
-}
-
-fn decode_heroku(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
-    let app = c.req_str(cx, "app");
-    if let Some(a) = &app
-        && (a.is_empty()
-            || a.len() > 64
-            || !a
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
-    {
-        cx.err(
-            &c.path_of("app"),
-            c.span(),
-            format!("`{a}` is not a Heroku app name or id (lowercase letters, digits and -)"),
-        );
-    }
-    let key = c
-        .req_str(cx, "key")
-        .filter(|k| check_heroku_key(cx, c, "key", k));
-    let previous_key = c
-        .str(cx, "previous_key")
-        .filter(|k| check_heroku_key(cx, c, "previous_key", k));
-    if let (Some(k), Some(p)) = (&key, &previous_key)
-        && k == p
-    {
-        cx.err(
-            &c.path_of("previous_key"),
-            c.span(),
-            "must differ from `key`",
-        );
-    }
-    let api_key_env = c.env_name(cx, "api_key_env", true);
-    let api_url = c
-        .str(cx, "api_url")
-        .unwrap_or_else(|| "https://api.heroku.com".into());
-    check_http_url(cx, c, "api_url", &api_url);
-    let template = template_for(cx, c, fields);
-    Some(ConsumerKind::HerokuConfigVar {
-        app: app?,
-        key: key?,
-        previous_key,
-        api_key_env: api_key_env?,
-        api_url: api_url.trim_end_matches('/').to_string(),
-        template,
     })
 }
 

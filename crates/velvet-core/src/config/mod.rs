@@ -4,6 +4,7 @@
 mod consumers;
 mod declare;
 mod decode;
+mod providers;
 mod server;
 mod sources;
 mod spec;

@@ -108,3 +108,69 @@ fn any_consumer_takes_a_verify_probe_with_a_reject_status() {
     );
     assert!(p.contains("`{{value}}` is not a field"), "{p}");
 }
+
+const CF: &str = "name: cf, kind: cloudflare_worker_secret, account_id: 0123456789abcdef0123456789abcdef, script: console-edge, secret_name: READ_TOKEN, api_token_env: CF_TOKEN";
+
+#[test]
+fn cloudflare_worker_secret_takes_its_keys_and_names_what_is_wrong() {
+    assert_eq!(
+        consumer(&format!("{{{CF}}}")).kind,
+        ConsumerKind::CloudflareWorkerSecret {
+            account_id: "0123456789abcdef0123456789abcdef".into(),
+            script: "console-edge".into(),
+            secret_name: "READ_TOKEN".into(),
+            api_token_env: "CF_TOKEN".into(),
+            api_url: "https://api.cloudflare.com/client/v4".into(),
+            template: None,
+        }
+    );
+    for (change, key, says) in [
+        (
+            (
+                "account_id: 0123456789abcdef0123456789abcdef",
+                "account_id: my-account",
+            ),
+            ".account_id",
+            "not a Cloudflare account id",
+        ),
+        (
+            ("script: console-edge", "script: Console Edge"),
+            ".script",
+            "not a Worker name",
+        ),
+        (
+            ("secret_name: READ_TOKEN", "secret_name: read-token"),
+            ".secret_name",
+            "not a Worker secret name",
+        ),
+        (
+            ("api_token_env: CF_TOKEN", "api_token_env: CF_UNSET"),
+            "api_token_env",
+            "`CF_UNSET` is not set",
+        ),
+        (
+            (
+                "kind: cloudflare_worker_secret",
+                "kind: cloudflare_worker_secret, api_url: 'ftp://x'",
+            ),
+            ".api_url",
+            "not an http",
+        ),
+        (
+            ("script: console-edge, ", ""),
+            ".script",
+            "missing required key `script`",
+        ),
+    ] {
+        let p = bad(&format!("{{{}}}", CF.replace(change.0, change.1)));
+        assert!(p.contains(key) && p.contains(says), "{change:?}: {p}");
+    }
+    let p = bad_with(
+        &format!("{{{CF}}}"),
+        "{kind: postgres_role, admin_url_env: PG, role: app}",
+    );
+    assert!(
+        p.contains(".template") && p.contains("several fields"),
+        "{p}"
+    );
+}

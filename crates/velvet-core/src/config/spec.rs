@@ -228,6 +228,15 @@ pub enum ConsumerKind {
         api_url: String,
         template: Option<String>,
     },
+    CloudflareWorkerSecret {
+        account_id: String,
+        script: String,
+        secret_name: String,
+        api_token_env: String,
+        /// `https://api.cloudflare.com/client/v4` unless pointed elsewhere.
+        api_url: String,
+        template: Option<String>,
+    },
 }
 
 impl ConsumerKind {
@@ -238,13 +247,13 @@ impl ConsumerKind {
             Self::Webhook { .. } => "webhook",
             Self::VaultKv { .. } => "vault_kv",
             Self::HerokuConfigVar { .. } => "heroku_config_var",
+            Self::CloudflareWorkerSecret { .. } => "cloudflare_worker_secret",
         }
     }
 }
 
 /// Consumer kinds on the roadmap: named so the error says "not yet" rather than "unknown".
 pub(super) const LATER_CONSUMERS: &[&str] = &[
-    "cloudflare_worker_secret",
     "github_actions_secret",
     "k8s_secret",
     "infisical_secret",

@@ -1,0 +1,134 @@
+//! Decoding the consumers that write to a provider's API: each takes `api_url` (the public API
+//! unless pointed elsewhere), a credential by `*_env`, and checks its names the way the provider
+//! does, so a typo fails at load rather than at the provider.
+
+use super::consumers::{check_http_url, template_for};
+use super::decode::{Cx, Map};
+use super::spec::*;
+
+/// `api_url`, defaulting to the provider's public API, without a trailing `/`.
+fn api_url(cx: &mut Cx, c: &Map, default: &str) -> String {
+    let url = c.str(cx, "api_url").unwrap_or_else(|| default.into());
+    check_http_url(cx, c, "api_url", &url);
+    url.trim_end_matches('/').to_string()
+}
+
+/// Whether `v` is non-empty, at most `max` long, and every character passes `ok`; else names
+/// the key and what it must be.
+fn check_name(
+    cx: &mut Cx,
+    c: &Map,
+    key: &str,
+    v: &str,
+    max: usize,
+    ok: fn(char) -> bool,
+    what: &str,
+) -> bool {
+    let good = !v.is_empty() && v.len() <= max && v.chars().all(ok);
+    if !good {
+        cx.err(&c.path_of(key), c.span(), format!("`{v}` is not {what}"));
+    }
+    good
+}
+
+/// Heroku's keys are `^\w+$` and must not start with `__` or `HEROKU_` (its own).
+fn check_heroku_key(cx: &mut Cx, c: &Map, key: &str, k: &str) -> bool {
+    let ok = !k.is_empty()
+        && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        && !k.starts_with("__")
+        && !k.starts_with("HEROKU_");
+    if !ok {
+        cx.err(&c.path_of(key), c.span(), format!("`{k}` is not a Heroku config var name (letters, digits and _, not starting with __ or HEROKU_)"));
+    }
+    ok
+}
+
+pub(super) fn decode_heroku(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let app = c.req_str(cx, "app");
+    if let Some(a) = &app
+        && (a.is_empty()
+            || a.len() > 64
+            || !a
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'))
+    {
+        cx.err(
+            &c.path_of("app"),
+            c.span(),
+            format!("`{a}` is not a Heroku app name or id (lowercase letters, digits and -)"),
+        );
+    }
+    let key = c
+        .req_str(cx, "key")
+        .filter(|k| check_heroku_key(cx, c, "key", k));
+    let previous_key = c
+        .str(cx, "previous_key")
+        .filter(|k| check_heroku_key(cx, c, "previous_key", k));
+    if let (Some(k), Some(p)) = (&key, &previous_key)
+        && k == p
+    {
+        cx.err(
+            &c.path_of("previous_key"),
+            c.span(),
+            "must differ from `key`",
+        );
+    }
+    let api_key_env = c.env_name(cx, "api_key_env", true);
+    let api_url = api_url(cx, c, "https://api.heroku.com");
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::HerokuConfigVar {
+        app: app?,
+        key: key?,
+        previous_key,
+        api_key_env: api_key_env?,
+        api_url,
+        template,
+    })
+}
+
+pub(super) fn decode_cloudflare(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let account_id = c.req_str(cx, "account_id").filter(|a| {
+        check_name(
+            cx,
+            c,
+            "account_id",
+            a,
+            64,
+            |ch| ch.is_ascii_hexdigit(),
+            "a Cloudflare account id (the hex string in the dashboard's URL)",
+        )
+    });
+    let script = c.req_str(cx, "script").filter(|s| {
+        check_name(
+            cx,
+            c,
+            "script",
+            s,
+            63,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_',
+            "a Worker name (lowercase letters, digits, - and _)",
+        )
+    });
+    let secret_name = c.req_str(cx, "secret_name").filter(|s| {
+        check_name(
+            cx,
+            c,
+            "secret_name",
+            s,
+            256,
+            |ch| ch.is_ascii_alphanumeric() || ch == '_',
+            "a Worker secret name (letters, digits and _, as it is read from `env`)",
+        )
+    });
+    let api_token_env = c.env_name(cx, "api_token_env", true);
+    let api_url = api_url(cx, c, "https://api.cloudflare.com/client/v4");
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::CloudflareWorkerSecret {
+        account_id: account_id?,
+        script: script?,
+        secret_name: secret_name?,
+        api_token_env: api_token_env?,
+        api_url,
+        template,
+    })
+}
