@@ -5,6 +5,7 @@
 
 pub mod cloudflare;
 pub mod heroku;
+pub mod infisical;
 
 use std::net::SocketAddr;
 

@@ -8,6 +8,7 @@ mod cloudflare;
 mod exec;
 mod file;
 mod heroku;
+mod infisical;
 mod probe;
 mod vault;
 mod webhook;
@@ -16,6 +17,9 @@ pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};
 pub use exec::Exec;
 pub use file::File;
 pub use heroku::HerokuConfigVar;
+pub use infisical::{
+    Credential as InfisicalCredential, InfisicalSecret, Target as InfisicalTarget,
+};
 pub use probe::{PROBE_TIMEOUT, Probed};
 pub use vault::VaultKv;
 pub use webhook::{Webhook, signature as webhook_signature};
@@ -23,7 +27,7 @@ pub use webhook::{Webhook, signature as webhook_signature};
 use crate::{AdapterError, Delivery, Result};
 use async_trait::async_trait;
 use velvet_core::config::ConsumerSpec;
-use velvet_core::secret::SecretValue;
+use velvet_core::secret::{SecretString, SecretValue};
 use velvet_core::template::Template;
 use zeroize::Zeroizing;
 
@@ -98,7 +102,7 @@ pub fn build(
             probe_timeout = *timeout;
             Box::new(Webhook::new(
                 url.clone(),
-                velvet_core::secret::SecretString::new(need(signing_secret_env)?),
+                SecretString::new(need(signing_secret_env)?),
                 *timeout,
             ))
         }
@@ -111,7 +115,7 @@ pub fn build(
             previous_field,
         } => Box::new(VaultKv::new(
             address,
-            velvet_core::secret::SecretString::new(need(token_env)?),
+            SecretString::new(need(token_env)?),
             mount,
             path,
             field,
@@ -129,7 +133,7 @@ pub fn build(
             app,
             key,
             previous_key.clone(),
-            velvet_core::secret::SecretString::new(need(api_key_env)?),
+            SecretString::new(need(api_key_env)?),
             api_key_env,
             Renderer::new(template.as_deref())?,
         )),
@@ -147,10 +151,46 @@ pub fn build(
                 script,
                 secret_name,
             },
-            velvet_core::secret::SecretString::new(need(api_token_env)?),
+            SecretString::new(need(api_token_env)?),
             api_token_env,
             Renderer::new(template.as_deref())?,
         )),
+        K::InfisicalSecret {
+            project_id,
+            environment,
+            secret_path,
+            key,
+            auth,
+            api_url,
+            template,
+        } => {
+            use velvet_core::config::InfisicalAuth as A;
+            let credential = match auth {
+                A::Token { token_env } => InfisicalCredential::Token {
+                    token: SecretString::new(need(token_env)?),
+                    env: token_env.clone(),
+                },
+                A::UniversalAuth {
+                    client_id_env,
+                    client_secret_env,
+                } => InfisicalCredential::UniversalAuth {
+                    client_id: SecretString::new(need(client_id_env)?),
+                    client_secret: SecretString::new(need(client_secret_env)?),
+                    envs: (client_id_env.clone(), client_secret_env.clone()),
+                },
+            };
+            Box::new(InfisicalSecret::new(
+                api_url,
+                InfisicalTarget {
+                    project_id: project_id.clone(),
+                    environment: environment.clone(),
+                    secret_path: secret_path.clone(),
+                    key: key.clone(),
+                },
+                credential,
+                Renderer::new(template.as_deref())?,
+            ))
+        }
     };
     Ok(match &spec.verify_probe {
         Some(p) => Box::new(Probed::new(built, p, probe_timeout)?),

@@ -3,6 +3,7 @@
 mod cloudflare;
 mod consumers;
 mod heroku;
+mod infisical;
 mod mysql;
 mod probe;
 mod sources;

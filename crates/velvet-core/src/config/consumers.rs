@@ -2,7 +2,7 @@
 //! field and the fix.
 
 use super::decode::{Cx, Map, valid_name};
-use super::providers::{decode_cloudflare, decode_heroku};
+use super::providers::{decode_cloudflare, decode_heroku, decode_infisical};
 use super::spec::*;
 use crate::template::Template;
 use std::collections::HashSet;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// The consumer kinds this version builds, for error messages.
 const AVAILABLE: &str =
-    "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret";
+    "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret";
 
 pub(super) fn decode_consumers(
     cx: &mut Cx,
@@ -64,6 +64,17 @@ pub(super) fn decode_consumers(
                 "script",
                 "secret_name",
                 "api_token_env",
+                "api_url",
+                "template",
+            ],
+            Some("infisical_secret") => &[
+                "project_id",
+                "environment",
+                "secret_path",
+                "key",
+                "token_env",
+                "client_id_env",
+                "client_secret_env",
                 "api_url",
                 "template",
             ],
@@ -122,6 +133,7 @@ pub(super) fn decode_consumers(
             Some("vault_kv") => decode_vault(cx, &c),
             Some("heroku_config_var") => decode_heroku(cx, &c, fields),
             Some("cloudflare_worker_secret") => decode_cloudflare(cx, &c, fields),
+            Some("infisical_secret") => decode_infisical(cx, &c, fields),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {

@@ -174,3 +174,78 @@ fn cloudflare_worker_secret_takes_its_keys_and_names_what_is_wrong() {
         "{p}"
     );
 }
+
+const INF: &str = "name: inf, kind: infisical_secret, project_id: 6f1c2b3a-console, environment: prod, key: READ_TOKEN";
+
+#[test]
+fn infisical_secret_takes_a_token_or_universal_auth_and_names_what_is_wrong() {
+    assert_eq!(
+        consumer(&format!("{{{INF}, token_env: INFISICAL_TOKEN}}")).kind,
+        ConsumerKind::InfisicalSecret {
+            project_id: "6f1c2b3a-console".into(),
+            environment: "prod".into(),
+            secret_path: "/".into(),
+            key: "READ_TOKEN".into(),
+            auth: InfisicalAuth::Token {
+                token_env: "INFISICAL_TOKEN".into()
+            },
+            api_url: "https://us.infisical.com".into(),
+            template: None,
+        }
+    );
+    let ua = consumer(&format!(
+        "{{{INF}, secret_path: /console/read, client_id_env: INFISICAL_ID, client_secret_env: INFISICAL_SECRET, api_url: 'https://eu.infisical.com/'}}"
+    ));
+    assert!(
+        matches!(&ua.kind, ConsumerKind::InfisicalSecret { secret_path, auth: InfisicalAuth::UniversalAuth { client_id_env, .. }, api_url, .. }
+            if secret_path == "/console/read" && client_id_env == "INFISICAL_ID" && api_url == "https://eu.infisical.com"),
+        "{ua:?}"
+    );
+    for (text, key, says) in [
+        (format!("{{{INF}}}"), ".token_env", "missing credential"),
+        (
+            format!("{{{INF}, token_env: INFISICAL_TOKEN, client_id_env: INFISICAL_ID}}"),
+            ".token_env",
+            "not both",
+        ),
+        (
+            format!("{{{INF}, client_id_env: INFISICAL_ID}}"),
+            ".client_secret_env",
+            "missing required key",
+        ),
+        (
+            format!("{{{INF}, token_env: NOT_SET}}"),
+            "token_env",
+            "`NOT_SET` is not set",
+        ),
+        (
+            format!("{{{INF}, token_env: INFISICAL_TOKEN, secret_path: console}}"),
+            ".secret_path",
+            "not an Infisical folder path",
+        ),
+        (
+            format!("{{{INF}, token_env: INFISICAL_TOKEN, secret_path: /console/}}"),
+            ".secret_path",
+            "not an Infisical folder path",
+        ),
+        (
+            format!(
+                "{{{}, token_env: INFISICAL_TOKEN}}",
+                INF.replace("environment: prod", "environment: Prod Env")
+            ),
+            ".environment",
+            "environment slug",
+        ),
+        (
+            format!(
+                "{{{}, token_env: INFISICAL_TOKEN}}",
+                INF.replace("key: READ_TOKEN", "key: 'READ TOKEN'")
+            ),
+            ".key",
+            "not an Infisical secret key",
+        ),
+    ] {
+        let p = bad(&text);
+        assert!(p.contains(key) && p.contains(says), "{text}: {p}");
+    }
+}

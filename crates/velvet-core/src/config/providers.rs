@@ -132,3 +132,96 @@ pub(super) fn decode_cloudflare(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option
         template,
     })
 }
+
+/// Infisical's secret keys and folder names: letters, digits, `_`, `-` and `.`.
+fn infisical_char(ch: char) -> bool {
+    ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.'
+}
+
+pub(super) fn decode_infisical(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let project_id = c.req_str(cx, "project_id").filter(|p| {
+        check_name(
+            cx,
+            c,
+            "project_id",
+            p,
+            64,
+            |ch| ch.is_ascii_alphanumeric() || ch == '-',
+            "an Infisical project id (Project Settings → Project ID)",
+        )
+    });
+    let environment = c.req_str(cx, "environment").filter(|e| {
+        check_name(
+            cx,
+            c,
+            "environment",
+            e,
+            64,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_',
+            "an environment slug such as `prod` or `staging`",
+        )
+    });
+    let secret_path = c.str(cx, "secret_path").unwrap_or_else(|| "/".into());
+    let path_ok = secret_path == "/"
+        || (secret_path.starts_with('/')
+            && !secret_path.ends_with('/')
+            && secret_path[1..]
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg.chars().all(infisical_char)));
+    if !path_ok {
+        cx.err(
+            &c.path_of("secret_path"),
+            c.span(),
+            format!(
+                "`{secret_path}` is not an Infisical folder path such as `/` or `/console/read`"
+            ),
+        );
+    }
+    let key = c.req_str(cx, "key").filter(|k| {
+        check_name(
+            cx,
+            c,
+            "key",
+            k,
+            256,
+            infisical_char,
+            "an Infisical secret key (letters, digits, _, - and .)",
+        )
+    });
+    let has = |k: &str| c.get(k).is_some();
+    let auth = match (
+        has("token_env"),
+        has("client_id_env") || has("client_secret_env"),
+    ) {
+        (true, false) => c
+            .env_name(cx, "token_env", true)
+            .map(|token_env| InfisicalAuth::Token { token_env }),
+        (false, true) => {
+            let id = c.env_name(cx, "client_id_env", true);
+            let secret = c.env_name(cx, "client_secret_env", true);
+            Some(InfisicalAuth::UniversalAuth {
+                client_id_env: id?,
+                client_secret_env: secret?,
+            })
+        }
+        (true, true) => {
+            cx.err(&c.path_of("token_env"), c.span(), "give `token_env` or `client_id_env` + `client_secret_env` (universal auth), not both");
+            None
+        }
+        (false, false) => {
+            cx.err(&c.path_of("token_env"), c.span(), "missing credential: `token_env` (an access token), or `client_id_env` + `client_secret_env` (a machine identity's universal auth)");
+            None
+        }
+    };
+    let api_url = api_url(cx, c, "https://us.infisical.com");
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::InfisicalSecret {
+        project_id: project_id?,
+        environment: environment?,
+        secret_path,
+        key: key?,
+        auth: auth?,
+        api_url,
+        template,
+    })
+}

@@ -237,6 +237,30 @@ pub enum ConsumerKind {
         api_url: String,
         template: Option<String>,
     },
+    InfisicalSecret {
+        project_id: String,
+        environment: String,
+        /// A folder such as `/` or `/console/read`.
+        secret_path: String,
+        key: String,
+        auth: InfisicalAuth,
+        /// `https://us.infisical.com` unless pointed elsewhere (EU, self-hosted, tests).
+        api_url: String,
+        template: Option<String>,
+    },
+}
+
+/// How the Infisical consumer authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InfisicalAuth {
+    /// An access token in this variable.
+    Token { token_env: String },
+    /// A machine identity's universal-auth client id and secret, traded for an access token.
+    UniversalAuth {
+        client_id_env: String,
+        client_secret_env: String,
+    },
 }
 
 impl ConsumerKind {
@@ -248,17 +272,14 @@ impl ConsumerKind {
             Self::VaultKv { .. } => "vault_kv",
             Self::HerokuConfigVar { .. } => "heroku_config_var",
             Self::CloudflareWorkerSecret { .. } => "cloudflare_worker_secret",
+            Self::InfisicalSecret { .. } => "infisical_secret",
         }
     }
 }
 
 /// Consumer kinds on the roadmap: named so the error says "not yet" rather than "unknown".
-pub(super) const LATER_CONSUMERS: &[&str] = &[
-    "github_actions_secret",
-    "k8s_secret",
-    "infisical_secret",
-    "aws_secrets_manager",
-];
+pub(super) const LATER_CONSUMERS: &[&str] =
+    &["github_actions_secret", "k8s_secret", "aws_secrets_manager"];
 
 /// Roles of design §7, and those that hold `rotations.revoke`.
 pub const ROLES: &[&str] = &["viewer", "operator", "revoker", "auditor", "admin"];
