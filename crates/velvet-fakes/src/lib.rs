@@ -3,9 +3,11 @@
 //! headers, with switches to inject 429s, 5xx, slow answers and expired credentials. One place,
 //! shared by the adapter tests, the end-to-end tests and `velvet demo`.
 
+pub mod app;
 pub mod cloudflare;
 pub mod heroku;
 pub mod infisical;
+pub mod runbook;
 
 use std::net::SocketAddr;
 

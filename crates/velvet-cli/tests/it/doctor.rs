@@ -319,3 +319,77 @@ tokens:
     assert!(!out.all().contains("good-heroku-key") && !out.all().contains("expired-heroku-key"));
     assert_eq!(heroku.releases("console-prod"), 0, "doctor wrote");
 }
+
+#[test]
+fn doctor_checks_cloudflare_and_infisical_credentials_and_targets_without_writing() {
+    use velvet_fakes::runbook::{ACCOUNT, PROJECT, Runbook, SCRIPT};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rb = rt.block_on(Runbook::start("current-value"));
+    let w = Workdir::new();
+    let cf = |name: &str, script: &str, token_env: &str| {
+        format!(
+            "      - {{name: {name}, kind: cloudflare_worker_secret, account_id: {ACCOUNT}, script: {script}, secret_name: CONSOLE_READ_TOKEN, api_token_env: {token_env}, api_url: '{}'}}\n",
+            rb.cloudflare.url()
+        )
+    };
+    let inf = |name: &str, env: &str, secret_env: &str| {
+        format!(
+            "      - {{name: {name}, kind: infisical_secret, project_id: {PROJECT}, environment: {env}, secret_path: /console, key: CONSOLE_READ_TOKEN, client_id_env: INFISICAL_CLIENT_ID, client_secret_env: {secret_env}, api_url: '{}'}}\n",
+            rb.infisical.url()
+        )
+    };
+    w.write_config(&format!(
+        "tokens:\n  - name: api\n    source: {{kind: random}}\n    consumers:\n{}{}{}{}{}{}",
+        cf("cf-ok", SCRIPT, "CLOUDFLARE_API_TOKEN"),
+        cf("cf-expired", SCRIPT, "OLD_CF_TOKEN"),
+        cf("cf-missing", "console-gone", "CLOUDFLARE_API_TOKEN"),
+        inf("inf-ok", "prod", "INFISICAL_CLIENT_SECRET"),
+        inf("inf-wrong-secret", "prod", "OLD_INF_SECRET"),
+        inf("inf-missing", "production", "INFISICAL_CLIENT_SECRET"),
+    ));
+    let mut env = rb.env();
+    env.extend([
+        ("OLD_CF_TOKEN", "revoked-cf-token"),
+        ("OLD_INF_SECRET", "rotated-inf-secret"),
+    ]);
+    let out = w.run(&["doctor", "--output", "json"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let rows = results(&out);
+    let cf_check = "consumer cloudflare_worker_secret";
+    let inf_check = "consumer infisical_secret";
+    for (check, target, want, says) in [
+        (cf_check, "api/cf-ok", "ok", "console-edge"),
+        (cf_check, "api/cf-expired", "fail", "`OLD_CF_TOKEN`"),
+        (
+            cf_check,
+            "api/cf-missing",
+            "fail",
+            "no Worker `console-gone`",
+        ),
+        (inf_check, "api/inf-ok", "ok", "it exists"),
+        (
+            inf_check,
+            "api/inf-wrong-secret",
+            "fail",
+            "`OLD_INF_SECRET`",
+        ),
+        (
+            inf_check,
+            "api/inf-missing",
+            "fail",
+            "Environment with slug 'production'",
+        ),
+    ] {
+        let r = find(&rows, check, target);
+        assert!(r.starts_with(want) && r.contains(says), "{target}: {r}");
+    }
+    assert!(!out.all().contains("revoked-cf-token") && !out.all().contains("rotated-inf-secret"));
+    assert_eq!(rb.cloudflare.versions(ACCOUNT, SCRIPT), 1, "doctor wrote");
+    assert_eq!(
+        rb.infisical
+            .get(PROJECT, "prod", "/console", "CONSOLE_READ_TOKEN")
+            .unwrap()
+            .1,
+        1
+    );
+}

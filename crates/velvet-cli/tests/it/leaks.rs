@@ -63,6 +63,8 @@ fn no_value_of_any_source_or_consumer_leaks() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start(HEROKU_KEY));
     heroku.add_app("leak-app", &[("OTHER", "keep-me")]);
+    // Cloudflare's and Infisical's, as the runbook sets them up.
+    let rb = rt.block_on(velvet_fakes::runbook::Runbook::start("leak-initial"));
 
     let w = Workdir::new();
     w.write_config(&format!(
@@ -89,14 +91,21 @@ tokens:
       - {{name: cmd, kind: exec, command: [sh, -c, 'cat > {exec_out}']}}
       - {{name: envdump, kind: exec, command: [sh, -c, 'env > {env_out}']}}
       - {{name: heroku, kind: heroku_config_var, app: leak-app, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS, api_key_env: HEROKU_API_KEY, api_url: '{heroku_url}'}}
+      - {{name: cf, kind: cloudflare_worker_secret, account_id: {cf_account}, script: console-edge, secret_name: API_TOKEN, api_token_env: CLOUDFLARE_API_TOKEN, api_url: '{cf_url}'}}
+      - {{name: inf, kind: infisical_secret, project_id: {inf_project}, environment: prod, secret_path: /leak, key: API_TOKEN, client_id_env: INFISICAL_CLIENT_ID, client_secret_env: INFISICAL_CLIENT_SECRET, api_url: '{inf_url}'}}
 ",
         port = pg.port,
         bao = bao.address,
         exec_out = w.path("api.exec").display(),
         env_out = w.path("exec.env").display(),
         heroku_url = heroku.url(),
+        cf_account = velvet_fakes::runbook::ACCOUNT,
+        cf_url = rb.cloudflare.url(),
+        inf_project = velvet_fakes::runbook::PROJECT,
+        inf_url = rb.infisical.url(),
     ));
-    let env = [
+    let mut env = rb.env();
+    env.extend([
         ("VELVET_API_KEY", KEY),
         ("PG_ADMIN", pg.admin_url.as_str()),
         ("REDIS_ADMIN", redis_url.as_str()),
@@ -104,7 +113,7 @@ tokens:
         ("HOOK_SECRET", HOOK_SECRET),
         ("BAO_TOKEN", bao.token.as_str()),
         ("HEROKU_API_KEY", HEROKU_KEY),
-    ];
+    ]);
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
     let mut jobs = Vec::new();
@@ -225,6 +234,18 @@ tokens:
         bao.token.clone(),
         HEROKU_KEY.to_string(),
     ]);
+    secrets.extend(rb.env().iter().map(|(_, v)| v.to_string()));
+    assert_eq!(
+        rb.cloudflare
+            .secret(velvet_fakes::runbook::ACCOUNT, "console-edge", "API_TOKEN"),
+        Some(api.clone())
+    );
+    assert_eq!(
+        rb.infisical
+            .get(velvet_fakes::runbook::PROJECT, "prod", "/leak", "API_TOKEN")
+            .map(|x| x.0),
+        Some(api.clone())
+    );
     assert!(secrets.iter().all(|v| v.len() >= 16), "{secrets:?}");
     // The rotated credential logs in; the second rotation moved to the other role.
     let login = std::process::Command::new("psql")

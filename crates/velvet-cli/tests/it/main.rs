@@ -16,4 +16,5 @@ mod openapi;
 mod postgres;
 mod replicas;
 mod rotation;
+mod runbook;
 mod safety;

@@ -40,26 +40,6 @@ fn adopted(config: &str) -> Workdir {
     w
 }
 
-fn wait_job(s: &Server, job: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let (code, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(KEY), None);
-        if code == 200 && done(&j) {
-            return j;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "waited for {what}: {j}\n{}",
-            s.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn at(stage: &'static str, status: &'static str) -> impl Fn(&Value) -> bool {
-    move |j| j["stage"] == stage && j["status"] == status
-}
-
 fn env_file(w: &Workdir) -> String {
     std::fs::read_to_string(w.path("app.env")).unwrap_or_default()
 }
@@ -125,6 +105,7 @@ fn the_api_drives_a_staged_rotation_with_the_contract_shapes() {
 
     let j = wait_job(
         &s,
+        KEY,
         &job,
         "proceed_distribute",
         at("distribute", "awaiting_confirmation"),
@@ -160,6 +141,7 @@ fn the_api_drives_a_staged_rotation_with_the_contract_shapes() {
     assert_eq!((code, j["status"].as_str()), (200, Some("running")), "{j}");
     let j = wait_job(
         &s,
+        KEY,
         &job,
         "proceed_revoke",
         at("revoke", "awaiting_confirmation"),
@@ -176,7 +158,7 @@ fn the_api_drives_a_staged_rotation_with_the_contract_shapes() {
         "dual acceptance until revoke"
     );
     assert_eq!(stage("proceed_revoke").0, 200);
-    let j = wait_job(&s, &job, "succeeded", at("done", "succeeded"));
+    let j = wait_job(&s, KEY, &job, "succeeded", at("done", "succeeded"));
     responses.push(j.to_string());
     assert_eq!(
         env_file(&w),
@@ -295,7 +277,13 @@ fn a_crash_after_storing_the_value_resumes_with_that_value() {
         "no consumer saw the value"
     );
     let s = w.serve(&[], &env());
-    let j = wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+    let j = wait_job(
+        &s,
+        KEY,
+        &job,
+        "succeeded after restart",
+        at("done", "succeeded"),
+    );
     assert_eq!(
         j["new_version"], 2,
         "the stored version was used, not a second one"
@@ -324,7 +312,7 @@ fn kill_9_during_distribute_and_after_revoking_the_source_then_restart_finishes(
         let (_, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
         let job = body["job_id"].as_str().unwrap().to_string();
         if point == "during_distribute" {
-            wait_job(&s, &job, "distribute running", |j| {
+            wait_job(&s, KEY, &job, "distribute running", |j| {
                 j["stage"] == "distribute"
                     && j["consumers"]
                         .as_array()
@@ -337,7 +325,13 @@ fn kill_9_during_distribute_and_after_revoking_the_source_then_restart_finishes(
         s.wait(Duration::from_secs(30));
         *hook.delay_ms.lock().unwrap() = 0;
         let s = w.serve(&[], &env());
-        let j = wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+        let j = wait_job(
+            &s,
+            KEY,
+            &job,
+            "succeeded after restart",
+            at("done", "succeeded"),
+        );
         assert!(
             j["consumers"]
                 .as_array()
@@ -392,6 +386,7 @@ fn a_totp_gate_stops_a_revoke_by_a_caller_who_is_no_operator() {
     let job = body["job_id"].as_str().unwrap().to_string();
     wait_job(
         &s,
+        KEY,
         &job,
         "proceed_distribute",
         at("distribute", "awaiting_confirmation"),
@@ -413,6 +408,7 @@ fn a_totp_gate_stops_a_revoke_by_a_caller_who_is_no_operator() {
     assert_eq!(stage("proceed_distribute").0, 200);
     wait_job(
         &s,
+        KEY,
         &job,
         "proceed_revoke",
         at("revoke", "awaiting_confirmation"),
@@ -475,7 +471,7 @@ fn a_stop_drains_the_running_step_and_releases_its_lease() {
     let mut s = w.serve(&[], &env());
     let (_, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
     let job = body["job_id"].as_str().unwrap().to_string();
-    wait_job(&s, &job, "distribute running", |j| {
+    wait_job(&s, KEY, &job, "distribute running", |j| {
         j["stage"] == "distribute" && j["status"] == "running"
     });
     s.signal("TERM");
@@ -489,7 +485,13 @@ fn a_stop_drains_the_running_step_and_releases_its_lease() {
     *hook.delay_ms.lock().unwrap() = 0;
     let start = Instant::now();
     let s = w.serve(&[], &env());
-    wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+    wait_job(
+        &s,
+        KEY,
+        &job,
+        "succeeded after restart",
+        at("done", "succeeded"),
+    );
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "taken over at once, not after the lease: {:?}",
@@ -533,7 +535,13 @@ tokens:
         "the write landed before the crash"
     );
     let s = w.serve(&[], &env);
-    let j = wait_job(&s, &job, "succeeded after restart", at("done", "succeeded"));
+    let j = wait_job(
+        &s,
+        KEY,
+        &job,
+        "succeeded after restart",
+        at("done", "succeeded"),
+    );
     assert_eq!(j["consumers"][0]["status"], "verified", "{j}");
     assert_eq!(
         heroku.releases("crash-app"),

@@ -305,3 +305,31 @@ pub fn console_login(
         .send()
         .unwrap()
 }
+
+/// Polls the job with `key` until `done` holds (60 s at most, then fails with the server's log).
+pub fn wait_job(
+    s: &Server,
+    key: &str,
+    job: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (code, j) = s.call("GET", &format!("/api/v1/rotations/{job}"), Some(key), None);
+        if code == 200 && done(&j) {
+            return j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "waited for {what}: {j}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A job at `stage` with `status`.
+pub fn at(stage: &'static str, status: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |j| j["stage"] == stage && j["status"] == status
+}
