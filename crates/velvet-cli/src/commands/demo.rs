@@ -1,9 +1,9 @@
 //! `velvet demo`: the showcase, with nothing else to install. A throwaway directory holds a
-//! config with two tokens (one behind a TOTP revocation gate), the embedded SQLite store and a
-//! keyring; a built-in webhook receiver on loopback answers after an adjustable delay
-//! (`VELVET_DEMO_LATENCY`, default 300ms) so the console's live table visibly fills; a demo
-//! operator is enrolled and its password and TOTP secret printed. Ctrl-C stops it and removes
-//! the directory.
+//! config with three tokens (one behind a TOTP revocation gate, one the runbook of design §1),
+//! the embedded SQLite store and a keyring; a built-in webhook receiver and the Infisical, Heroku
+//! and Cloudflare fakes on loopback answer after an adjustable delay (`VELVET_DEMO_LATENCY`,
+//! default 300ms) so the console's live table visibly fills; a demo operator is enrolled and its
+//! password and TOTP secret printed. Ctrl-C stops it and removes the directory.
 
 use super::Context;
 use crate::exit::Failure;
@@ -13,13 +13,14 @@ use velvet_core::config::{Config, LoadOptions};
 use velvet_core::identity::Role;
 use velvet_core::keyring::version_aad;
 use velvet_core::secret::SecretValue;
+use velvet_fakes::runbook::Runbook;
 use velvet_server::ServeOptions;
 
 const SERVICES: &[&str] = &[
     "billing", "search", "mailer", "reports", "ledger", "gateway",
 ];
 
-fn config(hook: &str) -> String {
+fn config(hook: &str, runbook: &str) -> String {
     let hooks = |names: &[&str]| -> String {
         names
             .iter()
@@ -49,7 +50,7 @@ tokens:
     source: {{kind: random, bytes: 32, encoding: base64url}}
     consumers:
       - {{name: payments-env, kind: file, path: payments.env, format: dotenv, key: PAYMENTS_KEY}}
-{}revocation_gates:
+{}{runbook}revocation_gates:
   - name: production
     match: {{tags: [prod]}}
     require: {{totp: true, roles: [revoker, admin]}}
@@ -76,6 +77,16 @@ async fn receiver(delay: Duration) -> Result<String, Failure> {
     Ok(format!("http://{addr}/hook"))
 }
 
+/// The runbook's token from `examples/`, its consumers pointed at the fakes: the entries under
+/// the example's `tokens:`.
+fn runbook_tokens(rb: &Runbook) -> String {
+    let example = rb.config(velvet_fakes::runbook::EXAMPLE);
+    match example.split_once("\ntokens:\n") {
+        Some((_, tokens)) => tokens.to_string(),
+        None => String::new(),
+    }
+}
+
 fn random_hex(n: usize) -> Result<String, Failure> {
     let mut raw = vec![0u8; n];
     getrandom::fill(&mut raw).map_err(|e| Failure::failed(format!("no OS randomness: {e}")))?;
@@ -91,13 +102,25 @@ pub async fn run(_ctx: &Context) -> Result<(), Failure> {
     let dir = tempfile::Builder::new().prefix("velvet-demo-").tempdir()?;
     super::init::write_starter(dir.path(), false)?;
     let hook = receiver(delay).await?;
-    std::fs::write(dir.path().join("velvet.yaml"), config(&hook))?;
+    let runbook_value = random_hex(32)?;
+    let rb = Runbook::start(&runbook_value).await;
+    rb.heroku.set_delay(delay);
+    rb.cloudflare.set_delay(delay);
+    rb.infisical.set_delay(delay);
+    std::fs::write(
+        dir.path().join("velvet.yaml"),
+        config(&hook, &runbook_tokens(&rb)),
+    )?;
     let hook_secret = random_hex(24)?;
+    let fakes = rb.env();
     // Self-contained: only the listen address may come from the environment.
     let env = move |name: &str| match name {
         "VELVET_LISTEN" => std::env::var(name).ok(),
         "DEMO_HOOK_SECRET" => Some(hook_secret.clone()),
-        _ => None,
+        _ => fakes
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string()),
     };
     let env: velvet_server::EnvLookup = std::sync::Arc::new(env);
     let config = Config::load(
@@ -117,9 +140,14 @@ pub async fn run(_ctx: &Context) -> Result<(), Failure> {
     )
     .await?;
     let state = &prepared.state;
-    // A current value for each token, so a rotation has a previous one to retire.
-    for token in ["example-api-token", "payments-api-key"] {
-        let value = SecretValue::single(random_hex(32)?);
+    // A current value for each token, so a rotation has a previous one to retire; the
+    // runbook's is the one its fakes hold.
+    for (token, value) in [
+        ("example-api-token", random_hex(32)?),
+        ("payments-api-key", random_hex(32)?),
+        (velvet_fakes::runbook::TOKEN, runbook_value),
+    ] {
+        let value = SecretValue::single(value);
         let sealed = state
             .keyring
             .seal(&value, &version_aad(token, 1), Utc::now())?;
@@ -169,6 +197,12 @@ pub async fn run(_ctx: &Context) -> Result<(), Failure> {
         println!("    current code: velvet totp --secret {}", secret.expose());
         println!("  Rotate example-api-token to watch six webhooks answer after {delay:?} each;");
         println!("  payments-api-key asks for a TOTP code before it revokes.");
+        println!(
+            "  {} is the runbook of examples/: two Infisical environments, two Heroku",
+            velvet_fakes::runbook::TOKEN
+        );
+        println!("  apps and a Cloudflare Worker (local fakes), then the console probed: 200 for");
+        println!("  the new token, 401 for a wrong one.");
         println!("    API:       curl http://{addr}/api/v1/openapi.json");
         println!("  The CLI, from another terminal (a read-only token, then one that rotates):");
         println!("    export VELVET_ADDR=http://{addr}");
