@@ -3,14 +3,8 @@
 
 use crate::Row;
 use axum::routing::post;
-use chrono::Utc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use velvet_core::config::{Config, FlowType, LoadOptions};
-use velvet_core::rotation::{JobStatus, Stage};
-use velvet_engine::{Engine, EngineOptions};
-use velvet_store::{Dialect, NewJob};
-use velvet_testkit::Fixture;
+use std::time::Duration;
 
 const LATENCY: Duration = Duration::from_millis(50);
 const CONCURRENCY: usize = 64;
@@ -31,7 +25,6 @@ async fn receiver() -> String {
 
 /// Seconds from the job entering distribute to leaving it, for `n` consumers.
 async fn distribute_seconds(n: usize, base: &str) -> f64 {
-    let f = Fixture::new(Dialect::Sqlite).await;
     let mut yaml = format!(
         "engine: {{concurrency: {CONCURRENCY}}}\ntokens:\n  - name: fan\n    flow: emergency\n    source: {{kind: random}}\n    consumers:\n"
     );
@@ -40,69 +33,7 @@ async fn distribute_seconds(n: usize, base: &str) -> f64 {
             "      - {{name: c{i}, kind: webhook, url: '{base}/hook/{i}', signing_secret_env: S}}\n"
         ));
     }
-    let env = |_: &str| None;
-    let config = Config::parse(
-        &yaml,
-        &f.dir.path().join("v.yaml"),
-        LoadOptions {
-            env: &env,
-            check_env: false,
-        },
-    )
-    .unwrap();
-    f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
-    let mut opts = EngineOptions::for_this_process();
-    opts.poll_interval = Duration::from_millis(10);
-    opts.env = Arc::new(|_| Some("bench-secret".into()));
-    let engine = Engine::new(
-        f.store.clone(),
-        f.keyring.clone(),
-        velvet_core::config::live(config),
-        opts,
-    );
-    let (_stop, rx) = tokio::sync::watch::channel(false);
-    engine.start(rx);
-    let job = f
-        .store
-        .create_job(&NewJob {
-            token: "fan",
-            flow: FlowType::Emergency,
-            requested_by: "bench",
-            requested_role: Some(velvet_core::identity::Role::Admin),
-            reason: None,
-            idempotency: None,
-        })
-        .await
-        .unwrap();
-    engine.nudge();
-    let started = Instant::now();
-    loop {
-        let j = f.store.get_job(&job.job_id).await.unwrap().unwrap();
-        if j.state.stage == Stage::Done && j.state.status == JobStatus::Succeeded {
-            break;
-        }
-        assert!(j.state.status != JobStatus::Failed, "{:?}", j.error);
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "B1 did not finish"
-        );
-        // Polling a 10,000-consumer job is itself costly; the timing comes from events anyway.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // The job's own events say when distribute began and ended.
-    let events = f.store.job_events(&job.job_id, 0, 1_000_000).await.unwrap();
-    let jobs: Vec<_> = events.iter().filter(|e| e.event == "job").collect();
-    let begin = jobs
-        .iter()
-        .find(|e| e.data["stage"] == "distribute")
-        .expect("distribute began")
-        .at;
-    let end = jobs
-        .iter()
-        .find(|e| e.data["stage"] == "revoke")
-        .expect("distribute ended")
-        .at;
-    (end - begin).num_microseconds().unwrap() as f64 / 1e6
+    crate::job::distribute_seconds(&yaml, "fan", Arc::new(|_| Some("bench-secret".into()))).await
 }
 
 pub async fn run(n: usize) -> Vec<Row> {

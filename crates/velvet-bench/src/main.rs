@@ -8,6 +8,8 @@ mod b3_read;
 mod b4_sse;
 mod b5_audit;
 mod b6_mixed;
+mod b7_heroku;
+mod job;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +56,12 @@ enum Bench {
         reads_per_s: u64,
         #[arg(long, default_value_t = 40)]
         rotations_per_s: u64,
+    },
+    /// B7: N Heroku apps behind a 100-request bucket refilled at 10/s: zero 429s, within 1.1× of
+    /// the time the budget allows.
+    B7 {
+        #[arg(long, default_value_t = 200)]
+        apps: usize,
     },
 }
 
@@ -114,5 +122,6 @@ async fn main() {
             .await
             .iter()
             .for_each(Row::print),
+        Bench::B7 { apps } => b7_heroku::run(apps).await.iter().for_each(Row::print),
     }
 }

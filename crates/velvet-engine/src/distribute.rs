@@ -147,7 +147,7 @@ fn consumers_of(spec: &TokenSpec, engine: &Engine, job: &RotationJob) -> Vec<(St
         .map(|jc| {
             let built = match spec.consumers.iter().find(|c| c.name == jc.consumer) {
                 None => Err(format!("consumer `{}` is no longer declared", jc.consumer)),
-                Some(c) => consumer::build(c, &*engine.opts.env)
+                Some(c) => consumer::build_among(c, &spec.consumers, &*engine.opts.env)
                     .map(|built| {
                         let key = c
                             .lock_key

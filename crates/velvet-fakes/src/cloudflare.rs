@@ -186,7 +186,11 @@ impl Cloudflare {
 /// Adds `Ratelimit: "default";r=<left>;t=<secs to reset>` and its policy, as every answer has.
 fn with_limits(mut r: Response, s: &Inner) -> Response {
     let left = s.quota.saturating_sub(s.used);
-    let reset = s.window.saturating_sub(s.window_start.elapsed()).as_secs();
+    let reset = s
+        .window
+        .saturating_sub(s.window_start.elapsed())
+        .as_secs_f64()
+        .ceil() as u64;
     let h = r.headers_mut();
     let v = |t: String| HeaderValue::from_str(&t).expect("ASCII");
     h.insert("Ratelimit", v(format!("\"default\";r={left};t={reset}")));
@@ -259,7 +263,11 @@ async fn admit<'a>(
             971,
             "Please wait and consider throttling your request speed",
         );
-        let wait = s.window.saturating_sub(s.window_start.elapsed()).as_secs() + 1;
+        let wait = s
+            .window
+            .saturating_sub(s.window_start.elapsed())
+            .as_secs_f64()
+            .ceil() as u64;
         r.headers_mut()
             .insert("Retry-After", HeaderValue::from(wait));
         return Err(with_limits(r, &s));

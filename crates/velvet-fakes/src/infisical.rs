@@ -205,7 +205,11 @@ impl Infisical {
 }
 
 fn limited(mut r: Response, s: &Inner) -> Response {
-    let reset = s.window.saturating_sub(s.window_start.elapsed()).as_secs();
+    let reset = s
+        .window
+        .saturating_sub(s.window_start.elapsed())
+        .as_secs_f64()
+        .ceil() as u64;
     let h = r.headers_mut();
     h.insert("x-ratelimit-limit", HeaderValue::from(s.quota));
     h.insert(
@@ -256,7 +260,11 @@ async fn admit<'a>(
     }
     if s.used >= s.quota {
         s.rate_limited += 1;
-        let wait = s.window.saturating_sub(s.window_start.elapsed()).as_secs() + 1;
+        let wait = s
+            .window
+            .saturating_sub(s.window_start.elapsed())
+            .as_secs_f64()
+            .ceil() as u64;
         return Err(too_many(&s, wait));
     }
     s.used += 1;

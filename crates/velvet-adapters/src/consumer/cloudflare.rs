@@ -26,6 +26,8 @@ pub struct CloudflareWorkerSecret {
     api_token_env: String,
     render: Renderer,
     timeout: std::time::Duration,
+    /// The token's budget (1,200 per five minutes), shared by every consumer using the token.
+    budget: std::sync::Arc<crate::pace::Budget>,
 }
 
 impl std::fmt::Debug for CloudflareWorkerSecret {
@@ -54,8 +56,16 @@ impl CloudflareWorkerSecret {
         api_token_env: &str,
         render: Renderer,
     ) -> Self {
+        let api_url = api_url.trim_end_matches('/').to_string();
+        let budget = crate::pace::budget(
+            &format!(
+                "cloudflare:{api_url}:{}",
+                crate::pace::credential_id(api_token.expose())
+            ),
+            4.0,
+        );
         Self {
-            api_url: api_url.trim_end_matches('/').to_string(),
+            api_url,
             account_id: target.account_id.to_string(),
             script: target.script.to_string(),
             secret_name: target.secret_name.to_string(),
@@ -63,6 +73,7 @@ impl CloudflareWorkerSecret {
             api_token_env: api_token_env.to_string(),
             render,
             timeout: REQUEST_TIMEOUT,
+            budget,
         }
     }
 
@@ -85,12 +96,15 @@ impl CloudflareWorkerSecret {
 
     /// Sends, and turns Cloudflare's envelope into its `result` or an error that says what to do.
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<Value> {
+        let permit = self.budget.acquire().await;
         let resp = req
             .send()
             .await
             .map_err(|e| transport_error(&format!("Cloudflare {what}"), &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
+        let (left, reset) = ratelimit(&headers);
+        permit.window(left, reset);
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         // `errors: [{code, message}]`: Cloudflare's words, which never hold a value.
         let said = match body["errors"].as_array() {
@@ -187,6 +201,23 @@ impl CloudflareWorkerSecret {
         }
         Ok(())
     }
+}
+
+/// `Ratelimit: "default";r=<left>;t=<seconds to reset>` (Cloudflare's, since September 2025).
+fn ratelimit(headers: &reqwest::header::HeaderMap) -> (Option<u64>, Option<std::time::Duration>) {
+    let Some(v) = headers.get("ratelimit").and_then(|v| v.to_str().ok()) else {
+        return (None, None);
+    };
+    let param = |name: &str| {
+        v.split(';').find_map(|p| {
+            p.trim()
+                .strip_prefix(name)?
+                .strip_prefix('=')?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    (param("r"), param("t").map(std::time::Duration::from_secs))
 }
 
 #[async_trait]

@@ -1,8 +1,12 @@
 //! `heroku_config_var`: one config var of a Heroku app (and optionally the previous value under
 //! its own key). Every write makes a release and restarts the app, so a write happens only when
 //! the app does not already hold what this step wants: a step repeated after a crash makes no
-//! second release. A PATCH names only this consumer's keys (Heroku leaves the others alone, I7),
-//! and the new value is written before the old key is removed.
+//! second release. A PATCH names only the token's keys (Heroku leaves the others alone, I7), and
+//! the new value is written before the old key is removed.
+//!
+//! Since every PATCH restarts the app, the consumers of one token that write one app are merged:
+//! each knows its siblings' keys, and its apply, revoke and rollback write all of them in one
+//! PATCH, so the sibling that runs second finds nothing left to change (one release per step).
 
 use super::{Consumer, Renderer};
 use crate::http::{client, status_error, transport_error};
@@ -14,6 +18,8 @@ use velvet_core::secret::SecretString;
 use zeroize::Zeroizing;
 
 const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+/// Heroku refills an account's 4,500-request budget at about 75 a minute; answers refine it.
+const HEROKU_REFILL_PER_S: f64 = 75.0 / 60.0;
 /// How long one call may take before it counts as a (retryable) timeout.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -26,7 +32,11 @@ pub struct HerokuConfigVar {
     /// The variable the key came from, named in errors about it.
     api_key_env: String,
     render: Renderer,
+    /// The token's other consumers of this app (same API and key), written in the same PATCH.
+    siblings: Vec<Var>,
     timeout: std::time::Duration,
+    /// The key's account budget, shared by every consumer using the key.
+    budget: std::sync::Arc<crate::pace::Budget>,
 }
 
 impl std::fmt::Debug for HerokuConfigVar {
@@ -48,16 +58,32 @@ impl HerokuConfigVar {
         api_key_env: &str,
         render: Renderer,
     ) -> Self {
+        let api_url = api_url.trim_end_matches('/').to_string();
+        let budget = crate::pace::budget(
+            &format!(
+                "heroku:{api_url}:{}",
+                crate::pace::credential_id(api_key.expose())
+            ),
+            HEROKU_REFILL_PER_S,
+        );
         Self {
-            api_url: api_url.trim_end_matches('/').to_string(),
+            api_url,
             app: app.to_string(),
             key: key.to_string(),
             previous_key,
             api_key,
             api_key_env: api_key_env.to_string(),
             render,
+            siblings: vec![],
             timeout: REQUEST_TIMEOUT,
+            budget,
         }
+    }
+
+    /// The token's other consumers of this app, whose keys this one's writes include.
+    pub fn with_siblings(mut self, siblings: Vec<Var>) -> Self {
+        self.siblings = siblings;
+        self
     }
 
     /// Another per-call timeout than [`REQUEST_TIMEOUT`].
@@ -76,11 +102,17 @@ impl HerokuConfigVar {
 
     /// Sends, and turns Heroku's answer into the JSON body or an error that says what to do.
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<Value> {
+        let permit = self.budget.acquire().await;
         let resp = req
             .send()
             .await
             .map_err(|e| transport_error(&format!("Heroku {what}"), &e))?;
         let status = resp.status();
+        let remaining = resp
+            .headers()
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+        permit.bucket(remaining, status == StatusCode::TOO_MANY_REQUESTS);
         if status.is_success() {
             return resp.json().await.map_err(|_| {
                 AdapterError::retryable(format!("Heroku {what} answered a body that is not JSON"))
@@ -182,6 +214,14 @@ impl HerokuConfigVar {
     }
 }
 
+/// A config var one of the token's consumers of an app owns.
+#[derive(Debug, Clone)]
+pub struct Var {
+    pub key: String,
+    pub previous_key: Option<String>,
+    pub render: Renderer,
+}
+
 /// Whether `vars` holds `want` at `key` (`None`: the key is absent), compared in constant time.
 fn holds(vars: &Map<String, Value>, key: &str, want: Option<&str>) -> bool {
     match (vars.get(key).and_then(Value::as_str), want) {
@@ -191,14 +231,46 @@ fn holds(vars: &Map<String, Value>, key: &str, want: Option<&str>) -> bool {
     }
 }
 
+impl HerokuConfigVar {
+    /// This consumer's var and its siblings': (key, previous key, text of the new value, text
+    /// of the previous). A sibling whose template cannot render is left to its own consumer,
+    /// which reports it.
+    #[allow(clippy::type_complexity)]
+    fn texts(
+        &self,
+        d: &Delivery<'_>,
+    ) -> Result<
+        Vec<(
+            String,
+            Option<String>,
+            Zeroizing<String>,
+            Option<Zeroizing<String>>,
+        )>,
+    > {
+        let one = |key: &str, pk: &Option<String>, r: &Renderer| -> Result<_> {
+            let prev = d.previous.map(|p| r.render(p)).transpose()?;
+            Ok((key.to_string(), pk.clone(), r.render(d.new)?, prev))
+        };
+        let mut out = vec![one(&self.key, &self.previous_key, &self.render)?];
+        out.extend(
+            self.siblings
+                .iter()
+                .filter_map(|v| one(&v.key, &v.previous_key, &v.render).ok()),
+        );
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Consumer for HerokuConfigVar {
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
-        let new = self.text(d.new)?;
-        let prev = d.previous.map(|p| self.text(p)).transpose()?;
-        let mut want = vec![(self.key.as_str(), Some(new.as_str()))];
-        if let (Some(pk), Some(p)) = (&self.previous_key, &prev) {
-            want.push((pk.as_str(), Some(p.as_str())));
+        let texts = self.texts(d)?;
+        let mut want = vec![];
+        for (k, pk, new, prev) in &texts {
+            want.push((k.as_str(), Some(new.as_str())));
+            if let (Some(pk), Some(p)) = (pk, prev) {
+                want.push((pk.as_str(), Some(p.as_str())));
+            }
         }
         self.write(&want).await
     }
@@ -220,17 +292,24 @@ impl Consumer for HerokuConfigVar {
     }
 
     async fn revoke_previous(&self, _: &Delivery<'_>) -> Result<()> {
-        match &self.previous_key {
-            Some(pk) => self.write(&[(pk.as_str(), None)]).await,
-            None => Ok(()),
+        let previous = std::iter::once(&self.previous_key)
+            .chain(self.siblings.iter().map(|v| &v.previous_key))
+            .flatten();
+        let want: Vec<_> = previous.map(|pk| (pk.as_str(), None)).collect();
+        if want.is_empty() {
+            return Ok(());
         }
+        self.write(&want).await
     }
 
     async fn rollback(&self, d: &Delivery<'_>) -> Result<()> {
-        let prev = d.previous.map(|p| self.text(p)).transpose()?;
-        let mut want = vec![(self.key.as_str(), prev.as_deref().map(|s| s.as_str()))];
-        if let Some(pk) = &self.previous_key {
-            want.push((pk.as_str(), None));
+        let texts = self.texts(d)?;
+        let mut want = vec![];
+        for (k, pk, _, prev) in &texts {
+            want.push((k.as_str(), prev.as_deref().map(|s| s.as_str())));
+            if let Some(pk) = pk {
+                want.push((pk.as_str(), None));
+            }
         }
         self.write(&want).await
     }

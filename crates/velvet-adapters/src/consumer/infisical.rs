@@ -58,6 +58,8 @@ pub struct InfisicalSecret {
     access: Mutex<Option<SecretString>>,
     render: Renderer,
     timeout: std::time::Duration,
+    /// The host's budget (Infisical Cloud limits per IP), shared by every consumer of the host.
+    budget: std::sync::Arc<crate::pace::Budget>,
 }
 
 impl std::fmt::Debug for InfisicalSecret {
@@ -87,13 +89,16 @@ impl InfisicalSecret {
             Credential::Token { token, .. } => Some(token.clone()),
             Credential::UniversalAuth { .. } => None,
         };
+        let api_url = api_url.trim_end_matches('/').to_string();
+        let budget = crate::pace::budget(&format!("infisical:{api_url}"), 1.0);
         Self {
-            api_url: api_url.trim_end_matches('/').to_string(),
+            api_url,
             target,
             credential,
             access: Mutex::new(access),
             render,
             timeout: REQUEST_TIMEOUT,
+            budget,
         }
     }
 
@@ -114,6 +119,7 @@ impl InfisicalSecret {
     /// Sends one request and reads Infisical's answer: the JSON body, or `(status, error, message,
     /// headers)` of a refusal.
     async fn call(&self, what: &str, req: reqwest::RequestBuilder) -> Result<Answer> {
+        let permit = self.budget.acquire().await;
         let resp = req
             .timeout(self.timeout)
             .send()
@@ -121,6 +127,12 @@ impl InfisicalSecret {
             .map_err(|e| transport_error(&format!("Infisical {what}"), &e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
+        // `x-ratelimit-remaining` and `x-ratelimit-reset` (seconds), @fastify/rate-limit's.
+        let num = |k: &str| headers.get(k)?.to_str().ok()?.trim().parse::<u64>().ok();
+        permit.window(
+            num("x-ratelimit-remaining"),
+            num("x-ratelimit-reset").map(std::time::Duration::from_secs),
+        );
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(Answer::Ok(body));

@@ -16,7 +16,7 @@ mod webhook;
 pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};
 pub use exec::Exec;
 pub use file::File;
-pub use heroku::HerokuConfigVar;
+pub use heroku::{HerokuConfigVar, Var as HerokuVar};
 pub use infisical::{
     Credential as InfisicalCredential, InfisicalSecret, Target as InfisicalTarget,
 };
@@ -53,9 +53,20 @@ pub trait Consumer: Send + Sync + std::fmt::Debug {
     async fn probe(&self) -> Result<String>;
 }
 
-/// Builds the consumer a token declares; `fields` are the fields of the source's values.
+/// Builds the consumer a token declares, on its own.
 pub fn build(
     spec: &ConsumerSpec,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Consumer>> {
+    build_among(spec, &[], env)
+}
+
+/// Builds the consumer `spec` of a token whose consumers are `all`: consumers that write one
+/// resource in one request (Heroku config vars of one app) learn their siblings' keys, so each
+/// step makes one write there.
+pub fn build_among(
+    spec: &ConsumerSpec,
+    all: &[ConsumerSpec],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Box<dyn Consumer>> {
     use velvet_core::config::ConsumerKind as K;
@@ -128,15 +139,18 @@ pub fn build(
             api_key_env,
             api_url,
             template,
-        } => Box::new(HerokuConfigVar::new(
-            api_url,
-            app,
-            key,
-            previous_key.clone(),
-            SecretString::new(need(api_key_env)?),
-            api_key_env,
-            Renderer::new(template.as_deref())?,
-        )),
+        } => Box::new(
+            HerokuConfigVar::new(
+                api_url,
+                app,
+                key,
+                previous_key.clone(),
+                SecretString::new(need(api_key_env)?),
+                api_key_env,
+                Renderer::new(template.as_deref())?,
+            )
+            .with_siblings(heroku_siblings(spec, all)),
+        ),
         K::CloudflareWorkerSecret {
             account_id,
             script,
@@ -196,6 +210,38 @@ pub fn build(
         Some(p) => Box::new(Probed::new(built, p, probe_timeout)?),
         None => built,
     })
+}
+
+/// The token's other `heroku_config_var` consumers of the same app, API and key as `spec`.
+fn heroku_siblings(spec: &ConsumerSpec, all: &[ConsumerSpec]) -> Vec<HerokuVar> {
+    use velvet_core::config::ConsumerKind as K;
+    let K::HerokuConfigVar {
+        app,
+        api_key_env,
+        api_url,
+        ..
+    } = &spec.kind
+    else {
+        return vec![];
+    };
+    all.iter()
+        .filter(|c| c.name != spec.name)
+        .filter_map(|c| match &c.kind {
+            K::HerokuConfigVar {
+                app: a,
+                api_key_env: e,
+                api_url: u,
+                key,
+                previous_key,
+                template,
+            } if a == app && e == api_key_env && u == api_url => Some(HerokuVar {
+                key: key.clone(),
+                previous_key: previous_key.clone(),
+                render: Renderer::new(template.as_deref()).ok()?,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The text of a value for consumers without a template: the single `value` field, else the

@@ -190,13 +190,19 @@ async fn rate_limits_and_outages_are_retryable_and_a_retry_succeeds() {
     c.apply(&d).await.unwrap();
     assert_eq!(fake.releases("console-prod"), 1);
 
-    // An empty budget answers 429 with RateLimit-Remaining: 0, retryable.
-    fake.set_budget(1, 0.0);
-    let e = c.verify(&d).await;
-    assert!(e.is_ok(), "{e:?}");
-    let e = c.verify(&d).await.unwrap_err();
-    assert!(e.is_retryable() && e.to_string().contains("429"), "{e}");
-    assert_eq!(fake.requests().1, 1);
+    // A small budget (4, refilled at 5 a second): Velvet slows down before it is empty, by
+    // `RateLimit-Remaining`, and never takes a 429.
+    fake.set_budget(4, 5.0);
+    let start = Instant::now();
+    for _ in 0..8 {
+        c.verify(&d).await.unwrap();
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(fake.requests().1, 0, "no 429 for an empty budget");
 
     // A provider that does not answer in time is retryable too (a 1 s timeout here).
     fake.set_budget(100, 10.0);
@@ -218,4 +224,94 @@ async fn rate_limits_and_outages_are_retryable_and_a_retry_succeeds() {
         "{e}"
     );
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+/// Two consumers of one token on one app: each step makes one PATCH (one release, one restart),
+/// whichever sibling runs first; other apps' consumers are not merged in.
+#[tokio::test]
+async fn consumers_of_one_app_are_merged_into_one_patch_per_step() {
+    let fake = Heroku::start(KEY).await;
+    fake.add_app("console-prod", &[("OTHER", "keep-me")]);
+    fake.add_app("console-staging", &[]);
+    let spec =
+        |name: &str, app: &str, key: &str, previous_key: Option<&str>, template: Option<&str>| {
+            ConsumerSpec {
+                name: name.into(),
+                lock_key: None,
+                verify_probe: None,
+                kind: ConsumerKind::HerokuConfigVar {
+                    app: app.into(),
+                    key: key.into(),
+                    previous_key: previous_key.map(str::to_string),
+                    api_key_env: "HEROKU_API_KEY".into(),
+                    api_url: fake.url(),
+                    template: template.map(str::to_string),
+                },
+            }
+        };
+    let all = [
+        spec(
+            "token",
+            "console-prod",
+            "API_TOKEN",
+            Some("API_TOKEN_PREVIOUS"),
+            None,
+        ),
+        spec(
+            "header",
+            "console-prod",
+            "API_AUTH_HEADER",
+            None,
+            Some("Bearer {{value}}"),
+        ),
+        spec("staging", "console-staging", "API_TOKEN", None, None),
+    ];
+    let env = |n: &str| (n == "HEROKU_API_KEY").then(|| KEY.to_string());
+    let built: Vec<_> = all
+        .iter()
+        .map(|s| consumer::build_among(s, &all, &env).unwrap())
+        .collect();
+    let (old, new) = (
+        SecretValue::single("old".into()),
+        SecretValue::single("new-from-velvet".into()),
+    );
+    let d = delivery(&new, Some(&old));
+    // The second consumer runs first this time.
+    for c in [&built[1], &built[0]] {
+        c.apply(&d).await.unwrap();
+    }
+    assert_eq!(fake.releases("console-prod"), 1, "one PATCH for both keys");
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[
+            ("API_AUTH_HEADER", "Bearer new-from-velvet"),
+            ("API_TOKEN", "new-from-velvet"),
+            ("API_TOKEN_PREVIOUS", "old"),
+            ("OTHER", "keep-me")
+        ])
+    );
+    assert!(
+        fake.vars("console-staging").is_empty(),
+        "another app is not merged in"
+    );
+    for c in &built[..2] {
+        c.verify(&d).await.unwrap();
+    }
+    for c in &built[..2] {
+        c.revoke_previous(&d).await.unwrap();
+    }
+    assert_eq!(fake.releases("console-prod"), 2);
+    assert!(!fake.vars("console-prod").contains_key("API_TOKEN_PREVIOUS"));
+    for c in &built[..2] {
+        c.rollback(&d).await.unwrap();
+    }
+    assert_eq!(fake.releases("console-prod"), 3, "one PATCH restores both");
+    assert_eq!(
+        fake.vars("console-prod"),
+        vars(&[
+            ("API_AUTH_HEADER", "Bearer old"),
+            ("API_TOKEN", "old"),
+            ("OTHER", "keep-me")
+        ])
+    );
 }
