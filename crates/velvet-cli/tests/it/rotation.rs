@@ -500,8 +500,8 @@ fn a_stop_drains_the_running_step_and_releases_its_lease() {
 }
 
 /// #12: the process dies (abort at the crash point) between a Heroku write and its verify and is
-/// restarted: the step is repeated, but the
-/// app already holds the value, so the job makes one release (one app restart), not two.
+/// restarted: the step is repeated, but the app already holds the value, so the job makes one
+/// release (one app restart), not two; and its two consumers of the app share that one PATCH.
 #[test]
 fn a_crash_between_a_heroku_write_and_its_verify_makes_one_release() {
     const HEROKU_KEY: &str = "heroku-key-for-the-crash-test";
@@ -517,9 +517,10 @@ tokens:
   - name: api
     source: {{kind: random}}
     consumers:
-      - {{name: heroku, kind: heroku_config_var, app: crash-app, key: API_TOKEN, api_key_env: HEROKU_API_KEY, api_url: '{}'}}
+      - {{name: heroku, kind: heroku_config_var, app: crash-app, key: API_TOKEN, api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
+      - {{name: header, kind: heroku_config_var, app: crash-app, key: API_AUTH_HEADER, template: 'Bearer {{{{value}}}}', api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
 ",
-        heroku.url()
+        url = heroku.url()
     ));
     let env = vec![("VELVET_API_KEY", KEY), ("HEROKU_API_KEY", HEROKU_KEY)];
     let mut crashing = env.clone();
@@ -542,13 +543,24 @@ tokens:
         "succeeded after restart",
         at("done", "succeeded"),
     );
-    assert_eq!(j["consumers"][0]["status"], "verified", "{j}");
+    assert!(
+        j["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "verified"),
+        "{j}"
+    );
     assert_eq!(
         heroku.releases("crash-app"),
         1,
-        "the repeated step wrote nothing"
+        "the repeated step and the second consumer wrote nothing"
     );
     let vars = heroku.vars("crash-app");
     assert_eq!(vars["OTHER"], "kept");
     assert_eq!(vars["API_TOKEN"].len(), 64, "a 32-byte hex value: {vars:?}");
+    assert_eq!(
+        vars["API_AUTH_HEADER"],
+        format!("Bearer {}", vars["API_TOKEN"])
+    );
 }
