@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cloudflare;
+pub mod github;
 pub mod heroku;
 pub mod infisical;
 pub mod runbook;

@@ -7,6 +7,7 @@
 mod cloudflare;
 mod exec;
 mod file;
+mod github;
 mod heroku;
 mod infisical;
 mod probe;
@@ -16,6 +17,7 @@ mod webhook;
 pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};
 pub use exec::Exec;
 pub use file::File;
+pub use github::GithubActionsSecret;
 pub use heroku::{HerokuConfigVar, Var as HerokuVar};
 pub use infisical::{
     Credential as InfisicalCredential, InfisicalSecret, Target as InfisicalTarget,
@@ -167,6 +169,20 @@ pub fn build_among(
             },
             SecretString::new(need(api_token_env)?),
             api_token_env,
+            Renderer::new(template.as_deref())?,
+        )),
+        K::GithubActionsSecret {
+            scope,
+            secret_name,
+            token_env,
+            api_url,
+            template,
+        } => Box::new(GithubActionsSecret::new(
+            api_url,
+            scope.clone(),
+            secret_name,
+            SecretString::new(need(token_env)?),
+            token_env,
             Renderer::new(template.as_deref())?,
         )),
         K::InfisicalSecret {

@@ -2,6 +2,7 @@
 
 mod cloudflare;
 mod consumers;
+mod github;
 mod heroku;
 mod infisical;
 mod mysql;

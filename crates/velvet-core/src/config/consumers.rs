@@ -2,7 +2,7 @@
 //! field and the fix.
 
 use super::decode::{Cx, Map, valid_name};
-use super::providers::{decode_cloudflare, decode_heroku, decode_infisical};
+use super::providers::{decode_cloudflare, decode_github, decode_heroku, decode_infisical};
 use super::spec::*;
 use crate::template::Template;
 use std::collections::HashSet;
@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The consumer kinds this version builds, for error messages.
-const AVAILABLE: &str =
-    "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret";
+const AVAILABLE: &str = "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret, github_actions_secret";
 
 pub(super) fn decode_consumers(
     cx: &mut Cx,
@@ -78,6 +77,16 @@ pub(super) fn decode_consumers(
                 "api_url",
                 "template",
             ],
+            Some("github_actions_secret") => &[
+                "repository",
+                "environment",
+                "organization",
+                "visibility",
+                "secret_name",
+                "token_env",
+                "api_url",
+                "template",
+            ],
             Some(k) if LATER_CONSUMERS.contains(&k) => {
                 cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: {AVAILABLE}"));
                 continue;
@@ -134,6 +143,7 @@ pub(super) fn decode_consumers(
             Some("heroku_config_var") => decode_heroku(cx, &c, fields),
             Some("cloudflare_worker_secret") => decode_cloudflare(cx, &c, fields),
             Some("infisical_secret") => decode_infisical(cx, &c, fields),
+            Some("github_actions_secret") => decode_github(cx, &c, fields),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {

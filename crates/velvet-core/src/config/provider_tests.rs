@@ -10,6 +10,7 @@ const ENV: &[(&str, &str)] = &[
     ("INFISICAL_ID", "id"),
     ("INFISICAL_SECRET", "s"),
     ("HEROKU_API_KEY", "k"),
+    ("GH_TOKEN", "g"),
     ("PG", "postgres://x"),
 ];
 
@@ -243,6 +244,87 @@ fn infisical_secret_takes_a_token_or_universal_auth_and_names_what_is_wrong() {
             ),
             ".key",
             "not an Infisical secret key",
+        ),
+    ] {
+        let p = bad(&text);
+        assert!(p.contains(key) && p.contains(says), "{text}: {p}");
+    }
+}
+
+const GH: &str =
+    "name: gh, kind: github_actions_secret, secret_name: READ_TOKEN, token_env: GH_TOKEN";
+
+#[test]
+fn github_actions_secret_takes_a_repository_environment_or_organisation() {
+    let c = consumer(&format!("{{{GH}, repository: acme/console}}"));
+    assert_eq!(
+        c.kind,
+        ConsumerKind::GithubActionsSecret {
+            scope: GithubScope::Repository {
+                repository: "acme/console".into(),
+                environment: None
+            },
+            secret_name: "READ_TOKEN".into(),
+            token_env: "GH_TOKEN".into(),
+            api_url: "https://api.github.com".into(),
+            template: None,
+        }
+    );
+    let env = consumer(&format!(
+        "{{{GH}, repository: acme/console, environment: production}}"
+    ));
+    assert!(
+        matches!(&env.kind, ConsumerKind::GithubActionsSecret { scope, .. }
+        if scope.secrets_path() == "/repos/acme/console/environments/production/secrets")
+    );
+    let org = consumer(&format!("{{{GH}, organization: acme}}"));
+    assert!(
+        matches!(&org.kind, ConsumerKind::GithubActionsSecret { scope: GithubScope::Organization { visibility, .. }, .. }
+        if visibility == "private"),
+        "visibility defaults to private"
+    );
+    for (text, key, says) in [
+        (format!("{{{GH}}}"), ".repository", "missing `repository`"),
+        (
+            format!("{{{GH}, repository: acme/console, organization: acme}}"),
+            ".repository",
+            "not both",
+        ),
+        (
+            format!("{{{GH}, repository: acme}}"),
+            ".repository",
+            "owner/name",
+        ),
+        (
+            format!("{{{GH}, organization: acme, visibility: public}}"),
+            ".visibility",
+            "not one of all, private, selected",
+        ),
+        (
+            format!("{{{GH}, organization: acme, environment: prod}}"),
+            ".environment",
+            "belongs to a repository",
+        ),
+        (
+            format!("{{{GH}, repository: acme/console, visibility: all}}"),
+            ".visibility",
+            "organisation's secret",
+        ),
+        (
+            format!(
+                "{{{}, repository: acme/console}}",
+                GH.replace("READ_TOKEN", "GITHUB_TOKEN")
+            ),
+            ".secret_name",
+            "not a GitHub secret name",
+        ),
+        (
+            format!(
+                "{{{}, repository: acme/console}}",
+                GH.replace("READ_TOKEN", "1TOKEN")
+            ),
+            ".secret_name",
+            "not a GitHub secret name",
         ),
     ] {
         let p = bad(&text);

@@ -225,3 +225,116 @@ pub(super) fn decode_infisical(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<
         template,
     })
 }
+
+/// GitHub's owner and repository names: letters, digits, `-`, `_` and `.`.
+fn github_char(ch: char) -> bool {
+    ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.'
+}
+
+pub(super) fn decode_github(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let scope = match (
+        c.get("repository").is_some(),
+        c.get("organization").is_some(),
+    ) {
+        (true, false) => {
+            let repository = c.req_str(cx, "repository").filter(|r| {
+                let ok = matches!(r.split_once('/'), Some((o, n)) if !o.is_empty() && !n.is_empty() && o.chars().all(github_char) && n.chars().all(github_char));
+                if !ok {
+                    cx.err(&c.path_of("repository"), c.span(), format!("`{r}` is not a repository as `owner/name`"));
+                }
+                ok
+            });
+            let environment = c.str(cx, "environment").filter(|e| {
+                check_name(
+                    cx,
+                    c,
+                    "environment",
+                    e,
+                    255,
+                    |ch| ch != '/' && !ch.is_control(),
+                    "a GitHub environment name",
+                )
+            });
+            if c.get("visibility").is_some() {
+                cx.err(
+                    &c.path_of("visibility"),
+                    c.span(),
+                    "`visibility` is for an organisation's secret; a repository's has none",
+                );
+            }
+            repository.map(|repository| GithubScope::Repository {
+                repository,
+                environment,
+            })
+        }
+        (false, true) => {
+            let organization = c.req_str(cx, "organization").filter(|o| {
+                check_name(
+                    cx,
+                    c,
+                    "organization",
+                    o,
+                    39,
+                    github_char,
+                    "a GitHub organisation name",
+                )
+            });
+            let visibility = c.str(cx, "visibility").unwrap_or_else(|| "private".into());
+            if !["all", "private", "selected"].contains(&visibility.as_str()) {
+                cx.err(
+                    &c.path_of("visibility"),
+                    c.span(),
+                    format!("`{visibility}` is not one of all, private, selected"),
+                );
+            }
+            if c.get("environment").is_some() {
+                cx.err(
+                    &c.path_of("environment"),
+                    c.span(),
+                    "an environment belongs to a repository: give `repository` with it",
+                );
+            }
+            organization.map(|organization| GithubScope::Organization {
+                organization,
+                visibility,
+            })
+        }
+        (true, true) => {
+            cx.err(
+                &c.path_of("repository"),
+                c.span(),
+                "give `repository` or `organization`, not both",
+            );
+            None
+        }
+        (false, false) => {
+            cx.err(
+                &c.path_of("repository"),
+                c.span(),
+                "missing `repository` (owner/name) or `organization`: where the secret lives",
+            );
+            None
+        }
+    };
+    let secret_name = c.req_str(cx, "secret_name").filter(|s| {
+        let ok = !s.is_empty()
+            && s.len() <= 255
+            && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            && !s.starts_with(|ch: char| ch.is_ascii_digit())
+            && !s.to_ascii_uppercase().starts_with("GITHUB_");
+        if !ok {
+            cx.err(&c.path_of("secret_name"), c.span(), format!("`{s}` is not a GitHub secret name (letters, digits and _, not starting with a digit or GITHUB_)"));
+        }
+        ok
+    });
+    let token_env = c.env_name(cx, "token_env", true);
+    let api_url = api_url(cx, c, "https://api.github.com");
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::GithubActionsSecret {
+        scope: scope?,
+        secret_name: secret_name?,
+        token_env: token_env?,
+        api_url,
+        template,
+    })
+}

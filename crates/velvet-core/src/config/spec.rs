@@ -248,6 +248,57 @@ pub enum ConsumerKind {
         api_url: String,
         template: Option<String>,
     },
+    GithubActionsSecret {
+        scope: GithubScope,
+        secret_name: String,
+        token_env: String,
+        /// `https://api.github.com` unless pointed elsewhere (GitHub Enterprise Server, tests).
+        api_url: String,
+        template: Option<String>,
+    },
+}
+
+/// Where a GitHub Actions secret lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GithubScope {
+    /// A repository's secret (`owner/name`), or one of its environment's.
+    Repository {
+        repository: String,
+        environment: Option<String>,
+    },
+    /// An organisation's secret, seen by `all`, `private` or `selected` repositories.
+    Organization {
+        organization: String,
+        visibility: String,
+    },
+}
+
+impl GithubScope {
+    /// The API path under which its secrets live, e.g. `/repos/o/r/actions/secrets`.
+    pub fn secrets_path(&self) -> String {
+        match self {
+            Self::Repository {
+                repository,
+                environment: None,
+            } => format!("/repos/{repository}/actions/secrets"),
+            Self::Repository {
+                repository,
+                environment: Some(env),
+            } => format!("/repos/{repository}/environments/{env}/secrets"),
+            Self::Organization { organization, .. } => {
+                format!("/orgs/{organization}/actions/secrets")
+            }
+        }
+    }
+
+    /// The repository or organisation: the lock key's resource.
+    pub fn owner(&self) -> &str {
+        match self {
+            Self::Repository { repository, .. } => repository,
+            Self::Organization { organization, .. } => organization,
+        }
+    }
 }
 
 /// How the Infisical consumer authenticates.
@@ -273,6 +324,7 @@ impl ConsumerKind {
             Self::HerokuConfigVar { .. } => "heroku_config_var",
             Self::CloudflareWorkerSecret { .. } => "cloudflare_worker_secret",
             Self::InfisicalSecret { .. } => "infisical_secret",
+            Self::GithubActionsSecret { .. } => "github_actions_secret",
         }
     }
 }
