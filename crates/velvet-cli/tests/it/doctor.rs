@@ -321,10 +321,20 @@ tokens:
 }
 
 #[test]
-fn doctor_checks_cloudflare_and_infisical_credentials_and_targets_without_writing() {
+fn doctor_checks_cloudflare_infisical_and_github_credentials_and_targets_without_writing() {
     use velvet_fakes::runbook::{ACCOUNT, PROJECT, Runbook, SCRIPT};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rb = rt.block_on(Runbook::start("current-value"));
+    let github = rt.block_on(velvet_fakes::github::GitHub::start(
+        "github-token-for-doctor",
+    ));
+    github.add_repo("acme/console");
+    let gh = |name: &str, repo: &str, token_env: &str| {
+        format!(
+            "      - {{name: {name}, kind: github_actions_secret, repository: {repo}, secret_name: CONSOLE_READ_TOKEN, token_env: {token_env}, api_url: '{}'}}\n",
+            github.url()
+        )
+    };
     let w = Workdir::new();
     let cf = |name: &str, script: &str, token_env: &str| {
         format!(
@@ -339,24 +349,29 @@ fn doctor_checks_cloudflare_and_infisical_credentials_and_targets_without_writin
         )
     };
     w.write_config(&format!(
-        "tokens:\n  - name: api\n    source: {{kind: random}}\n    consumers:\n{}{}{}{}{}{}",
+        "tokens:\n  - name: api\n    source: {{kind: random}}\n    consumers:\n{}{}{}{}{}{}{}{}{}",
         cf("cf-ok", SCRIPT, "CLOUDFLARE_API_TOKEN"),
         cf("cf-expired", SCRIPT, "OLD_CF_TOKEN"),
         cf("cf-missing", "console-gone", "CLOUDFLARE_API_TOKEN"),
         inf("inf-ok", "prod", "INFISICAL_CLIENT_SECRET"),
         inf("inf-wrong-secret", "prod", "OLD_INF_SECRET"),
         inf("inf-missing", "production", "INFISICAL_CLIENT_SECRET"),
+        gh("gh-ok", "acme/console", "GH_TOKEN"),
+        gh("gh-expired", "acme/console", "OLD_CF_TOKEN"),
+        gh("gh-missing", "acme/gone", "GH_TOKEN"),
     ));
     let mut env = rb.env();
     env.extend([
         ("OLD_CF_TOKEN", "revoked-cf-token"),
         ("OLD_INF_SECRET", "rotated-inf-secret"),
+        ("GH_TOKEN", "github-token-for-doctor"),
     ]);
     let out = w.run(&["doctor", "--output", "json"], &env, None);
     assert_eq!(out.code, 1, "{}", out.all());
     let rows = results(&out);
     let cf_check = "consumer cloudflare_worker_secret";
     let inf_check = "consumer infisical_secret";
+    let gh_check = "consumer github_actions_secret";
     for (check, target, want, says) in [
         (cf_check, "api/cf-ok", "ok", "console-edge"),
         (cf_check, "api/cf-expired", "fail", "`OLD_CF_TOKEN`"),
@@ -384,6 +399,11 @@ fn doctor_checks_cloudflare_and_infisical_credentials_and_targets_without_writin
         assert!(r.starts_with(want) && r.contains(says), "{target}: {r}");
     }
     assert!(!out.all().contains("revoked-cf-token") && !out.all().contains("rotated-inf-secret"));
+    assert!(!out.all().contains("github-token-for-doctor"));
+    assert!(
+        github.repo_secrets("acme/console").is_empty(),
+        "doctor wrote"
+    );
     assert_eq!(rb.cloudflare.versions(ACCOUNT, SCRIPT), 1, "doctor wrote");
     assert_eq!(
         rb.infisical

@@ -65,6 +65,9 @@ fn no_value_of_any_source_or_consumer_leaks() {
     heroku.add_app("leak-app", &[("OTHER", "keep-me")]);
     // Cloudflare's and Infisical's, as the runbook sets them up.
     let rb = rt.block_on(velvet_fakes::runbook::Runbook::start("leak-initial"));
+    const GITHUB_TOKEN: &str = "github_pat_for_the_leak_test_0123456789";
+    let github = rt.block_on(velvet_fakes::github::GitHub::start(GITHUB_TOKEN));
+    github.add_repo("acme/leak");
 
     let w = Workdir::new();
     w.write_config(&format!(
@@ -93,6 +96,7 @@ tokens:
       - {{name: heroku, kind: heroku_config_var, app: leak-app, key: API_TOKEN, previous_key: API_TOKEN_PREVIOUS, api_key_env: HEROKU_API_KEY, api_url: '{heroku_url}'}}
       - {{name: cf, kind: cloudflare_worker_secret, account_id: {cf_account}, script: console-edge, secret_name: API_TOKEN, api_token_env: CLOUDFLARE_API_TOKEN, api_url: '{cf_url}'}}
       - {{name: inf, kind: infisical_secret, project_id: {inf_project}, environment: prod, secret_path: /leak, key: API_TOKEN, client_id_env: INFISICAL_CLIENT_ID, client_secret_env: INFISICAL_CLIENT_SECRET, api_url: '{inf_url}'}}
+      - {{name: gh, kind: github_actions_secret, repository: acme/leak, secret_name: API_TOKEN, token_env: GITHUB_TOKEN_FOR_VELVET, api_url: '{gh_url}'}}
 ",
         port = pg.port,
         bao = bao.address,
@@ -103,6 +107,7 @@ tokens:
         cf_url = rb.cloudflare.url(),
         inf_project = velvet_fakes::runbook::PROJECT,
         inf_url = rb.infisical.url(),
+        gh_url = github.url(),
     ));
     let mut env = rb.env();
     env.extend([
@@ -113,6 +118,7 @@ tokens:
         ("HOOK_SECRET", HOOK_SECRET),
         ("BAO_TOKEN", bao.token.as_str()),
         ("HEROKU_API_KEY", HEROKU_KEY),
+        ("GITHUB_TOKEN_FOR_VELVET", GITHUB_TOKEN),
     ]);
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
@@ -235,6 +241,14 @@ tokens:
         HEROKU_KEY.to_string(),
     ]);
     secrets.extend(rb.env().iter().map(|(_, v)| v.to_string()));
+    secrets.push(GITHUB_TOKEN.to_string());
+    assert_eq!(
+        github
+            .repo_secrets("acme/leak")
+            .get("API_TOKEN")
+            .map(|s| s.value.clone()),
+        Some(api.clone())
+    );
     assert_eq!(
         rb.cloudflare
             .secret(velvet_fakes::runbook::ACCOUNT, "console-edge", "API_TOKEN"),
