@@ -394,6 +394,9 @@ fn doctor_checks_cloudflare_infisical_and_github_credentials_and_targets_without
             "fail",
             "Environment with slug 'production'",
         ),
+        (gh_check, "api/gh-ok", "ok", "will be created"),
+        (gh_check, "api/gh-expired", "fail", "`OLD_CF_TOKEN`"),
+        (gh_check, "api/gh-missing", "fail", "repository `acme/gone`"),
     ] {
         let r = find(&rows, check, target);
         assert!(r.starts_with(want) && r.contains(says), "{target}: {r}");
