@@ -83,6 +83,28 @@ pub fn status_error(what: &str, status: StatusCode, headers: &HeaderMap) -> Adap
     }
 }
 
+/// [`status_error`] with the provider's own words (its error message and code, which never hold
+/// a value) added.
+pub fn status_error_saying(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    said: &str,
+) -> AdapterError {
+    match status_error(what, status, headers) {
+        AdapterError::Retryable {
+            message,
+            retry_after,
+        } => AdapterError::Retryable {
+            message: format!("{message}: {said}"),
+            retry_after,
+        },
+        AdapterError::Permanent { message } => {
+            AdapterError::permanent(format!("{message}: {said}"))
+        }
+    }
+}
+
 /// Transport failures (refused, reset, timed out) are retryable. The URL is not echoed: it
 /// could carry a credential in its query.
 pub fn transport_error(what: &str, e: &reqwest::Error) -> AdapterError {

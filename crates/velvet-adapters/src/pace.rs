@@ -92,10 +92,12 @@ pub fn budget(key: &str, refill: f64) -> Arc<Budget> {
         .clone()
 }
 
-/// A short, one-way name for a credential, for budget keys (never the credential itself).
-pub fn credential_id(secret: &str) -> String {
+/// The budget of `credential` at `provider`'s `api_url`, keyed by a one-way hash of the
+/// credential (never the credential itself).
+pub fn budget_for(provider: &str, api_url: &str, credential: &str, refill: f64) -> Arc<Budget> {
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(secret.as_bytes())[..8])
+    let id = hex::encode(&sha2::Sha256::digest(credential.as_bytes())[..8]);
+    budget(&format!("{provider}:{api_url}:{id}"), refill)
 }
 
 impl Budget {

@@ -6,7 +6,7 @@
 //! failure.
 
 use super::{Consumer, Renderer};
-use crate::http::{client, status_error, transport_error};
+use crate::http::{client, status_error_saying, transport_error};
 use crate::{AdapterError, Delivery, Result};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
@@ -57,13 +57,8 @@ impl CloudflareWorkerSecret {
         render: Renderer,
     ) -> Self {
         let api_url = api_url.trim_end_matches('/').to_string();
-        let budget = crate::pace::budget(
-            &format!(
-                "cloudflare:{api_url}:{}",
-                crate::pace::credential_id(api_token.expose())
-            ),
-            4.0,
-        );
+        // 1,200 requests per five minutes, reported as a window.
+        let budget = crate::pace::budget_for("cloudflare", &api_url, api_token.expose(), 4.0);
         Self {
             api_url,
             account_id: target.account_id.to_string(),
@@ -142,18 +137,7 @@ impl CloudflareWorkerSecret {
                 "Cloudflare has no Worker `{script}` in account `{account}` (404: {said}); check \
                  `script` and `account_id`, or deploy the Worker first"
             )),
-            s => match status_error(&format!("Cloudflare {what}"), s, &headers) {
-                AdapterError::Retryable {
-                    message,
-                    retry_after,
-                } => AdapterError::Retryable {
-                    message: format!("{message}: {said}"),
-                    retry_after,
-                },
-                AdapterError::Permanent { message } => {
-                    AdapterError::permanent(format!("{message}: {said}"))
-                }
-            },
+            s => status_error_saying(&format!("Cloudflare {what}"), s, &headers, &said),
         })
     }
 

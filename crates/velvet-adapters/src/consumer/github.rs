@@ -5,7 +5,7 @@
 //! the write GitHub answered, and `verify.probe` proves the value works.
 
 use super::{Consumer, Renderer};
-use crate::http::{client, status_error, transport_error};
+use crate::http::{client, status_error_saying, transport_error};
 use crate::{AdapterError, Delivery, Result};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -63,13 +63,7 @@ impl GithubActionsSecret {
         render: Renderer,
     ) -> Self {
         let api_url = api_url.trim_end_matches('/').to_string();
-        let budget = crate::pace::budget(
-            &format!(
-                "github:{api_url}:{}",
-                crate::pace::credential_id(token.expose())
-            ),
-            1.0,
-        );
+        let budget = crate::pace::budget_for("github", &api_url, token.expose(), 1.0);
         Self {
             api_url,
             scope,
@@ -172,18 +166,7 @@ impl GithubActionsSecret {
                 self.target(),
                 self.token_env
             )),
-            s => match status_error(&format!("GitHub {what}"), s, &headers) {
-                AdapterError::Retryable {
-                    message,
-                    retry_after,
-                } => AdapterError::Retryable {
-                    message: format!("{message}: {said}"),
-                    retry_after,
-                },
-                AdapterError::Permanent { message } => {
-                    AdapterError::permanent(format!("{message}: {said}"))
-                }
-            },
+            s => status_error_saying(&format!("GitHub {what}"), s, &headers, &said),
         })
     }
 

@@ -9,7 +9,7 @@
 //! PATCH, so the sibling that runs second finds nothing left to change (one release per step).
 
 use super::{Consumer, Renderer};
-use crate::http::{client, status_error, transport_error};
+use crate::http::{client, status_error_saying, transport_error};
 use crate::{AdapterError, Delivery, Result, same_secret};
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -59,13 +59,8 @@ impl HerokuConfigVar {
         render: Renderer,
     ) -> Self {
         let api_url = api_url.trim_end_matches('/').to_string();
-        let budget = crate::pace::budget(
-            &format!(
-                "heroku:{api_url}:{}",
-                crate::pace::credential_id(api_key.expose())
-            ),
-            HEROKU_REFILL_PER_S,
-        );
+        let budget =
+            crate::pace::budget_for("heroku", &api_url, api_key.expose(), HEROKU_REFILL_PER_S);
         Self {
             api_url,
             app: app.to_string(),
@@ -143,18 +138,7 @@ impl HerokuConfigVar {
             )),
             // The shared rules: 429 and 5xx retryable after `Retry-After`, a redirect named and
             // refused, other 4xx permanent; Heroku's own words added.
-            s => match status_error(&format!("Heroku {what}"), s, &headers) {
-                AdapterError::Retryable {
-                    message,
-                    retry_after,
-                } => AdapterError::Retryable {
-                    message: format!("{message}: {said}"),
-                    retry_after,
-                },
-                AdapterError::Permanent { message } => {
-                    AdapterError::permanent(format!("{message}: {said}"))
-                }
-            },
+            s => status_error_saying(&format!("Heroku {what}"), s, &headers, &said),
         })
     }
 

@@ -5,7 +5,7 @@
 //! `{"approval": …}` answer) is a failure: the new value is not there.
 
 use super::{Consumer, Renderer};
-use crate::http::{client, status_error, transport_error};
+use crate::http::{client, status_error_saying, transport_error};
 use crate::{AdapterError, Delivery, Result, same_secret};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
@@ -208,6 +208,8 @@ impl InfisicalSecret {
         ))
     }
 
+    /// The shared classification with Infisical's message, and its "Please try again in N
+    /// seconds" when no header says when.
     fn other(
         &self,
         what: &str,
@@ -215,21 +217,19 @@ impl InfisicalSecret {
         headers: &reqwest::header::HeaderMap,
         message: &str,
     ) -> AdapterError {
-        match status_error(what, s, headers) {
+        match status_error_saying(what, s, headers, message) {
             AdapterError::Retryable {
                 message: m,
-                retry_after,
+                retry_after: None,
             } => AdapterError::Retryable {
-                message: format!("{m}: {message}"),
-                // "Please try again in N seconds" when no header says so.
-                retry_after: retry_after.or_else(|| {
-                    let n = message.split("try again in ").nth(1)?.split(' ').next()?;
-                    Some(std::time::Duration::from_secs(n.parse().ok()?))
-                }),
+                retry_after: message
+                    .split("try again in ")
+                    .nth(1)
+                    .and_then(|n| n.split(' ').next()?.parse().ok())
+                    .map(std::time::Duration::from_secs),
+                message: m,
             },
-            AdapterError::Permanent { message: m } => {
-                AdapterError::permanent(format!("{m}: {message}"))
-            }
+            e => e,
         }
     }
 

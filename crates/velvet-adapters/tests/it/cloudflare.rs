@@ -1,9 +1,10 @@
 //! The `cloudflare_worker_secret` consumer against the Cloudflare fake (real paths, bearer token,
 //! the `{success, errors, result}` envelope, `Ratelimit` headers, a Worker version per write).
 
+use crate::delivery;
 use std::time::{Duration, Instant};
+use velvet_adapters::AdapterError;
 use velvet_adapters::consumer::{self, CloudflareTarget, Consumer};
-use velvet_adapters::{AdapterError, Delivery};
 use velvet_core::config::{ConsumerKind, ConsumerSpec};
 use velvet_core::secret::{SecretString, SecretValue};
 use velvet_fakes::cloudflare::{Cloudflare, Fault};
@@ -30,19 +31,6 @@ fn worker(fake: &Cloudflare, script: &str, api_token: &str) -> Box<dyn Consumer>
         (n == "CF_API_TOKEN").then(|| api_token.clone())
     })
     .unwrap()
-}
-
-fn delivery<'a>(new: &'a SecretValue, old: Option<&'a SecretValue>) -> Delivery<'a> {
-    Delivery {
-        token: "t",
-        job_id: "rot_1",
-        version: 2,
-        new,
-        new_fingerprint: "fp-new",
-        previous: old,
-        previous_version: old.map(|_| 1),
-        previous_fingerprint: old.map(|_| "fp-old"),
-    }
 }
 
 fn map(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {

@@ -2,9 +2,10 @@
 //! boxes the fake opens, 201/204, `{message, documentation_url, status}` errors, primary and
 //! secondary rate limits), with PyNaCl opening a sealed box to prove the encryption.
 
+use crate::delivery;
 use std::time::{Duration, Instant};
+use velvet_adapters::AdapterError;
 use velvet_adapters::consumer::{self, Consumer};
-use velvet_adapters::{AdapterError, Delivery};
 use velvet_core::config::{ConsumerKind, ConsumerSpec, GithubScope};
 use velvet_core::secret::{SecretString, SecretValue};
 use velvet_fakes::github::{Fault, GitHub};
@@ -36,19 +37,6 @@ fn github(fake: &GitHub, scope: GithubScope, token: &str) -> Box<dyn Consumer> {
         (n == "GITHUB_TOKEN_FOR_VELVET").then(|| token.clone())
     })
     .unwrap()
-}
-
-fn delivery<'a>(new: &'a SecretValue, old: Option<&'a SecretValue>) -> Delivery<'a> {
-    Delivery {
-        token: "t",
-        job_id: "rot_1",
-        version: 2,
-        new,
-        new_fingerprint: "fp-new",
-        previous: old,
-        previous_version: old.map(|_| 1),
-        previous_fingerprint: old.map(|_| "fp-old"),
-    }
 }
 
 fn value(

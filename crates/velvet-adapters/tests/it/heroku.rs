@@ -1,9 +1,10 @@
 //! The `heroku_config_var` consumer against the Heroku fake (real paths, Accept header, bearer
 //! key, error envelopes, `RateLimit-Remaining`, a release per write).
 
+use crate::delivery;
 use std::time::{Duration, Instant};
+use velvet_adapters::AdapterError;
 use velvet_adapters::consumer::{self, Consumer};
-use velvet_adapters::{AdapterError, Delivery};
 use velvet_core::config::{ConsumerKind, ConsumerSpec};
 use velvet_core::secret::SecretValue;
 use velvet_fakes::heroku::Heroku;
@@ -34,19 +35,6 @@ fn heroku(
         (n == "HEROKU_API_KEY").then(|| api_key.clone())
     })
     .unwrap()
-}
-
-fn delivery<'a>(new: &'a SecretValue, old: Option<&'a SecretValue>) -> Delivery<'a> {
-    Delivery {
-        token: "t",
-        job_id: "rot_1",
-        version: 2,
-        new,
-        new_fingerprint: "fp-new",
-        previous: old,
-        previous_version: old.map(|_| 1),
-        previous_fingerprint: old.map(|_| "fp-old"),
-    }
 }
 
 fn vars(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {

@@ -1,9 +1,10 @@
 //! The `infisical_secret` consumer against the Infisical fake (v4 paths, bearer tokens, universal
 //! auth, `{reqId, statusCode, message, error}` errors, trimming, change policies, rate limits).
 
+use crate::delivery;
 use std::time::{Duration, Instant};
+use velvet_adapters::AdapterError;
 use velvet_adapters::consumer::{self, Consumer};
-use velvet_adapters::{AdapterError, Delivery};
 use velvet_core::config::{ConsumerKind, ConsumerSpec, InfisicalAuth};
 use velvet_core::secret::SecretValue;
 use velvet_fakes::infisical::Infisical;
@@ -56,19 +57,6 @@ fn infisical(fake: &Infisical, env: &str, path: &str) -> Box<dyn Consumer> {
         &spec(fake, env, path, token_auth(), None),
         &[("INFISICAL_TOKEN", TOKEN)],
     )
-}
-
-fn delivery<'a>(new: &'a SecretValue, old: Option<&'a SecretValue>) -> Delivery<'a> {
-    Delivery {
-        token: "t",
-        job_id: "rot_1",
-        version: 2,
-        new,
-        new_fingerprint: "fp-new",
-        previous: old,
-        previous_version: old.map(|_| 1),
-        previous_fingerprint: old.map(|_| "fp-old"),
-    }
 }
 
 async fn fake() -> Infisical {
