@@ -8,6 +8,7 @@ pub mod cloudflare;
 pub mod github;
 pub mod heroku;
 pub mod infisical;
+pub mod kubernetes;
 pub mod runbook;
 
 use std::net::SocketAddr;

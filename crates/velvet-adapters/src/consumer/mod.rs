@@ -10,6 +10,7 @@ mod file;
 mod github;
 mod heroku;
 mod infisical;
+mod k8s;
 mod probe;
 mod vault;
 mod webhook;
@@ -22,6 +23,7 @@ pub use heroku::{HerokuConfigVar, Var as HerokuVar};
 pub use infisical::{
     Credential as InfisicalCredential, InfisicalSecret, Target as InfisicalTarget,
 };
+pub use k8s::{K8sSecret, Target as K8sTarget};
 pub use probe::{PROBE_TIMEOUT, Probed};
 pub use vault::VaultKv;
 pub use webhook::{Webhook, signature as webhook_signature};
@@ -185,6 +187,34 @@ pub fn build_among(
             token_env,
             Renderer::new(template.as_deref())?,
         )),
+        K::K8sSecret {
+            namespace,
+            secret,
+            key,
+            token_env,
+            ca_file,
+            restart,
+            rollout_timeout,
+            api_url,
+            template,
+        } => {
+            let (token, from, ca) =
+                k8s_credentials(token_env.as_deref(), ca_file.as_deref(), &need)?;
+            Box::new(K8sSecret::new(
+                api_url,
+                K8sTarget {
+                    namespace: namespace.clone(),
+                    secret: secret.clone(),
+                    key: key.clone(),
+                    restart: restart.clone(),
+                    rollout_timeout: *rollout_timeout,
+                },
+                token,
+                &from,
+                ca.as_deref(),
+                Renderer::new(template.as_deref())?,
+            )?)
+        }
         K::InfisicalSecret {
             project_id,
             environment,
@@ -226,6 +256,42 @@ pub fn build_among(
         Some(p) => Box::new(Probed::new(built, p, probe_timeout)?),
         None => built,
     })
+}
+
+/// A pod's service account, where `k8s_secret` finds its credential without `token_env`.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The Kubernetes token (and where it came from, for errors) and the CA to trust.
+fn k8s_credentials(
+    token_env: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    need: &dyn Fn(&str) -> Result<String>,
+) -> Result<(SecretString, String, Option<Vec<u8>>)> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| AdapterError::permanent(format!("cannot read {}: {e}", p.display())))
+    };
+    let sa = std::path::Path::new(SERVICE_ACCOUNT);
+    let (token, from) = match token_env {
+        Some(env) => (need(env)?, format!("`{env}`")),
+        None => {
+            let t = read(&sa.join("token")).map_err(|e| {
+                AdapterError::permanent(format!(
+                    "no `token_env` and no service account token ({e}): set `token_env`, or run \
+                     Velvet in a pod with a service account"
+                ))
+            })?;
+            let t = String::from_utf8(t)
+                .map_err(|_| AdapterError::permanent("the service account token is not text"))?;
+            (t.trim().to_string(), "the pod's service account".into())
+        }
+    };
+    let ca = match ca_file {
+        Some(p) => Some(read(p)?),
+        None if token_env.is_none() => read(&sa.join("ca.crt")).ok(),
+        None => None,
+    };
+    Ok((SecretString::new(token), from, ca))
 }
 
 /// The token's other `heroku_config_var` consumers of the same app, API and key as `spec`.

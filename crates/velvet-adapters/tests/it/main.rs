@@ -5,6 +5,7 @@ mod consumers;
 mod github;
 mod heroku;
 mod infisical;
+mod k8s;
 mod mysql;
 mod probe;
 mod sources;

@@ -68,6 +68,12 @@ fn no_value_of_any_source_or_consumer_leaks() {
     const GITHUB_TOKEN: &str = "github_pat_for_the_leak_test_0123456789";
     let github = rt.block_on(velvet_fakes::github::GitHub::start(GITHUB_TOKEN));
     github.add_repo("acme/leak");
+    const K8S_TOKEN: &str = "k8s-token-for-the-leak-test-0123456789";
+    let k8s = rt.block_on(velvet_fakes::kubernetes::Kubernetes::start(
+        K8S_TOKEN,
+        std::time::Duration::from_millis(50),
+    ));
+    k8s.add_workload("deployments", "leak", "web", 1);
 
     let w = Workdir::new();
     w.write_config(&format!(
@@ -97,6 +103,7 @@ tokens:
       - {{name: cf, kind: cloudflare_worker_secret, account_id: {cf_account}, script: console-edge, secret_name: API_TOKEN, api_token_env: CLOUDFLARE_API_TOKEN, api_url: '{cf_url}'}}
       - {{name: inf, kind: infisical_secret, project_id: {inf_project}, environment: prod, secret_path: /leak, key: API_TOKEN, client_id_env: INFISICAL_CLIENT_ID, client_secret_env: INFISICAL_CLIENT_SECRET, api_url: '{inf_url}'}}
       - {{name: gh, kind: github_actions_secret, repository: acme/leak, secret_name: API_TOKEN, token_env: GITHUB_TOKEN_FOR_VELVET, api_url: '{gh_url}'}}
+      - {{name: k8s, kind: k8s_secret, namespace: leak, secret: api, key: API_TOKEN, token_env: K8S_TOKEN, restart: [{{kind: Deployment, name: web}}], api_url: '{k8s_url}'}}
 ",
         port = pg.port,
         bao = bao.address,
@@ -108,6 +115,7 @@ tokens:
         inf_project = velvet_fakes::runbook::PROJECT,
         inf_url = rb.infisical.url(),
         gh_url = github.url(),
+        k8s_url = k8s.url(),
     ));
     let mut env = rb.env();
     env.extend([
@@ -119,6 +127,7 @@ tokens:
         ("BAO_TOKEN", bao.token.as_str()),
         ("HEROKU_API_KEY", HEROKU_KEY),
         ("GITHUB_TOKEN_FOR_VELVET", GITHUB_TOKEN),
+        ("K8S_TOKEN", K8S_TOKEN),
     ]);
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
@@ -241,7 +250,12 @@ tokens:
         HEROKU_KEY.to_string(),
     ]);
     secrets.extend(rb.env().iter().map(|(_, v)| v.to_string()));
-    secrets.push(GITHUB_TOKEN.to_string());
+    secrets.extend([GITHUB_TOKEN.to_string(), K8S_TOKEN.to_string()]);
+    assert_eq!(
+        k8s.secret("leak", "api")
+            .and_then(|s| s.get("API_TOKEN").cloned()),
+        Some(api.clone())
+    );
     assert_eq!(
         github
             .repo_secrets("acme/leak")

@@ -2,7 +2,9 @@
 //! field and the fix.
 
 use super::decode::{Cx, Map, valid_name};
-use super::providers::{decode_cloudflare, decode_github, decode_heroku, decode_infisical};
+use super::providers::{
+    decode_cloudflare, decode_github, decode_heroku, decode_infisical, decode_k8s,
+};
 use super::spec::*;
 use crate::template::Template;
 use std::collections::HashSet;
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The consumer kinds this version builds, for error messages.
-const AVAILABLE: &str = "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret, github_actions_secret";
+const AVAILABLE: &str = "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret, github_actions_secret, k8s_secret";
 
 pub(super) fn decode_consumers(
     cx: &mut Cx,
@@ -87,6 +89,17 @@ pub(super) fn decode_consumers(
                 "api_url",
                 "template",
             ],
+            Some("k8s_secret") => &[
+                "namespace",
+                "secret",
+                "key",
+                "token_env",
+                "ca_file",
+                "restart",
+                "rollout_timeout",
+                "api_url",
+                "template",
+            ],
             Some(k) if LATER_CONSUMERS.contains(&k) => {
                 cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: {AVAILABLE}"));
                 continue;
@@ -144,6 +157,7 @@ pub(super) fn decode_consumers(
             Some("cloudflare_worker_secret") => decode_cloudflare(cx, &c, fields),
             Some("infisical_secret") => decode_infisical(cx, &c, fields),
             Some("github_actions_secret") => decode_github(cx, &c, fields),
+            Some("k8s_secret") => decode_k8s(cx, &c, fields, base_dir),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {

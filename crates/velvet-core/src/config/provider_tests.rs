@@ -331,3 +331,63 @@ fn github_actions_secret_takes_a_repository_environment_or_organisation() {
         assert!(p.contains(key) && p.contains(says), "{text}: {p}");
     }
 }
+
+const K8S: &str = "name: k, kind: k8s_secret, namespace: console, secret: api, key: READ_TOKEN";
+
+#[test]
+fn k8s_secret_takes_its_keys_restarts_and_names_what_is_wrong() {
+    let c = consumer(&format!(
+        "{{{K8S}, token_env: GH_TOKEN, ca_file: ca.pem, restart: [{{kind: Deployment, name: web}}], rollout_timeout: 2m}}"
+    ));
+    assert_eq!(
+        c.kind,
+        ConsumerKind::K8sSecret {
+            namespace: "console".into(),
+            secret: "api".into(),
+            key: "READ_TOKEN".into(),
+            token_env: Some("GH_TOKEN".into()),
+            ca_file: Some("/etc/velvet/ca.pem".into()),
+            restart: vec![RestartTarget {
+                kind: "Deployment".into(),
+                name: "web".into()
+            }],
+            rollout_timeout: std::time::Duration::from_secs(120),
+            api_url: "https://kubernetes.default.svc".into(),
+            template: None,
+        }
+    );
+    let in_cluster = consumer(&format!("{{{K8S}}}"));
+    assert!(
+        matches!(&in_cluster.kind, ConsumerKind::K8sSecret { token_env: None, rollout_timeout, .. }
+        if *rollout_timeout == std::time::Duration::from_secs(300)),
+        "the pod's service account, 5m"
+    );
+    for (text, key, says) in [
+        (
+            format!(
+                "{{{}}}",
+                K8S.replace("namespace: console", "namespace: Console")
+            ),
+            ".namespace",
+            "not a Kubernetes name",
+        ),
+        (
+            format!("{{{K8S}, restart: [{{kind: Pod, name: web}}]}}"),
+            ".restart[0].kind",
+            "cannot be restarted",
+        ),
+        (
+            format!("{{{K8S}, restart: [{{kind: Deployment}}]}}"),
+            ".restart[0].name",
+            "missing required key",
+        ),
+        (
+            format!("{{{K8S}, token_env: NOT_SET}}"),
+            "token_env",
+            "`NOT_SET` is not set",
+        ),
+    ] {
+        let p = bad(&text);
+        assert!(p.contains(key) && p.contains(says), "{text}: {p}");
+    }
+}

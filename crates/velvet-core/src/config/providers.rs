@@ -5,6 +5,8 @@
 use super::consumers::{check_http_url, template_for};
 use super::decode::{Cx, Map};
 use super::spec::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `api_url`, defaulting to the provider's public API, without a trailing `/`.
 fn api_url(cx: &mut Cx, c: &Map, default: &str) -> String {
@@ -334,6 +336,101 @@ pub(super) fn decode_github(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<Con
         scope: scope?,
         secret_name: secret_name?,
         token_env: token_env?,
+        api_url,
+        template,
+    })
+}
+
+/// Kubernetes object names: lowercase letters, digits, `-` and `.` (RFC 1123).
+fn k8s_char(ch: char) -> bool {
+    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.'
+}
+
+pub(super) fn decode_k8s(
+    cx: &mut Cx,
+    c: &Map,
+    fields: &[&str],
+    base_dir: &Path,
+) -> Option<ConsumerKind> {
+    let name = |cx: &mut Cx, k: &str| {
+        c.req_str(cx, k).filter(|v| {
+            check_name(
+                cx,
+                c,
+                k,
+                v,
+                253,
+                k8s_char,
+                "a Kubernetes name (lowercase letters, digits, - and .)",
+            )
+        })
+    };
+    let namespace = name(cx, "namespace");
+    let secret = name(cx, "secret");
+    let key = c.req_str(cx, "key").filter(|k| {
+        check_name(
+            cx,
+            c,
+            "key",
+            k,
+            253,
+            |ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch),
+            "a Secret data key (letters, digits, -, _ and .)",
+        )
+    });
+    let token_env = if c.get("token_env").is_some() {
+        c.env_name(cx, "token_env", true)
+    } else {
+        None
+    };
+    let ca_file = c.str(cx, "ca_file").map(|p| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base_dir.join(p) }
+    });
+    let mut restart = vec![];
+    for (path, node) in c.seq(cx, "restart") {
+        let Some(r) = Map::new(cx, node, &path, &["kind", "name"]) else {
+            continue;
+        };
+        let kind = r.req_str(cx, "kind");
+        if let Some(k) = &kind
+            && !["Deployment", "StatefulSet", "DaemonSet"].contains(&k.as_str())
+        {
+            cx.err(
+                &r.path_of("kind"),
+                r.span(),
+                format!("`{k}` cannot be restarted; one of Deployment, StatefulSet, DaemonSet"),
+            );
+            continue;
+        }
+        let n = r.req_str(cx, "name").filter(|v| {
+            check_name(
+                cx,
+                &r,
+                "name",
+                v,
+                253,
+                k8s_char,
+                "a Kubernetes name (lowercase letters, digits, - and .)",
+            )
+        });
+        if let (Some(kind), Some(name)) = (kind, n) {
+            restart.push(RestartTarget { kind, name });
+        }
+    }
+    let rollout_timeout = c
+        .duration(cx, "rollout_timeout")
+        .unwrap_or(Duration::from_secs(300));
+    let api_url = api_url(cx, c, "https://kubernetes.default.svc");
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::K8sSecret {
+        namespace: namespace?,
+        secret: secret?,
+        key: key?,
+        token_env,
+        ca_file,
+        restart,
+        rollout_timeout,
         api_url,
         template,
     })

@@ -256,6 +256,38 @@ pub enum ConsumerKind {
         api_url: String,
         template: Option<String>,
     },
+    K8sSecret {
+        namespace: String,
+        secret: String,
+        key: String,
+        /// A bearer token; `None`: the pod's service account token.
+        token_env: Option<String>,
+        /// The API server's CA; `None`: the service account's `ca.crt` in a pod, else the
+        /// system roots.
+        ca_file: Option<PathBuf>,
+        /// Workloads restarted after the write, whose rollout must complete for verify.
+        restart: Vec<RestartTarget>,
+        #[serde(with = "crate::duration::serde_str")]
+        rollout_timeout: Duration,
+        /// `https://kubernetes.default.svc` unless pointed elsewhere.
+        api_url: String,
+        template: Option<String>,
+    },
+}
+
+/// A workload restarted so its pods read a Secret again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    pub name: String,
+}
+
+impl RestartTarget {
+    /// The API's resource name: `deployments`, `statefulsets`, `daemonsets`.
+    pub fn resource(&self) -> String {
+        format!("{}s", self.kind.to_lowercase())
+    }
 }
 
 /// Where a GitHub Actions secret lives.
@@ -325,13 +357,13 @@ impl ConsumerKind {
             Self::CloudflareWorkerSecret { .. } => "cloudflare_worker_secret",
             Self::InfisicalSecret { .. } => "infisical_secret",
             Self::GithubActionsSecret { .. } => "github_actions_secret",
+            Self::K8sSecret { .. } => "k8s_secret",
         }
     }
 }
 
 /// Consumer kinds on the roadmap: named so the error says "not yet" rather than "unknown".
-pub(super) const LATER_CONSUMERS: &[&str] =
-    &["github_actions_secret", "k8s_secret", "aws_secrets_manager"];
+pub(super) const LATER_CONSUMERS: &[&str] = &["aws_secrets_manager"];
 
 /// Roles of design §7, and those that hold `rotations.revoke`.
 pub const ROLES: &[&str] = &["viewer", "operator", "revoker", "auditor", "admin"];

@@ -314,7 +314,7 @@ fn sources_consumers_and_gates_are_validated() {
             "not a field of this source",
         ),
         (
-            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: k8s_secret}\n",
+            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: aws_secrets_manager}\n",
             "not available in this version",
         ),
         (
