@@ -245,6 +245,41 @@ impl HerokuConfigVar {
     }
 }
 
+/// The token's other `heroku_config_var` consumers of the same app, API and key as `spec`.
+pub(super) fn siblings(
+    spec: &velvet_core::config::ConsumerSpec,
+    all: &[velvet_core::config::ConsumerSpec],
+) -> Vec<Var> {
+    use velvet_core::config::ConsumerKind as K;
+    let K::HerokuConfigVar {
+        app,
+        api_key_env,
+        api_url,
+        ..
+    } = &spec.kind
+    else {
+        return vec![];
+    };
+    all.iter()
+        .filter(|c| c.name != spec.name)
+        .filter_map(|c| match &c.kind {
+            K::HerokuConfigVar {
+                app: a,
+                api_key_env: e,
+                api_url: u,
+                key,
+                previous_key,
+                template,
+            } if a == app && e == api_key_env && u == api_url => Some(Var {
+                key: key.clone(),
+                previous_key: previous_key.clone(),
+                render: Renderer::new(template.as_deref()).ok()?,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Consumer for HerokuConfigVar {
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {

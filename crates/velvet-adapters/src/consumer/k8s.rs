@@ -265,6 +265,42 @@ fn rolled_out(w: &Value) -> bool {
     n(&st["updatedReplicas"]) >= want && n(&st["availableReplicas"]) >= want
 }
 
+/// A pod's service account, where `k8s_secret` finds its credential without `token_env`.
+const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The Kubernetes token (and where it came from, for errors) and the CA to trust.
+pub(super) fn credentials(
+    token_env: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    need: &dyn Fn(&str) -> Result<String>,
+) -> Result<(SecretString, String, Option<Vec<u8>>)> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| AdapterError::permanent(format!("cannot read {}: {e}", p.display())))
+    };
+    let sa = std::path::Path::new(SERVICE_ACCOUNT);
+    let (token, from) = match token_env {
+        Some(env) => (need(env)?, format!("`{env}`")),
+        None => {
+            let t = read(&sa.join("token")).map_err(|e| {
+                AdapterError::permanent(format!(
+                    "no `token_env` and no service account token ({e}): set `token_env`, or run \
+                     Velvet in a pod with a service account"
+                ))
+            })?;
+            let t = String::from_utf8(t)
+                .map_err(|_| AdapterError::permanent("the service account token is not text"))?;
+            (t.trim().to_string(), "the pod's service account".into())
+        }
+    };
+    let ca = match ca_file {
+        Some(p) => Some(read(p)?),
+        None if token_env.is_none() => read(&sa.join("ca.crt")).ok(),
+        None => None,
+    };
+    Ok((SecretString::new(token), from, ca))
+}
+
 #[async_trait]
 impl Consumer for K8sSecret {
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {

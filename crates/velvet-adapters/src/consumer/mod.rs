@@ -153,7 +153,7 @@ pub fn build_among(
                 api_key_env,
                 Renderer::new(template.as_deref())?,
             )
-            .with_siblings(heroku_siblings(spec, all)),
+            .with_siblings(heroku::siblings(spec, all)),
         ),
         K::CloudflareWorkerSecret {
             account_id,
@@ -199,7 +199,7 @@ pub fn build_among(
             template,
         } => {
             let (token, from, ca) =
-                k8s_credentials(token_env.as_deref(), ca_file.as_deref(), &need)?;
+                k8s::credentials(token_env.as_deref(), ca_file.as_deref(), &need)?;
             Box::new(K8sSecret::new(
                 api_url,
                 K8sTarget {
@@ -256,74 +256,6 @@ pub fn build_among(
         Some(p) => Box::new(Probed::new(built, p, probe_timeout)?),
         None => built,
     })
-}
-
-/// A pod's service account, where `k8s_secret` finds its credential without `token_env`.
-const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// The Kubernetes token (and where it came from, for errors) and the CA to trust.
-fn k8s_credentials(
-    token_env: Option<&str>,
-    ca_file: Option<&std::path::Path>,
-    need: &dyn Fn(&str) -> Result<String>,
-) -> Result<(SecretString, String, Option<Vec<u8>>)> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p)
-            .map_err(|e| AdapterError::permanent(format!("cannot read {}: {e}", p.display())))
-    };
-    let sa = std::path::Path::new(SERVICE_ACCOUNT);
-    let (token, from) = match token_env {
-        Some(env) => (need(env)?, format!("`{env}`")),
-        None => {
-            let t = read(&sa.join("token")).map_err(|e| {
-                AdapterError::permanent(format!(
-                    "no `token_env` and no service account token ({e}): set `token_env`, or run \
-                     Velvet in a pod with a service account"
-                ))
-            })?;
-            let t = String::from_utf8(t)
-                .map_err(|_| AdapterError::permanent("the service account token is not text"))?;
-            (t.trim().to_string(), "the pod's service account".into())
-        }
-    };
-    let ca = match ca_file {
-        Some(p) => Some(read(p)?),
-        None if token_env.is_none() => read(&sa.join("ca.crt")).ok(),
-        None => None,
-    };
-    Ok((SecretString::new(token), from, ca))
-}
-
-/// The token's other `heroku_config_var` consumers of the same app, API and key as `spec`.
-fn heroku_siblings(spec: &ConsumerSpec, all: &[ConsumerSpec]) -> Vec<HerokuVar> {
-    use velvet_core::config::ConsumerKind as K;
-    let K::HerokuConfigVar {
-        app,
-        api_key_env,
-        api_url,
-        ..
-    } = &spec.kind
-    else {
-        return vec![];
-    };
-    all.iter()
-        .filter(|c| c.name != spec.name)
-        .filter_map(|c| match &c.kind {
-            K::HerokuConfigVar {
-                app: a,
-                api_key_env: e,
-                api_url: u,
-                key,
-                previous_key,
-                template,
-            } if a == app && e == api_key_env && u == api_url => Some(HerokuVar {
-                key: key.clone(),
-                previous_key: previous_key.clone(),
-                render: Renderer::new(template.as_deref()).ok()?,
-            }),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The text of a value for consumers without a template: the single `value` field, else the
