@@ -101,6 +101,105 @@ impl Drop for OpenBao {
     }
 }
 
+/// A moto server (a local AWS) on a free loopback port with its IAM checks on, as AWS has them:
+/// after the first few set-up calls, every request must be signed by a key moto issued and
+/// allowed by its policy. Stopped on drop.
+#[derive(Debug)]
+pub struct Moto {
+    pub endpoint: String,
+    /// An access key moto issued to a user allowed `secretsmanager:*`.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    child: Child,
+}
+
+/// Creates the user, its key and its policy, then the named secrets; prints the key.
+const MOTO_SETUP: &str = r#"
+import sys, json, boto3
+kw = dict(endpoint_url=sys.argv[1], region_name="eu-west-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+iam = boto3.client("iam", **kw)
+iam.create_user(UserName="velvet")
+key = iam.create_access_key(UserName="velvet")["AccessKey"]
+iam.put_user_policy(UserName="velvet", PolicyName="secrets", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "secretsmanager:*", "Resource": "*"}]}))
+sm = boto3.client("secretsmanager", **kw)
+for spec in sys.argv[2:]:
+    name, value = spec.split("=", 1)
+    sm.create_secret(Name=name, SecretString=value)
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+
+impl Moto {
+    /// Starts `moto_server` and creates `secrets` (`name=value`) in `eu-west-1`. Panics with the
+    /// install command when moto is missing.
+    pub fn start(secrets: &[&str]) -> Self {
+        let port = free_port();
+        let setup_calls = 3 + secrets.len();
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", setup_calls.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `moto_server` ({e}): install it with `pip install 'moto[server]'`"
+                )
+            });
+        wait_for_port(port, "moto_server", &mut child);
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let out = Command::new("python3")
+            .args(["-c", MOTO_SETUP, &endpoint])
+            .args(secrets)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "setting up moto failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (id, secret) = text.trim().split_once(' ').expect("a key pair");
+        Self {
+            endpoint,
+            access_key_id: id.to_string(),
+            secret_access_key: secret.to_string(),
+            child,
+        }
+    }
+
+    /// Runs a boto3 Secrets Manager call against this server as the issued user, printing its
+    /// result as JSON: for tests to read what a secret holds.
+    pub fn secretsmanager(&self, call: &str) -> serde_json::Value {
+        let script = format!(
+            "import sys, json, boto3\nsm = boto3.client('secretsmanager', endpoint_url=sys.argv[1], region_name='eu-west-1', aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\nprint(json.dumps(sm.{call}, default=str))"
+        );
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                &script,
+                &self.endpoint,
+                &self.access_key_id,
+                &self.secret_access_key,
+            ])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A PostgreSQL cluster whose TCP logins need a SCRAM password, stopped and removed on drop.
 #[derive(Debug)]
 pub struct PasswordPostgres {

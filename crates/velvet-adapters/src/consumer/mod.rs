@@ -4,6 +4,7 @@
 //! `revoke_previous` once every consumer is verified, or `rollback` to put the previous value
 //! back. A consumer touches only the keys it declares (I7).
 
+mod aws;
 mod cloudflare;
 mod exec;
 mod file;
@@ -15,6 +16,7 @@ mod probe;
 mod vault;
 mod webhook;
 
+pub use aws::{AwsSecretsManager, Keys as AwsKeys, Target as AwsTarget};
 pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};
 pub use exec::Exec;
 pub use file::File;
@@ -215,6 +217,33 @@ pub fn build_among(
                 Renderer::new(template.as_deref())?,
             )?)
         }
+        K::AwsSecretsManager {
+            region,
+            secret_id,
+            field,
+            access_key_id_env,
+            secret_access_key_env,
+            session_token_env,
+            api_url,
+            template,
+        } => Box::new(AwsSecretsManager::new(
+            api_url,
+            AwsTarget {
+                region: region.clone(),
+                secret_id: secret_id.clone(),
+                field: field.clone(),
+            },
+            AwsKeys {
+                access_key_id: SecretString::new(need(access_key_id_env)?),
+                secret_access_key: SecretString::new(need(secret_access_key_env)?),
+                session_token: session_token_env
+                    .as_deref()
+                    .map(|e| need(e).map(SecretString::new))
+                    .transpose()?,
+                envs: format!("`{access_key_id_env}` + `{secret_access_key_env}`"),
+            },
+            Renderer::new(template.as_deref())?,
+        )),
         K::InfisicalSecret {
             project_id,
             environment,

@@ -1,5 +1,6 @@
 //! The integration tests of velvet-adapters, as one binary (one link instead of one per file).
 
+mod aws;
 mod cloudflare;
 mod consumers;
 mod github;

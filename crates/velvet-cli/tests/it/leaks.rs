@@ -74,6 +74,7 @@ fn no_value_of_any_source_or_consumer_leaks() {
         std::time::Duration::from_millis(50),
     ));
     k8s.add_workload("deployments", "leak", "web", 1);
+    let moto = velvet_testkit::servers::Moto::start(&["leak/api=initial"]);
 
     let w = Workdir::new();
     w.write_config(&format!(
@@ -104,6 +105,7 @@ tokens:
       - {{name: inf, kind: infisical_secret, project_id: {inf_project}, environment: prod, secret_path: /leak, key: API_TOKEN, client_id_env: INFISICAL_CLIENT_ID, client_secret_env: INFISICAL_CLIENT_SECRET, api_url: '{inf_url}'}}
       - {{name: gh, kind: github_actions_secret, repository: acme/leak, secret_name: API_TOKEN, token_env: GITHUB_TOKEN_FOR_VELVET, api_url: '{gh_url}'}}
       - {{name: k8s, kind: k8s_secret, namespace: leak, secret: api, key: API_TOKEN, token_env: K8S_TOKEN, restart: [{{kind: Deployment, name: web}}], api_url: '{k8s_url}'}}
+      - {{name: aws, kind: aws_secrets_manager, region: eu-west-1, secret_id: leak/api, access_key_id_env: AWS_KEY_ID, secret_access_key_env: AWS_SECRET, api_url: '{aws_url}'}}
 ",
         port = pg.port,
         bao = bao.address,
@@ -116,6 +118,7 @@ tokens:
         inf_url = rb.infisical.url(),
         gh_url = github.url(),
         k8s_url = k8s.url(),
+        aws_url = moto.endpoint,
     ));
     let mut env = rb.env();
     env.extend([
@@ -128,6 +131,8 @@ tokens:
         ("HEROKU_API_KEY", HEROKU_KEY),
         ("GITHUB_TOKEN_FOR_VELVET", GITHUB_TOKEN),
         ("K8S_TOKEN", K8S_TOKEN),
+        ("AWS_KEY_ID", moto.access_key_id.as_str()),
+        ("AWS_SECRET", moto.secret_access_key.as_str()),
     ]);
     let s = w.serve(&[], &env);
     let mut responses = Vec::new();
@@ -250,7 +255,15 @@ tokens:
         HEROKU_KEY.to_string(),
     ]);
     secrets.extend(rb.env().iter().map(|(_, v)| v.to_string()));
-    secrets.extend([GITHUB_TOKEN.to_string(), K8S_TOKEN.to_string()]);
+    secrets.extend([
+        GITHUB_TOKEN.to_string(),
+        K8S_TOKEN.to_string(),
+        moto.secret_access_key.clone(),
+    ]);
+    assert_eq!(
+        moto.secretsmanager("get_secret_value(SecretId='leak/api')")["SecretString"],
+        api.as_str()
+    );
     assert_eq!(
         k8s.secret("leak", "api")
             .and_then(|s| s.get("API_TOKEN").cloned()),

@@ -3,7 +3,7 @@
 
 use super::decode::{Cx, Map, valid_name};
 use super::providers::{
-    decode_cloudflare, decode_github, decode_heroku, decode_infisical, decode_k8s,
+    decode_aws, decode_cloudflare, decode_github, decode_heroku, decode_infisical, decode_k8s,
 };
 use super::spec::*;
 use crate::template::Template;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The consumer kinds this version builds, for error messages.
-const AVAILABLE: &str = "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret, github_actions_secret, k8s_secret";
+const AVAILABLE: &str = "file, exec, webhook, vault_kv, heroku_config_var, cloudflare_worker_secret, infisical_secret, github_actions_secret, k8s_secret, aws_secrets_manager";
 
 pub(super) fn decode_consumers(
     cx: &mut Cx,
@@ -100,6 +100,16 @@ pub(super) fn decode_consumers(
                 "api_url",
                 "template",
             ],
+            Some("aws_secrets_manager") => &[
+                "region",
+                "secret_id",
+                "field",
+                "access_key_id_env",
+                "secret_access_key_env",
+                "session_token_env",
+                "api_url",
+                "template",
+            ],
             Some(k) if LATER_CONSUMERS.contains(&k) => {
                 cx.err(&format!("{path}.kind"), node.span(), format!("consumer kind `{k}` is not available in this version; available: {AVAILABLE}"));
                 continue;
@@ -158,6 +168,7 @@ pub(super) fn decode_consumers(
             Some("infisical_secret") => decode_infisical(cx, &c, fields),
             Some("github_actions_secret") => decode_github(cx, &c, fields),
             Some("k8s_secret") => decode_k8s(cx, &c, fields, base_dir),
+            Some("aws_secrets_manager") => decode_aws(cx, &c, fields),
             _ => None,
         };
         if let (Some(name), Some(kind)) = (name, decoded) {

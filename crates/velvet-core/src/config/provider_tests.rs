@@ -391,3 +391,23 @@ fn k8s_secret_takes_its_keys_restarts_and_names_what_is_wrong() {
         assert!(p.contains(key) && p.contains(says), "{text}: {p}");
     }
 }
+
+#[test]
+fn aws_secrets_manager_takes_its_keys_and_names_what_is_wrong() {
+    let c = consumer(
+        "{name: a, kind: aws_secrets_manager, region: eu-west-1, secret_id: console/read, field: READ_TOKEN, access_key_id_env: GH_TOKEN, secret_access_key_env: CF_TOKEN}",
+    );
+    assert!(
+        matches!(&c.kind, ConsumerKind::AwsSecretsManager { api_url, field: Some(f), session_token_env: None, .. }
+        if api_url == "https://secretsmanager.eu-west-1.amazonaws.com" && f == "READ_TOKEN"),
+        "{c:?}"
+    );
+    let p = bad(
+        "{name: a, kind: aws_secrets_manager, region: EU West, secret_id: x, access_key_id_env: GH_TOKEN, secret_access_key_env: CF_TOKEN}",
+    );
+    assert!(p.contains(".region") && p.contains("AWS region"), "{p}");
+    let p = bad(
+        "{name: a, kind: aws_secrets_manager, region: eu-west-1, secret_id: x, access_key_id_env: GH_TOKEN}",
+    );
+    assert!(p.contains("secret_access_key_env"), "{p}");
+}

@@ -435,3 +435,52 @@ pub(super) fn decode_k8s(
         template,
     })
 }
+
+pub(super) fn decode_aws(cx: &mut Cx, c: &Map, fields: &[&str]) -> Option<ConsumerKind> {
+    let region = c.req_str(cx, "region").filter(|r| {
+        check_name(
+            cx,
+            c,
+            "region",
+            r,
+            32,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-',
+            "an AWS region such as eu-west-1",
+        )
+    });
+    let secret_id = c.req_str(cx, "secret_id").filter(|s| {
+        check_name(
+            cx,
+            c,
+            "secret_id",
+            s,
+            2048,
+            |ch| ch.is_ascii_alphanumeric() || "/_+=.@-:".contains(ch),
+            "a secret name or ARN (letters, digits and /_+=.@-)",
+        )
+    });
+    let field = c.str(cx, "field");
+    let access_key_id_env = c.env_name(cx, "access_key_id_env", true);
+    let secret_access_key_env = c.env_name(cx, "secret_access_key_env", true);
+    let session_token_env = if c.get("session_token_env").is_some() {
+        c.env_name(cx, "session_token_env", true)
+    } else {
+        None
+    };
+    let default = format!(
+        "https://secretsmanager.{}.amazonaws.com",
+        region.as_deref().unwrap_or("us-east-1")
+    );
+    let api_url = api_url(cx, c, &default);
+    let template = template_for(cx, c, fields);
+    Some(ConsumerKind::AwsSecretsManager {
+        region: region?,
+        secret_id: secret_id?,
+        field,
+        access_key_id_env: access_key_id_env?,
+        secret_access_key_env: secret_access_key_env?,
+        session_token_env,
+        api_url,
+        template,
+    })
+}

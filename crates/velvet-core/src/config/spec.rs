@@ -273,6 +273,18 @@ pub enum ConsumerKind {
         api_url: String,
         template: Option<String>,
     },
+    AwsSecretsManager {
+        region: String,
+        secret_id: String,
+        /// A key of the JSON object in `SecretString`; `None`: the whole string.
+        field: Option<String>,
+        access_key_id_env: String,
+        secret_access_key_env: String,
+        session_token_env: Option<String>,
+        /// `https://secretsmanager.{region}.amazonaws.com` unless pointed elsewhere.
+        api_url: String,
+        template: Option<String>,
+    },
 }
 
 /// A workload restarted so its pods read a Secret again.
@@ -358,12 +370,13 @@ impl ConsumerKind {
             Self::InfisicalSecret { .. } => "infisical_secret",
             Self::GithubActionsSecret { .. } => "github_actions_secret",
             Self::K8sSecret { .. } => "k8s_secret",
+            Self::AwsSecretsManager { .. } => "aws_secrets_manager",
         }
     }
 }
 
 /// Consumer kinds on the roadmap: named so the error says "not yet" rather than "unknown".
-pub(super) const LATER_CONSUMERS: &[&str] = &["aws_secrets_manager"];
+pub(super) const LATER_CONSUMERS: &[&str] = &[];
 
 /// Roles of design §7, and those that hold `rotations.revoke`.
 pub const ROLES: &[&str] = &["viewer", "operator", "revoker", "auditor", "admin"];

@@ -314,8 +314,8 @@ fn sources_consumers_and_gates_are_validated() {
             "not a field of this source",
         ),
         (
-            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: aws_secrets_manager}\n",
-            "not available in this version",
+            "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: s3_object}\n",
+            "unknown consumer kind `s3_object`",
         ),
         (
             "tokens:\n  - name: t\n    source: {kind: random}\n    consumers:\n      - {name: f, kind: file, path: /x, mode: '0644'}\n",
