@@ -130,3 +130,55 @@ async fn a_wrong_key_and_a_missing_secret_are_named() {
             .is_err()
     );
 }
+
+/// AWS answers throttling as 400 `ThrottlingException` and outages as 5xx: both retried, as is a
+/// Secrets Manager endpoint that cannot be reached. (moto cannot be made to throttle.)
+#[tokio::test]
+async fn throttling_outages_and_an_unreachable_endpoint_are_retryable() {
+    use axum::http::StatusCode;
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        (StatusCode::BAD_REQUEST, "ThrottlingException"),
+    ]));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || {
+            let answers = answers.clone();
+            async move {
+                let (status, kind) = answers.lock().unwrap().pop().unwrap();
+                let body = serde_json::json!({"__type": kind, "message": "Rate exceeded"});
+                (status, axum::Json(body))
+            }
+        }),
+    );
+    let addr = velvet_fakes::serve(app).await;
+    let spec = |url: String| ConsumerSpec {
+        name: "sm".into(),
+        lock_key: None,
+        verify_probe: None,
+        kind: ConsumerKind::AwsSecretsManager {
+            region: "eu-west-1".into(),
+            secret_id: "x".into(),
+            field: None,
+            access_key_id_env: "K".into(),
+            secret_access_key_env: "S".into(),
+            session_token_env: None,
+            api_url: url,
+            template: None,
+        },
+    };
+    let env = |_: &str| Some("AKIAEXAMPLE0123456789".to_string());
+    let new = SecretValue::single("new-from-velvet".into());
+    let d = delivery(&new, None);
+    let c = consumer::build(&spec(format!("http://{addr}")), &env).unwrap();
+    for want in ["ThrottlingException", "ServiceUnavailable"] {
+        let e = c.apply(&d).await.unwrap_err();
+        assert!(e.is_retryable() && e.to_string().contains(want), "{e}");
+    }
+    let dead = consumer::build(&spec("http://127.0.0.1:1".into()), &env).unwrap();
+    let e = dead.verify(&d).await.unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("could not connect"),
+        "{e}"
+    );
+}

@@ -416,3 +416,84 @@ fn doctor_checks_cloudflare_infisical_and_github_credentials_and_targets_without
         1
     );
 }
+
+#[test]
+fn doctor_checks_kubernetes_and_aws_credentials_and_targets_without_writing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let k8s = rt.block_on(velvet_fakes::kubernetes::Kubernetes::start(
+        "k8s-token-for-doctor",
+        std::time::Duration::ZERO,
+    ));
+    k8s.add_secret("console", "api", &[("READ_TOKEN", "current")]);
+    k8s.add_workload("deployments", "console", "web", 1);
+    let moto = velvet_testkit::servers::Moto::start(&["console/read=current"]);
+    let kube = |name: &str, env: &str, workload: &str| {
+        format!(
+            "      - {{name: {name}, kind: k8s_secret, namespace: console, secret: api, key: READ_TOKEN, token_env: {env}, restart: [{{kind: Deployment, name: {workload}}}], api_url: '{}'}}\n",
+            k8s.url()
+        )
+    };
+    let aws = |name: &str, secret_env: &str, id: &str| {
+        format!(
+            "      - {{name: {name}, kind: aws_secrets_manager, region: eu-west-1, secret_id: {id}, access_key_id_env: AWS_KEY_ID, secret_access_key_env: {secret_env}, api_url: '{}'}}\n",
+            moto.endpoint
+        )
+    };
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "tokens:\n  - name: api\n    source: {{kind: random}}\n    consumers:\n{}{}{}{}{}{}",
+        kube("k8s-ok", "K8S_TOKEN", "web"),
+        kube("k8s-expired", "OLD_K8S_TOKEN", "web"),
+        kube("k8s-missing", "K8S_TOKEN", "worker"),
+        aws("aws-ok", "AWS_SECRET", "console/read"),
+        aws("aws-wrong-key", "OLD_AWS_SECRET", "console/read"),
+        aws("aws-missing", "AWS_SECRET", "console/gone"),
+    ));
+    let env = [
+        ("K8S_TOKEN", "k8s-token-for-doctor"),
+        ("OLD_K8S_TOKEN", "revoked-k8s-token"),
+        ("AWS_KEY_ID", moto.access_key_id.as_str()),
+        ("AWS_SECRET", moto.secret_access_key.as_str()),
+        ("OLD_AWS_SECRET", "rotated-aws-secret-key"),
+    ];
+    let out = w.run(&["doctor", "--output", "json"], &env, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let rows = results(&out);
+    let (k, a) = ("consumer k8s_secret", "consumer aws_secrets_manager");
+    for (check, target, want, says) in [
+        (k, "api/k8s-ok", "ok", "holds `READ_TOKEN`"),
+        (k, "api/k8s-expired", "fail", "`OLD_K8S_TOKEN`"),
+        (
+            k,
+            "api/k8s-missing",
+            "fail",
+            "Deployment `worker` not found",
+        ),
+        (a, "api/aws-ok", "ok", "console/read"),
+        (a, "api/aws-wrong-key", "fail", "`OLD_AWS_SECRET`"),
+        (a, "api/aws-missing", "fail", "no secret `console/gone`"),
+    ] {
+        let r = find(&rows, check, target);
+        assert!(r.starts_with(want) && r.contains(says), "{target}: {r}");
+    }
+    for secret in [
+        "k8s-token-for-doctor",
+        "revoked-k8s-token",
+        "rotated-aws-secret-key",
+        &moto.secret_access_key,
+    ] {
+        assert!(
+            !out.all().contains(secret),
+            "a credential reached doctor's output"
+        );
+    }
+    assert_eq!(
+        k8s.restarts("deployments", "console", "web"),
+        0,
+        "doctor restarted"
+    );
+    assert_eq!(
+        k8s.secret("console", "api").unwrap()["READ_TOKEN"],
+        "current"
+    );
+}

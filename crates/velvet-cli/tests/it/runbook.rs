@@ -73,6 +73,10 @@ fn the_runbook_runs_end_to_end_through_a_crash_and_every_copy_matches() {
     assert_eq!(rb.heroku.releases(APPS[0]) + rb.heroku.releases(APPS[1]), 0);
     assert_eq!(rb.cloudflare.versions(ACCOUNT, SCRIPT), 1);
 
+    // A rate limit and an outage mid-fan-out: each retried after its time, the others unaffected.
+    rb.cloudflare
+        .fail_next(&[velvet_fakes::cloudflare::Fault::Status(429)]);
+    rb.heroku.fail_next(&[503]);
     let mut crashing = env.clone();
     crashing.push(("VELVET_CRASH_AT", "after_consumer_applied"));
     let mut s = w.serve(&[], &crashing);
@@ -108,6 +112,14 @@ fn the_runbook_runs_end_to_end_through_a_crash_and_every_copy_matches() {
     let consumers = j["consumers"].as_array().unwrap();
     assert_eq!(consumers.len(), 5, "{j}");
     assert!(consumers.iter().all(|c| c["status"] == "verified"), "{j}");
+    let cf = consumers
+        .iter()
+        .find(|c| c["consumer"] == "cloudflare-console-edge")
+        .unwrap();
+    assert!(
+        cf["attempts"].as_i64().unwrap() >= 2,
+        "the 429 was retried: {cf}"
+    );
     stage(&s, &job, "proceed_revoke");
     wait_job(&s, KEY, &job, "succeeded", at("done", "succeeded"));
 
