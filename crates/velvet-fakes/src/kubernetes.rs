@@ -40,6 +40,8 @@ struct Inner {
     /// (resource, namespace, name), resource being `deployments`, `statefulsets` or `daemonsets`.
     workloads: BTreeMap<(String, String, String), Workload>,
     rollout: Duration,
+    /// Every answer waits this long first.
+    delay: Duration,
     faults: VecDeque<u16>,
     next_version: u64,
     /// GETs without credentials are let in (as `system:anonymous` on a cluster whose RBAC grants
@@ -76,6 +78,7 @@ impl Kubernetes {
             secrets: BTreeMap::new(),
             workloads: BTreeMap::new(),
             rollout,
+            delay: Duration::ZERO,
             faults: VecDeque::new(),
             next_version: 1000,
             anonymous_reads: false,
@@ -185,6 +188,10 @@ impl Kubernetes {
         self.with(|s| s.rollout = d)
     }
 
+    pub fn set_delay(&self, d: Duration) {
+        self.with(|s| s.delay = d)
+    }
+
     pub fn fail_next(&self, statuses: &[u16]) {
         self.with(|s| s.faults.extend(statuses))
     }
@@ -207,12 +214,15 @@ impl Kubernetes {
     }
 }
 
-#[expect(clippy::result_large_err, reason = "the error is the answer to send")]
-fn admit<'a>(
+async fn admit<'a>(
     st: &'a Shared,
     headers: &HeaderMap,
     read: bool,
 ) -> Result<std::sync::MutexGuard<'a, Inner>, Response> {
+    let delay = st.lock().expect("fake state").delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut s = st.lock().expect("fake state");
     if let Some(code) = s.faults.pop_front() {
         let c = StatusCode::from_u16(code).expect("a status");
@@ -297,7 +307,7 @@ async fn get_secret(
     Path((ns, name)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
-    let s = match admit(&st, &h, true) {
+    let s = match admit(&st, &h, true).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -320,7 +330,7 @@ async fn patch_secret(
     h: HeaderMap,
     body: String,
 ) -> Response {
-    let mut s = match admit(&st, &h, false) {
+    let mut s = match admit(&st, &h, false).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -355,7 +365,7 @@ async fn create_secret(
     h: HeaderMap,
     body: String,
 ) -> Response {
-    let mut s = match admit(&st, &h, false) {
+    let mut s = match admit(&st, &h, false).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -418,7 +428,7 @@ async fn get_workload(
     Path((ns, resource, name)): Path<(String, String, String)>,
     h: HeaderMap,
 ) -> Response {
-    let s = match admit(&st, &h, true) {
+    let s = match admit(&st, &h, true).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -437,7 +447,7 @@ async fn patch_workload(
     h: HeaderMap,
     body: String,
 ) -> Response {
-    let mut s = match admit(&st, &h, false) {
+    let mut s = match admit(&st, &h, false).await {
         Ok(s) => s,
         Err(r) => return r,
     };

@@ -39,6 +39,7 @@ pub struct K8sSecret {
     token_from: String,
     client: reqwest::Client,
     render: Renderer,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for K8sSecret {
@@ -75,7 +76,14 @@ impl K8sSecret {
             token_from: token_from.to_string(),
             client,
             render,
+            timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// Another per-call timeout than 30 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn secret_path(&self) -> String {
@@ -96,7 +104,7 @@ impl K8sSecret {
             .client
             .request(method.clone(), format!("{}{path}", self.api_url))
             .bearer_auth(self.token.expose())
-            .timeout(REQUEST_TIMEOUT);
+            .timeout(self.timeout);
         if let Some(b) = body {
             let kind = if method == Method::PATCH {
                 "application/merge-patch+json"

@@ -212,4 +212,30 @@ async fn refusals_missing_workloads_and_slow_rollouts_are_named() {
         e.is_retryable() && e.retry_after() == Some(Duration::from_secs(1)),
         "{e:?}"
     );
+
+    // An API server that does not answer in time is retryable.
+    fake.set_delay(Duration::from_secs(30));
+    let quick = consumer::K8sSecret::new(
+        &fake.url(),
+        consumer::K8sTarget {
+            namespace: "console".into(),
+            secret: "api".into(),
+            key: "READ_TOKEN".into(),
+            restart: vec![],
+            rollout_timeout: Duration::from_secs(1),
+        },
+        velvet_core::secret::SecretString::new(TOKEN.into()),
+        "`K8S_TOKEN`",
+        None,
+        consumer::Renderer::new(None).unwrap(),
+    )
+    .unwrap()
+    .with_timeout(Duration::from_secs(1));
+    let start = std::time::Instant::now();
+    let e = quick.verify(&d).await.unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("timed out"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
 }

@@ -564,3 +564,53 @@ tokens:
         format!("Bearer {}", vars["API_TOKEN"])
     );
 }
+
+/// #12: the process dies between an AWS Secrets Manager write and its verify and is restarted:
+/// the repeated `PutSecretValue` carries the same `ClientRequestToken` (or finds the value
+/// already there), so the job makes one new version, checked with moto's own API.
+#[test]
+fn a_crash_between_an_aws_write_and_its_verify_makes_one_version() {
+    let moto = velvet_testkit::servers::Moto::start(&["crash/api=before"]);
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "
+defaults: {{flow: auto, retry: {{attempts: 4, initial_backoff: 50ms, max_backoff: 200ms}}, grace_period: 0s}}
+engine: {{lease: 5s}}
+tokens:
+  - name: api
+    source: {{kind: random}}
+    consumers:
+      - {{name: aws, kind: aws_secrets_manager, region: eu-west-1, secret_id: crash/api, access_key_id_env: AWS_KEY_ID, secret_access_key_env: AWS_SECRET, api_url: '{}'}}
+",
+        moto.endpoint
+    ));
+    let env = vec![
+        ("VELVET_API_KEY", KEY),
+        ("AWS_KEY_ID", moto.access_key_id.as_str()),
+        ("AWS_SECRET", moto.secret_access_key.as_str()),
+    ];
+    let versions = || {
+        let v = moto.secretsmanager("list_secret_version_ids(SecretId='crash/api')");
+        v["Versions"].as_array().unwrap().len()
+    };
+    let mut crashing = env.clone();
+    crashing.push(("VELVET_CRASH_AT", "after_consumer_applied"));
+    let mut s = w.serve(&[], &crashing);
+    let (code, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
+    assert_eq!(code, 202, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_string();
+    s.wait(Duration::from_secs(30));
+    assert_eq!(versions(), 2, "the write landed before the crash");
+    let s = w.serve(&[], &env);
+    let j = wait_job(
+        &s,
+        KEY,
+        &job,
+        "succeeded after restart",
+        at("done", "succeeded"),
+    );
+    assert_eq!(j["consumers"][0]["status"], "verified", "{j}");
+    assert_eq!(versions(), 2, "the repeated step made no second version");
+    let cur = moto.secretsmanager("get_secret_value(SecretId='crash/api')");
+    assert_eq!(cur["SecretString"].as_str().unwrap().len(), 64, "{cur}");
+}
