@@ -499,15 +499,14 @@ fn a_stop_drains_the_running_step_and_releases_its_lease() {
     );
 }
 
-/// #12: the process dies (abort at the crash point) between a Heroku write and its verify and is
-/// restarted: the step is repeated, but the app already holds the value, so the job makes one
-/// release (one app restart), not two; and its two consumers of the app share that one PATCH.
-#[test]
-fn a_crash_between_a_heroku_write_and_its_verify_makes_one_release() {
-    const HEROKU_KEY: &str = "heroku-key-for-the-crash-test";
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start(HEROKU_KEY));
-    heroku.add_app("crash-app", &[("OTHER", "kept")]);
+/// Rotates `api`, whose consumers are `consumers` (YAML list items), in the auto flow, with the
+/// process aborted after the first consumer's write; `landed` checks the write is there; then
+/// restarts it and returns the job once it succeeded, every consumer verified.
+fn crash_after_a_write_then_resume(
+    consumers: &str,
+    env: &[(&str, &str)],
+    landed: impl Fn(),
+) -> Value {
     let w = Workdir::new();
     w.write_config(&format!(
         "
@@ -517,12 +516,10 @@ tokens:
   - name: api
     source: {{kind: random}}
     consumers:
-      - {{name: heroku, kind: heroku_config_var, app: crash-app, key: API_TOKEN, api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
-      - {{name: header, kind: heroku_config_var, app: crash-app, key: API_AUTH_HEADER, template: 'Bearer {{{{value}}}}', api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
-",
-        url = heroku.url()
+{consumers}"
     ));
-    let env = vec![("VELVET_API_KEY", KEY), ("HEROKU_API_KEY", HEROKU_KEY)];
+    let mut env = env.to_vec();
+    env.push(("VELVET_API_KEY", KEY));
     let mut crashing = env.clone();
     crashing.push(("VELVET_CRASH_AT", "after_consumer_applied"));
     let mut s = w.serve(&[], &crashing);
@@ -530,11 +527,7 @@ tokens:
     assert_eq!(code, 202, "{body}");
     let job = body["job_id"].as_str().unwrap().to_string();
     s.wait(Duration::from_secs(30));
-    assert_eq!(
-        heroku.releases("crash-app"),
-        1,
-        "the write landed before the crash"
-    );
+    landed();
     let s = w.serve(&[], &env);
     let j = wait_job(
         &s,
@@ -543,13 +536,29 @@ tokens:
         "succeeded after restart",
         at("done", "succeeded"),
     );
-    assert!(
-        j["consumers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["status"] == "verified"),
-        "{j}"
+    let consumers = j["consumers"].as_array().unwrap();
+    assert!(consumers.iter().all(|c| c["status"] == "verified"), "{j}");
+    j
+}
+
+/// #12: the process dies (abort at the crash point) between a Heroku write and its verify and is
+/// restarted: the step is repeated, but the app already holds the value, so the job makes one
+/// release (one app restart), not two; and its two consumers of the app share that one PATCH.
+#[test]
+fn a_crash_between_a_heroku_write_and_its_verify_makes_one_release() {
+    const HEROKU_KEY: &str = "heroku-key-for-the-crash-test";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let heroku = rt.block_on(velvet_fakes::heroku::Heroku::start(HEROKU_KEY));
+    heroku.add_app("crash-app", &[("OTHER", "kept")]);
+    let url = heroku.url();
+    crash_after_a_write_then_resume(
+        &format!(
+            "      - {{name: heroku, kind: heroku_config_var, app: crash-app, key: API_TOKEN, api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
+      - {{name: header, kind: heroku_config_var, app: crash-app, key: API_AUTH_HEADER, template: 'Bearer {{{{value}}}}', api_key_env: HEROKU_API_KEY, api_url: '{url}'}}
+"
+        ),
+        &[("HEROKU_API_KEY", HEROKU_KEY)],
+        || assert_eq!(heroku.releases("crash-app"), 1, "the write landed before the crash"),
     );
     assert_eq!(
         heroku.releases("crash-app"),
@@ -571,45 +580,21 @@ tokens:
 #[test]
 fn a_crash_between_an_aws_write_and_its_verify_makes_one_version() {
     let moto = velvet_testkit::servers::Moto::start(&["crash/api=before"]);
-    let w = Workdir::new();
-    w.write_config(&format!(
-        "
-defaults: {{flow: auto, retry: {{attempts: 4, initial_backoff: 50ms, max_backoff: 200ms}}, grace_period: 0s}}
-engine: {{lease: 5s}}
-tokens:
-  - name: api
-    source: {{kind: random}}
-    consumers:
-      - {{name: aws, kind: aws_secrets_manager, region: eu-west-1, secret_id: crash/api, access_key_id_env: AWS_KEY_ID, secret_access_key_env: AWS_SECRET, api_url: '{}'}}
-",
-        moto.endpoint
-    ));
-    let env = vec![
-        ("VELVET_API_KEY", KEY),
-        ("AWS_KEY_ID", moto.access_key_id.as_str()),
-        ("AWS_SECRET", moto.secret_access_key.as_str()),
-    ];
     let versions = || {
         let v = moto.secretsmanager("list_secret_version_ids(SecretId='crash/api')");
         v["Versions"].as_array().unwrap().len()
     };
-    let mut crashing = env.clone();
-    crashing.push(("VELVET_CRASH_AT", "after_consumer_applied"));
-    let mut s = w.serve(&[], &crashing);
-    let (code, body) = s.call("POST", "/api/v1/tokens/api/rotate", Some(KEY), None);
-    assert_eq!(code, 202, "{body}");
-    let job = body["job_id"].as_str().unwrap().to_string();
-    s.wait(Duration::from_secs(30));
-    assert_eq!(versions(), 2, "the write landed before the crash");
-    let s = w.serve(&[], &env);
-    let j = wait_job(
-        &s,
-        KEY,
-        &job,
-        "succeeded after restart",
-        at("done", "succeeded"),
+    crash_after_a_write_then_resume(
+        &format!(
+            "      - {{name: aws, kind: aws_secrets_manager, region: eu-west-1, secret_id: crash/api, access_key_id_env: AWS_KEY_ID, secret_access_key_env: AWS_SECRET, api_url: '{}'}}\n",
+            moto.endpoint
+        ),
+        &[
+            ("AWS_KEY_ID", moto.access_key_id.as_str()),
+            ("AWS_SECRET", moto.secret_access_key.as_str()),
+        ],
+        || assert_eq!(versions(), 2, "the write landed before the crash"),
     );
-    assert_eq!(j["consumers"][0]["status"], "verified", "{j}");
     assert_eq!(versions(), 2, "the repeated step made no second version");
     let cur = moto.secretsmanager("get_secret_value(SecretId='crash/api')");
     assert_eq!(cur["SecretString"].as_str().unwrap().len(), 64, "{cur}");
