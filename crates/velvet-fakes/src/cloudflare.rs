@@ -160,6 +160,11 @@ impl Cloudflare {
         self.with(|s| s.faults.extend(faults))
     }
 
+    /// Injected faults not yet answered.
+    pub fn faults_left(&self) -> usize {
+        self.with(|s| s.faults.len())
+    }
+
     /// Every answer waits this long first.
     pub fn set_delay(&self, d: Duration) {
         self.with(|s| s.delay = d)

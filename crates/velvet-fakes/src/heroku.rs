@@ -134,6 +134,11 @@ impl Heroku {
         self.with(|s| s.fail_next.extend(statuses))
     }
 
+    /// Injected failures not yet answered.
+    pub fn faults_left(&self) -> usize {
+        self.with(|s| s.fail_next.len())
+    }
+
     /// Every answer waits this long first.
     pub fn set_delay(&self, d: Duration) {
         self.with(|s| s.delay = d)
