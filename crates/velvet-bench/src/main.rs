@@ -88,7 +88,8 @@ impl Row {
             self.reference,
             self.unit,
             ratio,
-            format!("≥{}", self.target),
+            // Two decimals: a target such as 1 ÷ 1.1 prints as ≥0.91.
+            format!("≥{}", (self.target * 100.0).round() / 100.0),
             verdict
         );
     }
