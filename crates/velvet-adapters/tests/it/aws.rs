@@ -167,7 +167,7 @@ async fn throttling_outages_and_an_unreachable_endpoint_are_retryable() {
             template: None,
         },
     };
-    let env = |_: &str| Some("AKIAEXAMPLE0123456789".to_string());
+    let env = |_: &str| Some("test-access-key-for-the-stub".to_string());
     let new = SecretValue::single("new-from-velvet".into());
     let d = delivery(&new, None);
     let c = consumer::build(&spec(format!("http://{addr}")), &env).unwrap();
