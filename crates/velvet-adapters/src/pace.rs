@@ -135,16 +135,6 @@ impl Budget {
             tokio::time::sleep(wait.min(MAX_WAIT)).await;
         }
     }
-
-    /// The requests the provider will take now, by the estimate (for tests and reports).
-    pub fn left(&self) -> Option<f64> {
-        self.state.lock().expect("budget").left(Instant::now())
-    }
-
-    /// The bucket's refill rate as learned so far.
-    pub fn refill(&self) -> f64 {
-        self.state.lock().expect("budget").refill
-    }
 }
 
 impl State {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The answers a test can make the next request get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +38,7 @@ struct Inner {
     scripts: BTreeMap<(String, String), Script>,
     faults: VecDeque<Fault>,
     delay: Duration,
-    /// The rate-limit window: `quota` requests per `window`.
-    quota: u32,
-    window: Duration,
-    window_start: Instant,
-    used: u32,
+    limit: crate::Window,
     requests: u64,
     rate_limited: u64,
 }
@@ -79,10 +75,7 @@ impl Cloudflare {
             scripts: BTreeMap::new(),
             faults: VecDeque::new(),
             delay: Duration::ZERO,
-            quota: 1200,
-            window: Duration::from_secs(300),
-            window_start: Instant::now(),
-            used: 0,
+            limit: crate::Window::new(1200, Duration::from_secs(300)),
             requests: 0,
             rate_limited: 0,
         }));
@@ -178,7 +171,7 @@ impl Cloudflare {
     /// A budget of `quota` requests per `window`, starting now.
     pub fn set_budget(&self, quota: u32, window: Duration) {
         self.with(|s| {
-            (s.quota, s.window, s.window_start, s.used) = (quota, window, Instant::now(), 0);
+            s.limit = crate::Window::new(quota, window);
         })
     }
 
@@ -190,12 +183,7 @@ impl Cloudflare {
 
 /// Adds `Ratelimit: "default";r=<left>;t=<secs to reset>` and its policy, as every answer has.
 fn with_limits(mut r: Response, s: &Inner) -> Response {
-    let left = s.quota.saturating_sub(s.used);
-    let reset = s
-        .window
-        .saturating_sub(s.window_start.elapsed())
-        .as_secs_f64()
-        .ceil() as u64;
+    let (left, reset) = (s.limit.left(), s.limit.reset_secs());
     let h = r.headers_mut();
     let v = |t: String| HeaderValue::from_str(&t).expect("ASCII");
     h.insert("Ratelimit", v(format!("\"default\";r={left};t={reset}")));
@@ -203,8 +191,8 @@ fn with_limits(mut r: Response, s: &Inner) -> Response {
         "Ratelimit-Policy",
         v(format!(
             "\"default\";q={};w={}",
-            s.quota,
-            s.window.as_secs()
+            s.limit.quota,
+            s.limit.length.as_secs()
         )),
     );
     r
@@ -224,9 +212,7 @@ async fn admit<'a>(
     }
     let mut s = state.lock().expect("fake state");
     s.requests += 1;
-    if s.window_start.elapsed() >= s.window {
-        (s.window_start, s.used) = (Instant::now(), 0);
-    }
+    s.limit.roll();
     if let Some(f) = s.faults.pop_front() {
         let r = match f {
             Fault::SuccessFalse => envelope(
@@ -261,23 +247,18 @@ async fn admit<'a>(
         let r = error(StatusCode::FORBIDDEN, 10000, "Authentication error");
         return Err(with_limits(r, &s));
     }
-    if s.used >= s.quota {
+    if !s.limit.take() {
         s.rate_limited += 1;
         let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             971,
             "Please wait and consider throttling your request speed",
         );
-        let wait = s
-            .window
-            .saturating_sub(s.window_start.elapsed())
-            .as_secs_f64()
-            .ceil() as u64;
+        let wait = s.limit.reset_secs();
         r.headers_mut()
             .insert("Retry-After", HeaderValue::from(wait));
         return Err(with_limits(r, &s));
     }
-    s.used += 1;
     if !s.scripts.contains_key(&(account.into(), script.into())) {
         let r = error(
             StatusCode::NOT_FOUND,

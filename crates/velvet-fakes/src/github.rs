@@ -57,7 +57,6 @@ struct Inner {
     faults: VecDeque<Fault>,
     delay: std::time::Duration,
     remaining: u32,
-    requests: u64,
     next_key_id: u64,
 }
 
@@ -100,7 +99,6 @@ impl GitHub {
             faults: VecDeque::new(),
             delay: std::time::Duration::ZERO,
             remaining: 5000,
-            requests: 0,
             next_key_id: 568250167242549743,
         }));
         let repo = "/repos/{owner}/{repo}/actions/secrets";
@@ -224,10 +222,6 @@ impl GitHub {
     pub fn expire_token(&self) {
         self.with(|s| s.token = String::new())
     }
-
-    pub fn requests(&self) -> u64 {
-        self.with(|s| s.requests)
-    }
 }
 
 fn limits(mut r: Response, remaining: u32) -> Response {
@@ -251,7 +245,6 @@ async fn admit<'a>(
         tokio::time::sleep(delay).await;
     }
     let mut s = st.lock().expect("fake state");
-    s.requests += 1;
     let left = s.remaining;
     if let Some(f) = s.faults.pop_front() {
         let r = match f {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where a secret lives: project, environment, path and key.
 type Key = (String, String, String, String);
@@ -41,10 +41,7 @@ struct Inner {
     hide_values: bool,
     faults: VecDeque<u16>,
     delay: Duration,
-    quota: u32,
-    window: Duration,
-    window_start: Instant,
-    used: u32,
+    limit: crate::Window,
     requests: u64,
     rate_limited: u64,
 }
@@ -92,10 +89,7 @@ impl Infisical {
             hide_values: false,
             faults: VecDeque::new(),
             delay: Duration::ZERO,
-            quota: 600,
-            window: Duration::from_secs(60),
-            window_start: Instant::now(),
-            used: 0,
+            limit: crate::Window::new(600, Duration::from_secs(60)),
             requests: 0,
             rate_limited: 0,
         }));
@@ -194,7 +188,7 @@ impl Infisical {
 
     pub fn set_budget(&self, quota: u32, window: Duration) {
         self.with(|s| {
-            (s.quota, s.window, s.window_start, s.used) = (quota, window, Instant::now(), 0);
+            s.limit = crate::Window::new(quota, window);
         })
     }
 
@@ -205,17 +199,10 @@ impl Infisical {
 }
 
 fn limited(mut r: Response, s: &Inner) -> Response {
-    let reset = s
-        .window
-        .saturating_sub(s.window_start.elapsed())
-        .as_secs_f64()
-        .ceil() as u64;
+    let reset = s.limit.reset_secs();
     let h = r.headers_mut();
-    h.insert("x-ratelimit-limit", HeaderValue::from(s.quota));
-    h.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(s.quota.saturating_sub(s.used)),
-    );
+    h.insert("x-ratelimit-limit", HeaderValue::from(s.limit.quota));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(s.limit.left()));
     h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     r
 }
@@ -243,9 +230,7 @@ async fn admit<'a>(
     }
     let mut s = state.lock().expect("fake state");
     s.requests += 1;
-    if s.window_start.elapsed() >= s.window {
-        (s.window_start, s.used) = (Instant::now(), 0);
-    }
+    s.limit.roll();
     if let Some(code) = s.faults.pop_front() {
         let r = if code == 429 {
             too_many(&s, 1)
@@ -258,16 +243,11 @@ async fn admit<'a>(
         };
         return Err(r);
     }
-    if s.used >= s.quota {
+    if !s.limit.take() {
         s.rate_limited += 1;
-        let wait = s
-            .window
-            .saturating_sub(s.window_start.elapsed())
-            .as_secs_f64()
-            .ceil() as u64;
+        let wait = s.limit.reset_secs();
         return Err(too_many(&s, wait));
     }
-    s.used += 1;
     if authed {
         let bearer = headers
             .get("authorization")

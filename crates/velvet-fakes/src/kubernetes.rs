@@ -184,10 +184,6 @@ impl Kubernetes {
         })
     }
 
-    pub fn set_rollout(&self, d: Duration) {
-        self.with(|s| s.rollout = d)
-    }
-
     pub fn set_delay(&self, d: Duration) {
         self.with(|s| s.delay = d)
     }

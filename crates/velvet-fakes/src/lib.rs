@@ -25,3 +25,51 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     });
     addr
 }
+
+/// A fixed-window rate limit (Cloudflare's, Infisical's): `quota` requests per `length`.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub quota: u32,
+    pub length: std::time::Duration,
+    start: std::time::Instant,
+    used: u32,
+}
+
+impl Window {
+    pub fn new(quota: u32, length: std::time::Duration) -> Self {
+        Self {
+            quota,
+            length,
+            start: std::time::Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Starts a new window when this one is over.
+    pub fn roll(&mut self) {
+        if self.start.elapsed() >= self.length {
+            (self.start, self.used) = (std::time::Instant::now(), 0);
+        }
+    }
+
+    /// Spends one request; `false` when the window's quota is spent.
+    pub fn take(&mut self) -> bool {
+        if self.used >= self.quota {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+
+    pub fn left(&self) -> u32 {
+        self.quota.saturating_sub(self.used)
+    }
+
+    /// Whole seconds until the window resets, rounded up (a client waiting that long is safe).
+    pub fn reset_secs(&self) -> u64 {
+        self.length
+            .saturating_sub(self.start.elapsed())
+            .as_secs_f64()
+            .ceil() as u64
+    }
+}

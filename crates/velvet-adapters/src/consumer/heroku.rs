@@ -215,25 +215,25 @@ fn holds(vars: &Map<String, Value>, key: &str, want: Option<&str>) -> bool {
     }
 }
 
+/// One of the token's vars on the app, with the new and previous values as it writes them.
+struct Rendered<'a> {
+    key: &'a str,
+    previous_key: Option<&'a str>,
+    new: Zeroizing<String>,
+    prev: Option<Zeroizing<String>>,
+}
+
 impl HerokuConfigVar {
-    /// This consumer's var and its siblings': (key, previous key, text of the new value, text
-    /// of the previous). A sibling whose template cannot render is left to its own consumer,
-    /// which reports it.
-    #[allow(clippy::type_complexity)]
-    fn texts(
-        &self,
-        d: &Delivery<'_>,
-    ) -> Result<
-        Vec<(
-            String,
-            Option<String>,
-            Zeroizing<String>,
-            Option<Zeroizing<String>>,
-        )>,
-    > {
-        let one = |key: &str, pk: &Option<String>, r: &Renderer| -> Result<_> {
-            let prev = d.previous.map(|p| r.render(p)).transpose()?;
-            Ok((key.to_string(), pk.clone(), r.render(d.new)?, prev))
+    /// This consumer's var and its siblings', rendered. A sibling whose template cannot render
+    /// is left to its own consumer, which reports it.
+    fn rendered<'a>(&'a self, d: &Delivery<'_>) -> Result<Vec<Rendered<'a>>> {
+        let one = |key: &'a str, pk: &'a Option<String>, r: &Renderer| -> Result<Rendered<'a>> {
+            Ok(Rendered {
+                key,
+                previous_key: pk.as_deref(),
+                new: r.render(d.new)?,
+                prev: d.previous.map(|p| r.render(p)).transpose()?,
+            })
         };
         let mut out = vec![one(&self.key, &self.previous_key, &self.render)?];
         out.extend(
@@ -283,12 +283,12 @@ pub(super) fn siblings(
 #[async_trait]
 impl Consumer for HerokuConfigVar {
     async fn apply(&self, d: &Delivery<'_>) -> Result<()> {
-        let texts = self.texts(d)?;
+        let vars = self.rendered(d)?;
         let mut want = vec![];
-        for (k, pk, new, prev) in &texts {
-            want.push((k.as_str(), Some(new.as_str())));
-            if let (Some(pk), Some(p)) = (pk, prev) {
-                want.push((pk.as_str(), Some(p.as_str())));
+        for v in &vars {
+            want.push((v.key, Some(v.new.as_str())));
+            if let (Some(pk), Some(p)) = (v.previous_key, &v.prev) {
+                want.push((pk, Some(p.as_str())));
             }
         }
         self.write(&want).await
@@ -322,12 +322,12 @@ impl Consumer for HerokuConfigVar {
     }
 
     async fn rollback(&self, d: &Delivery<'_>) -> Result<()> {
-        let texts = self.texts(d)?;
+        let vars = self.rendered(d)?;
         let mut want = vec![];
-        for (k, pk, _, prev) in &texts {
-            want.push((k.as_str(), prev.as_deref().map(|s| s.as_str())));
-            if let Some(pk) = pk {
-                want.push((pk.as_str(), None));
+        for v in &vars {
+            want.push((v.key, v.prev.as_deref().map(|s| s.as_str())));
+            if let Some(pk) = v.previous_key {
+                want.push((pk, None));
             }
         }
         self.write(&want).await

@@ -220,6 +220,10 @@ async fn refusals_and_rate_limits_are_classified() {
     assert!(c.apply(&d).await.unwrap_err().is_retryable());
     c.apply(&d).await.unwrap();
     c.verify(&d).await.unwrap();
+    // A token that expires (or is revoked) between steps.
+    fake.expire_token();
+    let e = c.verify(&d).await.unwrap_err();
+    assert!(!e.is_retryable() && e.to_string().contains("401"), "{e}");
 
     fake.set_delay(Duration::from_secs(30));
     let quick = consumer::GithubActionsSecret::new(

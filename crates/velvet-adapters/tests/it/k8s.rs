@@ -213,6 +213,11 @@ async fn refusals_missing_workloads_and_slow_rollouts_are_named() {
         "{e:?}"
     );
 
+    // A token that expires between steps: permanent, and named.
+    fake.expire_token();
+    let e = slow.apply(&d).await.unwrap_err();
+    assert!(!e.is_retryable() && e.to_string().contains("401"), "{e}");
+
     // An API server that does not answer in time is retryable.
     fake.set_delay(Duration::from_secs(30));
     let quick = consumer::K8sSecret::new(
