@@ -15,5 +15,6 @@ pub mod limiter;
 pub mod model;
 pub mod operator;
 pub mod rotation;
+pub mod schedule;
 pub mod secret;
 pub mod template;

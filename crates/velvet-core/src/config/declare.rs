@@ -47,7 +47,12 @@ pub(super) fn decode_defaults(cx: &mut Cx, root: &Map) -> Defaults {
     let Some(node) = root.get("defaults") else {
         return builtin;
     };
-    let Some(d) = Map::new(cx, node, "defaults", &["flow", "grace_period", "retry"]) else {
+    let Some(d) = Map::new(
+        cx,
+        node,
+        "defaults",
+        &["flow", "grace_period", "retry", "max_age", "remind_before"],
+    ) else {
         return builtin;
     };
     Defaults {
@@ -56,6 +61,8 @@ pub(super) fn decode_defaults(cx: &mut Cx, root: &Map) -> Defaults {
             .duration(cx, "grace_period")
             .unwrap_or(builtin.grace_period),
         retry: decode_retry(cx, &d, &builtin.retry),
+        max_age: d.duration(cx, "max_age"),
+        remind_before: d.duration(cx, "remind_before"),
     }
 }
 
@@ -103,6 +110,9 @@ const TOKEN_KEYS: &[&str] = &[
     "retry",
     "source",
     "rotate_every",
+    "schedule",
+    "max_age",
+    "remind_before",
     "consumers",
 ];
 
@@ -152,6 +162,7 @@ pub(super) fn decode_tokens(
                 "must be at least 1m",
             );
         }
+        let schedule = super::schedules::decode_schedule(cx, &t, rotate_every);
         let fields = source.as_ref().map(SourceSpec::fields).unwrap_or(&[]);
         let consumers = decode_consumers(cx, &t, fields, base_dir);
         let spec = TokenSpec {
@@ -164,6 +175,9 @@ pub(super) fn decode_tokens(
                 .unwrap_or(defaults.grace_period),
             retry: decode_retry(cx, &t, &defaults.retry),
             rotate_every,
+            schedule,
+            max_age: t.duration(cx, "max_age").or(defaults.max_age),
+            remind_before: t.duration(cx, "remind_before").or(defaults.remind_before),
             consumers,
             source: match source {
                 Some(s) => s,

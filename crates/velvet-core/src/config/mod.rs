@@ -5,6 +5,7 @@ mod consumers;
 mod declare;
 mod decode;
 mod providers;
+mod schedules;
 mod server;
 mod sources;
 mod spec;
@@ -146,6 +147,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub tokens: Vec<TokenSpec>,
     pub revocation_gates: Vec<GateSpec>,
+    /// No scheduled rotation starts inside one (design §11).
+    pub blackouts: Vec<BlackoutSpec>,
     /// Position of each token in `tokens`: the engine looks a token up at every step.
     token_index: HashMap<String, usize>,
 }
@@ -309,6 +312,7 @@ const ROOT_KEYS: &[&str] = &[
     "engine",
     "tokens",
     "revocation_gates",
+    "blackouts",
 ];
 
 fn decode_root(
@@ -396,6 +400,7 @@ fn decode_root(
     let engine = declare::decode_engine(cx, &root);
     let tokens = declare::decode_tokens(cx, &root, &defaults, &base_dir);
     let revocation_gates = declare::decode_gates(cx, &root);
+    let blackouts = schedules::decode_blackouts(cx, &root);
 
     Some(Config {
         file: file.to_path_buf(),
@@ -416,6 +421,7 @@ fn decode_root(
             .collect(),
         tokens,
         revocation_gates,
+        blackouts,
     })
 }
 
@@ -500,11 +506,15 @@ impl Defaults {
                 initial_backoff: Duration::from_secs(2),
                 max_backoff: Duration::from_secs(300),
             },
+            max_age: None,
+            remind_before: None,
         }
     }
 }
 
 #[cfg(test)]
 mod provider_tests;
+#[cfg(test)]
+mod schedule_tests;
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,10 @@ pub struct Defaults {
     #[serde(with = "crate::duration::serde_str")]
     pub grace_period: Duration,
     pub retry: RetryPolicy,
+    #[serde(with = "crate::duration::serde_str::option")]
+    pub max_age: Option<Duration>,
+    #[serde(with = "crate::duration::serde_str::option")]
+    pub remind_before: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +78,106 @@ pub struct TokenSpec {
     pub source: SourceSpec,
     #[serde(with = "crate::duration::serde_str::option")]
     pub rotate_every: Option<Duration>,
+    /// Cron slots instead of `rotate_every` (the two are exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// Older than this, the current version is `overdue` (the token's own, else `defaults`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::serde_str::option"
+    )]
+    pub max_age: Option<Duration>,
+    /// `due_soon` this long before the next rotation or `max_age` (the token's own, else
+    /// `defaults`, else [`REMIND_BEFORE`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::serde_str::option"
+    )]
+    pub remind_before: Option<Duration>,
     pub consumers: Vec<ConsumerSpec>,
+}
+
+/// How long before a rotation or `max_age` a token is `due_soon` when nothing says.
+pub const REMIND_BEFORE: Duration = Duration::from_secs(14 * 86400);
+
+impl TokenSpec {
+    /// The token's cadence, if it has a schedule (`None` also for a cron that no longer
+    /// parses, which `validate` refused when it was loaded).
+    pub fn cadence(&self) -> Option<crate::schedule::Cadence> {
+        if let Some(s) = &self.schedule {
+            return crate::schedule::Slots::new(&s.cron, &s.timezone, s.window, s.jitter)
+                .ok()
+                .map(crate::schedule::Cadence::Slots);
+        }
+        self.rotate_every.map(crate::schedule::Cadence::every)
+    }
+
+    pub fn remind_before(&self) -> Duration {
+        self.remind_before.unwrap_or(REMIND_BEFORE)
+    }
+}
+
+/// `schedule`: a cron expression on a zone's wall clock, and when within each slot a job may
+/// start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    pub timezone: String,
+    /// A job starts only within `[slot, slot + window)`.
+    #[serde(with = "crate::duration::serde_str")]
+    pub window: Duration,
+    /// At a stable random moment this long after its slot at most.
+    #[serde(with = "crate::duration::serde_str")]
+    pub jitter: Duration,
+}
+
+/// A span of time in which no scheduled rotation starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlackoutSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub when: BlackoutWhen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BlackoutWhen {
+    Between {
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    },
+    Recurring {
+        cron: String,
+        timezone: String,
+        #[serde(with = "crate::duration::serde_str")]
+        duration: Duration,
+    },
+}
+
+impl BlackoutSpec {
+    /// As the scheduler uses it (`None` for a cron that no longer parses).
+    pub fn compile(&self) -> Option<crate::schedule::Blackout> {
+        let name = self.name.clone();
+        Some(match &self.when {
+            BlackoutWhen::Between { from, to } => crate::schedule::Blackout::Between {
+                name,
+                from: *from,
+                to: *to,
+            },
+            BlackoutWhen::Recurring {
+                cron,
+                timezone,
+                duration,
+            } => crate::schedule::Blackout::Recurring {
+                name,
+                starts: crate::schedule::Slots::new(cron, timezone, *duration, Duration::ZERO)
+                    .ok()?,
+                duration: chrono::TimeDelta::from_std(*duration).ok()?,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

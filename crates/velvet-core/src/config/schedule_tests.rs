@@ -1,0 +1,117 @@
+//! Decoding `schedule`, `blackouts`, `max_age` and `remind_before`: what each accepts and how
+//! each mistake is named.
+
+use super::tests::{parse_with, problems};
+use super::*;
+
+fn token(extra: &str) -> String {
+    format!("tokens:\n  - name: api\n    source: {{kind: random}}\n{extra}")
+}
+
+fn one(problems: &[String], path: &str, says: &str) {
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(path) && p.contains(says)),
+        "no problem at {path} saying {says:?}: {problems:#?}"
+    );
+}
+
+#[test]
+fn a_schedule_and_blackouts_decode_with_their_defaults() {
+    let text = format!(
+        "defaults: {{max_age: 120d, remind_before: 7d}}\n\
+         blackouts:\n\
+         \x20 - {{name: year-end-freeze, from: \"2026-12-20T00:00:00Z\", to: \"2027-01-04T00:00:00Z\"}}\n\
+         \x20 - {{name: weekends, cron: \"0 0 * * SAT\", timezone: UTC, duration: 48h}}\n{}",
+        token(
+            "    schedule: {cron: \"0 3 * * MON\", timezone: Europe/Berlin, window: 2h, jitter: 10m}\n"
+        )
+    );
+    let c = parse_with(&text, &[]).unwrap();
+    let t = &c.tokens[0];
+    let s = t.schedule.as_ref().unwrap();
+    assert_eq!(
+        (s.cron.as_str(), s.timezone.as_str()),
+        ("0 3 * * MON", "Europe/Berlin")
+    );
+    assert_eq!(
+        (s.window, s.jitter),
+        (Duration::from_secs(7200), Duration::from_secs(600))
+    );
+    assert_eq!(t.max_age, Some(Duration::from_secs(120 * 86400)));
+    assert_eq!(t.remind_before(), Duration::from_secs(7 * 86400));
+    assert!(matches!(
+        t.cadence(),
+        Some(crate::schedule::Cadence::Slots(_))
+    ));
+    assert_eq!(c.blackouts.len(), 2);
+    assert!(c.blackouts.iter().all(|b| b.compile().is_some()));
+    // Defaults: UTC, a one-hour window, no jitter, 14 days' notice.
+    let c = parse_with(&token("    schedule: {cron: \"0 3 * * *\"}\n"), &[]).unwrap();
+    let s = c.tokens[0].schedule.as_ref().unwrap();
+    assert_eq!(
+        (s.timezone.as_str(), s.window, s.jitter),
+        ("UTC", Duration::from_secs(3600), Duration::ZERO)
+    );
+    assert_eq!(c.tokens[0].remind_before(), spec::REMIND_BEFORE);
+}
+
+#[test]
+fn a_bad_schedule_is_named_field_by_field() {
+    let p = problems(&token(
+        "    schedule: {cron: \"0 27 * * *\", timezone: Mars/Olympus, window: 5m, jitter: 10m}\n",
+    ));
+    one(&p, "tokens[0].schedule.cron", "field 2 (hour) `27`");
+    one(&p, "tokens[0].schedule.cron", "0-23");
+    one(
+        &p,
+        "tokens[0].schedule.timezone",
+        "`Mars/Olympus` is not an IANA time zone",
+    );
+    one(
+        &p,
+        "tokens[0].schedule.jitter",
+        "longer than the window (5m)",
+    );
+    let p = problems(&token(
+        "    rotate_every: 30d\n    schedule: {cron: \"0 3 * * *\"}\n",
+    ));
+    one(&p, "tokens[0].schedule", "not both");
+    let p = problems(&token("    rotate_every: 30s\n"));
+    one(&p, "tokens[0].rotate_every", "at least 1m");
+    let p = problems(&token("    schedule: {cron: \"0 3 * * *\", window: 30s}\n"));
+    one(&p, "tokens[0].schedule.window", "at least 1m");
+    let p = problems(&token("    schedule: {cron: \"0 3 * *\"}\n"));
+    one(&p, "tokens[0].schedule.cron", "4 field(s)");
+    let p = problems(&token("    schedule: {crontab: \"0 3 * * *\"}\n"));
+    one(&p, "tokens[0].schedule", "crontab");
+}
+
+#[test]
+fn bad_blackouts_are_named_and_overlapping_ones_allowed() {
+    let ok = "blackouts:\n\
+              \x20 - {name: a, from: \"2026-12-20T00:00:00Z\", to: \"2027-01-04T00:00:00Z\"}\n\
+              \x20 - {name: b, from: \"2026-12-30T00:00:00Z\", to: \"2027-01-10T00:00:00Z\"}\n\
+              tokens: []\n";
+    assert_eq!(problems(ok), Vec::<String>::new());
+    let bad = "blackouts:\n\
+               \x20 - {name: a, from: \"next friday\", to: \"2027-01-04T00:00:00Z\"}\n\
+               \x20 - {name: b, from: \"2027-01-04T00:00:00Z\", to: \"2026-01-04T00:00:00Z\"}\n\
+               \x20 - {name: c, cron: \"0 0 * * SAT\", timezone: Nowhere}\n\
+               \x20 - {name: d}\n\
+               \x20 - {name: d, cron: \"0 0 * * XYZ\", duration: 1h}\n\
+               tokens: []\n";
+    let p = problems(bad);
+    one(&p, "blackouts[0].from", "not an RFC 3339 time");
+    one(&p, "blackouts[1].to", "later than `from`");
+    one(&p, "blackouts[2].timezone", "`Nowhere`");
+    one(
+        &p,
+        "blackouts[2].duration",
+        "missing required key `duration`",
+    );
+    one(&p, "blackouts[3]", "either `from`/`to`");
+    one(&p, "blackouts[4].name", "declared twice");
+    one(&p, "blackouts[4].cron", "field 5 (day of week)");
+}
