@@ -123,7 +123,7 @@ pub enum Cadence {
     /// `rotate_every`: this long after the last successful rotation.
     Every(TimeDelta),
     /// `schedule`: at cron slots, within their window.
-    Slots(Slots),
+    Slots(Box<Slots>),
 }
 
 impl Cadence {
@@ -142,7 +142,7 @@ pub enum Blackout {
     },
     Recurring {
         name: String,
-        starts: Slots,
+        starts: Box<Slots>,
         duration: TimeDelta,
     },
 }

@@ -96,7 +96,7 @@ fn a_slot_in_the_autumn_repeat_runs_once() {
 #[test]
 fn a_schedule_starts_within_jitter_of_its_slot_and_the_same_on_every_pass() {
     let s = slots("0 3 * * *", "UTC", mins(120), mins(10));
-    let cadence = Cadence::Slots(s);
+    let cadence = Cadence::Slots(Box::new(s));
     let st = seen("2026-01-01T00:00:00Z");
     let before = next("tok", &cadence, &[], &st, t("2026-01-02T02:00:00Z"));
     let Verdict::Wait {
@@ -137,7 +137,7 @@ fn a_schedule_starts_within_jitter_of_its_slot_and_the_same_on_every_pass() {
 
 #[test]
 fn a_slot_taken_is_not_started_again() {
-    let cadence = Cadence::Slots(slots("0 3 * * *", "UTC", mins(120), mins(0)));
+    let cadence = Cadence::Slots(Box::new(slots("0 3 * * *", "UTC", mins(120), mins(0))));
     let st = Standing {
         slot_taken: Some(t("2026-01-02T03:00:00Z")),
         ..seen("2026-01-01T00:00:00Z")
@@ -155,7 +155,7 @@ fn a_slot_taken_is_not_started_again() {
 
 #[test]
 fn slots_whose_window_closed_are_missed_once_and_the_open_one_is_used() {
-    let cadence = Cadence::Slots(slots("0 * * * *", "UTC", mins(30), mins(0)));
+    let cadence = Cadence::Slots(Box::new(slots("0 * * * *", "UTC", mins(30), mins(0))));
     let st = Standing {
         slot_taken: Some(t("2026-01-02T00:00:00Z")),
         ..seen("2026-01-01T00:00:00Z")
@@ -179,7 +179,7 @@ fn slots_whose_window_closed_are_missed_once_and_the_open_one_is_used() {
 
 #[test]
 fn years_down_on_a_frequent_schedule_jump_ahead() {
-    let cadence = Cadence::Slots(slots("* * * * *", "UTC", mins(1), mins(0)));
+    let cadence = Cadence::Slots(Box::new(slots("* * * * *", "UTC", mins(1), mins(0))));
     let st = Standing {
         slot_taken: Some(t("2020-01-01T00:00:00Z")),
         ..seen("2020-01-01T00:00:00Z")
@@ -223,7 +223,7 @@ fn overlapping_blackouts_merge() {
 fn a_weekend_blackout_recurs_in_its_zone() {
     let weekends = Blackout::Recurring {
         name: "weekends".into(),
-        starts: slots("0 0 * * SAT", "UTC", mins(0), mins(0)),
+        starts: Box::new(slots("0 0 * * SAT", "UTC", mins(0), mins(0))),
         duration: TimeDelta::hours(48),
     };
     let b = [weekends];
@@ -238,7 +238,7 @@ fn a_weekend_blackout_recurs_in_its_zone() {
 
 #[test]
 fn a_blackout_pushes_a_start_within_the_window_or_loses_the_slot() {
-    let cadence = Cadence::Slots(slots("0 3 * * *", "UTC", mins(120), mins(0)));
+    let cadence = Cadence::Slots(Box::new(slots("0 3 * * *", "UTC", mins(120), mins(0))));
     let st = seen("2026-01-01T00:00:00Z");
     let short = [between(
         "deploy",

@@ -109,7 +109,7 @@ impl TokenSpec {
         if let Some(s) = &self.schedule {
             return crate::schedule::Slots::new(&s.cron, &s.timezone, s.window, s.jitter)
                 .ok()
-                .map(crate::schedule::Cadence::Slots);
+                .map(|s| crate::schedule::Cadence::Slots(Box::new(s)));
         }
         self.rotate_every.map(crate::schedule::Cadence::every)
     }
@@ -172,8 +172,9 @@ impl BlackoutSpec {
                 duration,
             } => crate::schedule::Blackout::Recurring {
                 name,
-                starts: crate::schedule::Slots::new(cron, timezone, *duration, Duration::ZERO)
-                    .ok()?,
+                starts: Box::new(
+                    crate::schedule::Slots::new(cron, timezone, *duration, Duration::ZERO).ok()?,
+                ),
                 duration: chrono::TimeDelta::from_std(*duration).ok()?,
             },
         })
