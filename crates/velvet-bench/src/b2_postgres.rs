@@ -337,6 +337,7 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
                         requested_role: Some(velvet_core::identity::Role::Admin),
                         reason: None,
                         idempotency: None,
+                        schedule_slot: None,
                     })
                     .await
                     .unwrap();

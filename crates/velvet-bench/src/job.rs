@@ -48,6 +48,7 @@ pub async fn distribute_seconds(
             requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
+            schedule_slot: None,
         })
         .await
         .unwrap();

@@ -8,10 +8,12 @@ mod backoff;
 mod distribute;
 mod gate;
 mod runner;
+mod scheduler;
 mod service;
 mod step_error;
 mod values;
 
 pub use gate::raise;
 pub use runner::{CRASH_POINTS, Engine, EngineOptions, EnvLookup};
+pub use scheduler::{PassReport, REQUESTER as SCHEDULER};
 pub use service::{Person, ServiceError, StageRequest};

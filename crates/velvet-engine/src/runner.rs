@@ -70,6 +70,9 @@ pub struct EngineOptions {
     /// How often to look for due work when nothing wakes the loop.
     pub poll_interval: Duration,
     pub env: EnvLookup,
+    /// Contend for the scheduler lease and run its passes (off in tests that drive
+    /// `schedule_pass` with their own clock).
+    pub lead_scheduler: bool,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -95,6 +98,7 @@ impl EngineOptions {
             // come by LISTEN/NOTIFY, and a waiting job sets a timer for its wake time.
             poll_interval: Duration::from_secs(5),
             env: Arc::new(|name| std::env::var(name).ok()),
+            lead_scheduler: true,
         }
     }
 }
@@ -121,6 +125,7 @@ pub struct Engine {
     driving: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Set once a stop was asked for: drivers finish their step, release the lease and end.
     stopping: AtomicBool,
+    pub(crate) scheduler: crate::scheduler::SchedulerState,
 }
 
 impl std::fmt::Debug for Engine {
@@ -175,6 +180,7 @@ impl Engine {
             ),
             driving: Default::default(),
             stopping: AtomicBool::new(false),
+            scheduler: Default::default(),
         })
     }
 
@@ -202,6 +208,8 @@ impl Engine {
             );
         }
         *sized = (engine.concurrency, engine.per_lock_key);
+        // A reload may change schedules and blackouts: the scheduler looks again now.
+        self.scheduler.wake.notify_one();
     }
 
     pub(crate) fn per_lock_key(&self) -> usize {
@@ -252,6 +260,9 @@ impl Engine {
         let me = self.clone();
         tokio::spawn(async move {
             tracing::info!(owner = %me.opts.owner, "engine started");
+            if me.opts.lead_scheduler {
+                tokio::spawn(me.clone().lead(shutdown.clone()));
+            }
             let weak = Arc::downgrade(&me);
             if me.store.watch_jobs(Box::new(move |c| {
                 if let Some(e) = weak.upgrade() {

@@ -246,6 +246,7 @@ async fn rotate(
                 key,
                 request_hash: &request_hash,
             }),
+            schedule_slot: None,
         })
         .await?;
     let location = format!("/api/v1/rotations/{}", job.job_id);

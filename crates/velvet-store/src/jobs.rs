@@ -136,6 +136,7 @@ struct Kickoff {
     reason: Option<String>,
     /// Scope, key, request hash.
     idempotency: Option<(String, String, String)>,
+    schedule_slot: Option<DateTime<Utc>>,
 }
 
 /// The job an unexpired `Idempotency-Key` already made, if the request matches;
@@ -210,6 +211,12 @@ async fn insert_job<C: Conn>(
         }) => return Ok(None),
         other => other.ctx("creating a job")?,
     };
+    // After the insert, so a refused insert leaves the slot free (SQLite would commit it).
+    if let Some(slot) = k.schedule_slot
+        && !crate::schedules::take_slot(c, token_id, slot).await?
+    {
+        return Err(StoreError::SlotTaken(slot));
+    }
     c.run(
         "creating a job's consumers",
         "INSERT INTO rotation_job_consumers (job_id, consumer_id, status, attempts, updated_at)
@@ -282,6 +289,7 @@ impl<B: Backend> JobStore for B {
                     i.request_hash.to_string(),
                 )
             }),
+            schedule_slot: new.schedule_slot,
         };
         for _ in 0..KICKOFF_TRIES {
             let (kickoff, keyring) = (k.clone(), keyring.clone());

@@ -16,6 +16,7 @@ mod operators;
 mod postgres;
 mod reconcile;
 mod rows;
+mod schedules;
 mod sealed;
 mod sessions;
 mod sqlite;
@@ -33,6 +34,7 @@ pub use migrate::{
 };
 pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
+pub use schedules::{ScheduleRow, ScheduleStore};
 pub use sealed::SealedStore;
 pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
@@ -58,6 +60,9 @@ pub enum StoreError {
     /// I3: the token already has an unfinished job.
     #[error("token already has an active rotation job {0}")]
     JobActive(String),
+    /// A scheduler kickoff for a slot that was already used (by another replica, or earlier).
+    #[error("schedule slot {0} of this token was already used")]
+    SlotTaken(DateTime<Utc>),
     /// An `Idempotency-Key` came back with a different request.
     #[error("the Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
@@ -132,6 +137,9 @@ pub struct NewJob<'a> {
     pub reason: Option<&'a str>,
     /// A client's `Idempotency-Key`, checked and recorded in the job's own transaction.
     pub idempotency: Option<IdempotencyKey<'a>>,
+    /// The schedule slot a scheduler kickoff is for, taken in the job's own transaction: a
+    /// slot already taken refuses the kickoff with [`StoreError::SlotTaken`].
+    pub schedule_slot: Option<DateTime<Utc>>,
 }
 
 /// A page of jobs: filters, and the job the previous page ended with.
@@ -289,6 +297,7 @@ pub trait Store:
     + SessionStore
     + SealedStore
     + AuditStore
+    + ScheduleStore
     + Send
     + Sync
     + std::fmt::Debug

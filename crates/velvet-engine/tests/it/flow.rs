@@ -291,6 +291,7 @@ tokens:
             requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
+            schedule_slot: None,
         })
         .await
         .unwrap();

@@ -54,6 +54,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
             requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
+            schedule_slot: None,
         })
         .await
         .unwrap();

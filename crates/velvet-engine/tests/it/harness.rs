@@ -121,6 +121,7 @@ impl Harness {
                 requested_role: Some(velvet_core::identity::Role::Admin),
                 reason: None,
                 idempotency: None,
+                schedule_slot: None,
             })
             .await
             .unwrap()

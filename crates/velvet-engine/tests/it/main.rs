@@ -3,5 +3,6 @@
 mod flow;
 mod fresh_mint;
 mod harness;
+mod schedules;
 mod store_faults;
 mod wakeups;

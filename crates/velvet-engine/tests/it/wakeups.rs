@@ -44,6 +44,7 @@ async fn a_kickoff_on_another_replica_is_claimed_here_without_polling() {
             requested_role: Some(velvet_core::identity::Role::Admin),
             reason: None,
             idempotency: None,
+            schedule_slot: None,
         })
         .await
         .unwrap();

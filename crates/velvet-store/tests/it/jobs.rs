@@ -65,6 +65,7 @@ fn new_job(flow: FlowType) -> NewJob<'static> {
         requested_role: Some(velvet_core::identity::Role::Admin),
         reason: Some("scheduled"),
         idempotency: None,
+        schedule_slot: None,
     }
 }
 
