@@ -90,6 +90,9 @@ enum Command {
     },
     /// Check the file, keyring, store, and that every source and consumer can be reached.
     Doctor,
+    /// What needs attention: failed and paused rotations, overdue and due-soon tokens, drifted
+    /// consumers (talks to the server). Exits 1 when anything does.
+    Status,
     /// Manage tokens.
     Tokens {
         #[command(subcommand)]
@@ -324,6 +327,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Migrate { list, dry_run } => commands::store::migrate(&ctx, list, dry_run).await,
         Command::Validate { skip_env } => commands::validate::run(&ctx, skip_env),
         Command::Doctor => commands::doctor::run(&ctx).await,
+        Command::Status => commands::status::run(&ctx).await,
         Command::Tokens { command } => match command {
             TokensCommand::Import { name } => commands::store::import(&ctx, &name).await,
             TokensCommand::List => commands::tokens::list(&ctx).await,

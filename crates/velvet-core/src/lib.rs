@@ -1,6 +1,7 @@
 //! Velvet's domain: everything that is true about tokens, versions, keys and the audit chain
 //! without a database, an HTTP server or a network in sight.
 
+pub mod attention;
 pub mod audit;
 pub mod config;
 pub mod decision;

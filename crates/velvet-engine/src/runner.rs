@@ -373,6 +373,10 @@ impl Engine {
                 .await;
         }
         self.driving.lock().expect("never poisoned").remove(&id);
+        // A finished job moves its token's next start: the scheduler looks again now.
+        if job.state.status.is_terminal() {
+            self.scheduler.wake.notify_one();
+        }
         // Whoever moved the job may have found it leased to us: look again now.
         if matches!(stop, Stop::Stale) {
             self.nudge();

@@ -20,6 +20,7 @@ mod rotations;
 mod service_tokens;
 mod session;
 mod startup;
+mod status;
 mod tokens;
 
 /// The answers the CLI decodes, as the server sends them.

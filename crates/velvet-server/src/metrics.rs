@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::time::Instant;
+use velvet_core::model::TokenStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -33,6 +34,17 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabel {
+    token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationLabels {
+    token: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -43,6 +55,15 @@ pub struct Metrics {
     latency: Family<HttpLabels, Histogram>,
     tokens: Family<StatusLabel, Gauge>,
     reconciles: Family<OutcomeLabel, Counter>,
+    /// Read from the store at each scrape, so every replica reports the same.
+    rotations: Family<RotationLabels, Counter>,
+    overdue: Gauge,
+    due_soon: Gauge,
+    drifted: Gauge,
+    token_age: Family<TokenLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    leader: Gauge,
+    /// One refresh at a time: two would both add the same new jobs to the counters.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,12 +100,57 @@ impl Default for Metrics {
             reconciles.clone(),
         );
         registry.register("build_info", "Velvet version", build);
+        let rotations = Family::<RotationLabels, Counter>::default();
+        registry.register(
+            "rotations",
+            "Rotation jobs by token and status (from the store)",
+            rotations.clone(),
+        );
+        let (overdue, due_soon, drifted, leader) = (
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+            Gauge::default(),
+        );
+        registry.register(
+            "tokens_overdue",
+            "Tokens whose current version is older than max_age",
+            overdue.clone(),
+        );
+        registry.register(
+            "tokens_due_soon",
+            "Tokens within remind_before of max_age or of a rotation that needs a person",
+            due_soon.clone(),
+        );
+        registry.register(
+            "consumers_drifted",
+            "Consumers holding another value than the current version",
+            drifted.clone(),
+        );
+        let token_age = Family::<TokenLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "token_age_seconds",
+            "Age of each token's current version",
+            token_age.clone(),
+        );
+        registry.register(
+            "scheduler_leader",
+            "1 while this replica leads the scheduler",
+            leader.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             tokens,
             reconciles,
+            rotations,
+            overdue,
+            due_soon,
+            drifted,
+            token_age,
+            leader,
+            refreshing: Default::default(),
         }
     }
 }
@@ -106,6 +172,41 @@ impl Metrics {
                 outcome: if ok { "success" } else { "failure" }.into(),
             })
             .inc();
+    }
+
+    /// Brings the store-derived series up to date before a scrape.
+    async fn refresh(&self, state: &AppState) -> Result<(), ApiError> {
+        let _one = self.refreshing.lock().await;
+        for (token, status, n) in state.store.job_counts().await? {
+            let c = self
+                .rotations
+                .get_or_create(&RotationLabels { token, status });
+            let seen = c.get();
+            if let Ok(n) = u64::try_from(n)
+                && n > seen
+            {
+                c.inc_by(n - seen);
+            }
+        }
+        let summary = crate::status::summary(state).await?;
+        self.overdue.set(summary.overdue.len() as i64);
+        self.due_soon.set(summary.due_soon.len() as i64);
+        self.drifted.set(summary.drifted.len() as i64);
+        let now = chrono::Utc::now();
+        self.token_age.clear();
+        for t in state.store.list_tokens().await? {
+            if let Some(at) = t
+                .last_rotated_at
+                .filter(|_| t.status == TokenStatus::Active)
+            {
+                self.token_age
+                    .get_or_create(&TokenLabel { token: t.name })
+                    .set((now - at).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+        let leads = state.engine.as_ref().is_some_and(|e| e.leads_scheduler());
+        self.leader.set(i64::from(leads));
+        Ok(())
     }
 
     pub fn render(&self) -> String {
@@ -140,7 +241,13 @@ async fn metrics(
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            // A store that does not answer leaves the last values; the rest still serves.
+            if let Err(e) = state.metrics.refresh(&state).await {
+                tracing::warn!(error = %e.message, "refreshing store metrics failed");
+            }
+            state.metrics.render()
+        },
     )
         .into_response())
 }

@@ -57,6 +57,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::health::router())
         .merge(crate::metrics::router())
         .merge(crate::tokens::router())
+        .merge(crate::status::router())
         .merge(crate::rotations::router())
         .merge(crate::service_tokens::router())
         .merge(crate::audit::router())

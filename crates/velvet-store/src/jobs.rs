@@ -325,6 +325,17 @@ impl<B: Backend> JobStore for B {
         )))
     }
 
+    async fn job_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        crate::db::read_all(
+            self,
+            "counting jobs",
+            "SELECT t.name, j.status, COUNT(*) FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
+             GROUP BY t.name, j.status ORDER BY t.name, j.status",
+            vec![],
+        )
+        .await
+    }
+
     async fn get_job(&self, job_id: &str) -> Result<Option<RotationJob>, StoreError> {
         let job_id = job_id.to_string();
         self.driver()

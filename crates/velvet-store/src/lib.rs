@@ -275,6 +275,9 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// The seq of a job's latest event (0 before any).
+    /// How many jobs each token has had, by status (for `velvet_rotations_total`).
+    async fn job_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
+
     async fn last_event_seq(&self, job_id: &str) -> Result<i64, StoreError>;
 
     /// Events of a job with `seq > after_seq`, oldest first.

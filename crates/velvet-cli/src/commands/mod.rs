@@ -10,6 +10,7 @@ pub mod init;
 pub mod operators;
 pub mod rotations;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod validate;

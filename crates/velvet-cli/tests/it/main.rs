@@ -18,3 +18,4 @@ mod replicas;
 mod rotation;
 mod runbook;
 mod safety;
+mod schedules;

@@ -189,7 +189,12 @@ async fn two_replicas_passing_at_once_start_each_slot_once() {
     for i in 0..20 {
         let all = jobs(&*s.f.store, &format!("t{i}")).await;
         assert_eq!(all.len(), 1, "t{i}");
-        until(&*s.f.store, &all[0].job_id, is(Stage::Done, JobStatus::Succeeded)).await;
+        until(
+            &*s.f.store,
+            &all[0].job_id,
+            is(Stage::Done, JobStatus::Succeeded),
+        )
+        .await;
     }
     // Every job finished, so only the used slot stops a second start (not I3).
     let (a, b) = tokio::join!(s.engine.schedule_pass(at), other.schedule_pass(at));

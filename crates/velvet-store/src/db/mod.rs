@@ -255,6 +255,11 @@ impl FromRow for (String, String) {
         Ok((row.text()?, row.text()?))
     }
 }
+impl FromRow for (String, String, i64) {
+    fn from_row(row: &mut Row) -> Result<Self, DbError> {
+        Ok((row.text()?, row.text()?, row.int()?))
+    }
+}
 impl FromRow for (String, i64) {
     fn from_row(row: &mut Row) -> Result<Self, DbError> {
         Ok((row.text()?, row.int()?))

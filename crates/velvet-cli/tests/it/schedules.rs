@@ -1,0 +1,205 @@
+//! Schedules through the binary, in real time: a `rotate_every: 1m` token rotates by itself;
+//! killing the leading replica hands the scheduler to the other within the lease; `velvet
+//! status` and `/metrics` tell a monitor what needs attention.
+
+use crate::common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "schedule-test-key-0123456789abcdef";
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn every_minute(w: &Workdir, lease: &str) -> String {
+    format!(
+        "defaults: {{grace_period: 0s}}\nengine: {{lease: {lease}}}\ntokens:\n  - name: minutely\n    flow: auto\n    rotate_every: 1m\n    source: {{kind: random}}\n    consumers:\n      - {{name: env, kind: file, path: {}, format: dotenv, key: TOKEN}}\n",
+        w.path("app.env").display()
+    )
+}
+
+fn scheduled_jobs(s: &Server) -> Vec<Value> {
+    let (code, page) = s.call("GET", "/api/v1/rotations?token=minutely", Some(KEY), None);
+    assert_eq!(code, 200, "{page}");
+    page["rotations"].as_array().cloned().unwrap_or_default()
+}
+
+/// The first scheduled job to succeed, waiting at most `limit`.
+fn wait_scheduled_success(s: &Server, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let jobs = scheduled_jobs(s);
+        if let Some(j) = jobs.iter().find(|j| j["status"] == "succeeded") {
+            return j.clone();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no scheduled rotation succeeded in {limit:?}: {jobs:?}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn metric(s: &Server, line_start: &str) -> Option<f64> {
+    let (_, text) = s.get("/metrics");
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_token_with_rotate_every_1m_rotates_by_itself_on_time() {
+    let w = Workdir::new();
+    w.write_config(&every_minute(&w, "30s"));
+    let env = [("VELVET_API_KEY", KEY)];
+    let s = w.serve(&[], &env);
+    let started = Instant::now();
+    let (_, t) = s.call("GET", "/api/v1/tokens/minutely", Some(KEY), None);
+    let due: chrono::DateTime<chrono::Utc> =
+        t["next_rotation_at"].as_str().unwrap().parse().unwrap();
+    assert!(scheduled_jobs(&s).is_empty(), "nothing before it is due");
+
+    let job = wait_scheduled_success(&s, Duration::from_secs(100));
+    assert!(
+        started.elapsed() >= Duration::from_secs(50),
+        "not before it was due"
+    );
+    assert_eq!(job["requested_by"], "scheduler");
+    assert_eq!(job["flow_type"], "auto");
+    let created: chrono::DateTime<chrono::Utc> =
+        job["created_at"].as_str().unwrap().parse().unwrap();
+    assert!(created >= due, "started at {created}, due {due}");
+    assert!(
+        created - due < chrono::Duration::seconds(15),
+        "late: {created} for {due}"
+    );
+    assert!(
+        std::fs::read_to_string(w.path("app.env"))
+            .unwrap()
+            .starts_with("TOKEN=")
+    );
+    assert_eq!(scheduled_jobs(&s).len(), 1, "one job for one due time");
+
+    // The next start is a minute after this success; the monitor sees a leader, a success
+    // and nothing to do.
+    let moved = Instant::now();
+    loop {
+        let (_, t) = s.call("GET", "/api/v1/tokens/minutely", Some(KEY), None);
+        let (last, next): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = (
+            t["last_rotated_at"].as_str().unwrap().parse().unwrap(),
+            t["next_rotation_at"].as_str().unwrap().parse().unwrap(),
+        );
+        if next - last == chrono::Duration::seconds(60) {
+            break;
+        }
+        // The finished job wakes the scheduler, which moves it at once.
+        assert!(
+            moved.elapsed() < Duration::from_secs(2),
+            "next_rotation_at stayed: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&s, "velvet_scheduler_leader "), Some(1.0));
+    assert_eq!(
+        metric(
+            &s,
+            "velvet_rotations_total{token=\"minutely\",status=\"succeeded\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(metric(&s, "velvet_token_age_seconds{token=\"minutely\"}").is_some());
+    let addr = s.url("");
+    let client = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+    let out = w.run(&["status"], &client, None);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("All clear"), "{}", out.all());
+}
+
+#[test]
+fn killing_the_leader_hands_the_scheduler_over_within_the_lease() {
+    let url = block(velvet_testkit::fresh_postgres_db());
+    let w = Workdir::new();
+    w.write_config(&every_minute(&w, "6s"));
+    let env = [
+        ("VELVET_DATABASE_URL", url.as_str()),
+        ("VELVET_API_KEY", KEY),
+    ];
+    let a = w.serve(&[], &env);
+    let b = w.serve(&[], &env);
+    let leads = |s: &Server| metric(s, "velvet_scheduler_leader ") == Some(1.0);
+    let start = Instant::now();
+    let (leader, other) = loop {
+        match (leads(&a), leads(&b)) {
+            (true, false) => break (a, b),
+            (false, true) => break (b, a),
+            (true, true) => panic!("two leaders at once"),
+            (false, false) => {
+                assert!(start.elapsed() < Duration::from_secs(15), "nobody leads");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    leader.signal("KILL");
+    let killed = Instant::now();
+    while !leads(&other) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "no takeover within the 6s lease:\n{}",
+            other.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("took over {:?} after the kill", killed.elapsed());
+    // The survivor schedules: the token rotates once when due.
+    let job = wait_scheduled_success(&other, Duration::from_secs(100));
+    assert_eq!(job["requested_by"], "scheduler");
+    assert_eq!(scheduled_jobs(&other).len(), 1);
+}
+
+#[test]
+fn velvet_status_exits_1_naming_a_failed_rotation() {
+    let w = Workdir::new();
+    w.write_config(
+        "defaults: {retry: {attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}}\ntokens:\n  - name: broken\n    flow: auto\n    source: {kind: random}\n    consumers:\n      - {name: deploy, kind: exec, command: [sh, -c, 'exit 3']}\n",
+    );
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let (code, job) = s.call(
+        "POST",
+        "/api/v1/tokens/broken/rotate",
+        Some(KEY),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(code, 202, "{job}");
+    let id = job["job_id"].as_str().unwrap();
+    wait_job(&s, KEY, id, "failed", |j| j["status"] == "failed");
+    let addr = s.url("");
+    let client = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+    let out = w.run(&["status"], &client, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stdout.contains("Failed rotations (1)") && out.stdout.contains(id),
+        "{}",
+        out.all()
+    );
+    assert!(out.stderr.contains("need attention"), "{}", out.all());
+    let out = w.run(&["status", "--output", "json"], &client, None);
+    assert_eq!(out.code, 1);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["needs_attention"], true);
+    assert_eq!(v["failed"][0]["token"], "broken");
+    assert_eq!(v["failed"][0]["job_id"], id);
+    assert_eq!(
+        metric(
+            &s,
+            "velvet_rotations_total{token=\"broken\",status=\"failed\"}"
+        ),
+        Some(1.0)
+    );
+}
