@@ -9,6 +9,7 @@ mod b4_sse;
 mod b5_audit;
 mod b6_mixed;
 mod b7_heroku;
+mod b8_schedule;
 mod job;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,11 @@ enum Bench {
     B7 {
         #[arg(long, default_value_t = 200)]
         apps: usize,
+    },
+    /// B8: the scheduler's pass over N scheduled tokens ≤ 50 ms, and N×10 within 10× of it.
+    B8 {
+        #[arg(long, default_value_t = 10_000)]
+        tokens: usize,
     },
 }
 
@@ -124,5 +130,6 @@ async fn main() {
             .iter()
             .for_each(Row::print),
         Bench::B7 { apps } => b7_heroku::run(apps).await.iter().for_each(Row::print),
+        Bench::B8 { tokens } => b8_schedule::run(tokens).await.iter().for_each(Row::print),
     }
 }

@@ -4,6 +4,7 @@
 mod consumers;
 mod declare;
 mod decode;
+mod notifications;
 mod providers;
 mod schedules;
 mod server;
@@ -11,6 +12,7 @@ mod sources;
 mod spec;
 
 pub use decode::{EnvLookup, valid_name};
+pub use notifications::{ChannelKind, ChannelSpec, EVENTS, NOTIFY_REPEAT, SmtpSpec, SmtpTls};
 pub use server::ServerConfig;
 pub use spec::*;
 
@@ -149,6 +151,8 @@ pub struct Config {
     pub revocation_gates: Vec<GateSpec>,
     /// No scheduled rotation starts inside one (design §11).
     pub blackouts: Vec<BlackoutSpec>,
+    /// Channels that tell people what needs them (design §11).
+    pub notifications: Vec<ChannelSpec>,
     /// Position of each token in `tokens`: the engine looks a token up at every step.
     token_index: HashMap<String, usize>,
 }
@@ -313,6 +317,7 @@ const ROOT_KEYS: &[&str] = &[
     "tokens",
     "revocation_gates",
     "blackouts",
+    "notifications",
 ];
 
 fn decode_root(
@@ -401,6 +406,7 @@ fn decode_root(
     let tokens = declare::decode_tokens(cx, &root, &defaults, &base_dir);
     let revocation_gates = declare::decode_gates(cx, &root);
     let blackouts = schedules::decode_blackouts(cx, &root);
+    let notifications = notifications::decode_notifications(cx, &root);
 
     Some(Config {
         file: file.to_path_buf(),
@@ -422,6 +428,7 @@ fn decode_root(
         tokens,
         revocation_gates,
         blackouts,
+        notifications,
     })
 }
 

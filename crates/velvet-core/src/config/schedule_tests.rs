@@ -1,5 +1,5 @@
-//! Decoding `schedule`, `blackouts`, `max_age` and `remind_before`: what each accepts and how
-//! each mistake is named.
+//! Decoding what design §11 adds: `schedule`, `blackouts`, `max_age`, `remind_before` and
+//! `notifications`; what each accepts and how each mistake is named.
 
 use super::tests::{parse_with, problems};
 use super::*;
@@ -114,4 +114,98 @@ fn bad_blackouts_are_named_and_overlapping_ones_allowed() {
     one(&p, "blackouts[3]", "either `from`/`to`");
     one(&p, "blackouts[4].name", "declared twice");
     one(&p, "blackouts[4].cron", "field 5 (day of week)");
+}
+
+const CHANNELS: &str = r#"
+notifications:
+  - name: ops-mail
+    kind: email
+    smtp: {host: smtp.internal, port: 587, tls: starttls, username_env: SMTP_USER, password_env: SMTP_PASS}
+    from: velvet@example.com
+    to: [ops@example.com]
+    on: [failed, awaiting_approval, overdue, due_soon, drift, schedule_missed]
+    match: {tags: [prod]}
+  - {name: chat, kind: slack, url_env: SLACK_WEBHOOK_URL, on: [failed, awaiting_approval]}
+  - {name: pager, kind: webhook, url: "https://events.internal/velvet", signing_secret_env: PAGER_SECRET, on: [failed, overdue]}
+tokens:
+  - {name: api, tags: [prod], source: {kind: random}}
+  - {name: dev, source: {kind: random}}
+"#;
+
+#[test]
+fn the_design_channels_decode_and_route_by_event_and_match() {
+    let env = &[
+        ("SMTP_USER", "u"),
+        ("SMTP_PASS", "p"),
+        ("SLACK_WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+        ("PAGER_SECRET", "s"),
+    ];
+    let c = parse_with(CHANNELS, env).unwrap();
+    assert_eq!(c.notifications.len(), 3);
+    let mail = &c.notifications[0];
+    let (api, dev) = (c.token("api"), c.token("dev"));
+    assert!(
+        mail.wants("failed", api) && !mail.wants("failed", dev),
+        "match: tags"
+    );
+    assert!(!mail.wants("succeeded", api), "on");
+    assert!(
+        c.notifications[1].wants("failed", dev),
+        "no match: every token"
+    );
+    let ChannelKind::Email { smtp, .. } = &mail.kind else {
+        panic!()
+    };
+    assert_eq!((smtp.port, smtp.tls), (587, SmtpTls::Starttls));
+}
+
+#[test]
+fn bad_channels_are_named() {
+    // The Slack URL's variable is missing: `validate` names it.
+    let p = match parse_with(
+        CHANNELS,
+        &[
+            ("SMTP_USER", "u"),
+            ("SMTP_PASS", "p"),
+            ("PAGER_SECRET", "s"),
+        ],
+    ) {
+        Err(e) => e
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        Ok(_) => panic!("accepted"),
+    };
+    one(
+        &p,
+        "notifications[1].url_env",
+        "`SLACK_WEBHOOK_URL` is not set",
+    );
+    let bad = r#"
+notifications:
+  - {name: a, kind: email, smtp: {host: mail.example.com, tls: none}, from: "not an address", to: [approvers, x@y], on: [failed, exploded]}
+  - {name: a, kind: pager, on: [failed]}
+  - {name: b, kind: webhook, url: "ftp://x", signing_secret_env: S}
+tokens: []
+"#;
+    let p = match parse_with(bad, &[("S", "s")]) {
+        Err(e) => e
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        Ok(_) => panic!("accepted"),
+    };
+    one(&p, "notifications[0].smtp.tls", "only for a loopback host");
+    one(&p, "notifications[0].from", "not a mail address");
+    one(&p, "notifications[0].to", "`approvers`");
+    one(&p, "notifications[0].on", "unknown event `exploded`");
+    one(&p, "notifications[1].name", "declared twice");
+    one(&p, "notifications[1].kind", "unknown channel kind `pager`");
+    one(&p, "notifications[2].on", "list the events");
+    one(&p, "notifications[2].url", "ftp://x");
+    // `none` is fine on loopback.
+    let ok = "notifications:\n  - {name: m, kind: email, smtp: {host: 127.0.0.1, port: 2525, tls: none}, from: v@x.io, to: [o@x.io], on: [failed]}\ntokens: []\n";
+    assert_eq!(problems(ok), Vec::<String>::new());
 }

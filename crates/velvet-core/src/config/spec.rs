@@ -493,6 +493,17 @@ pub struct GateMatch {
     pub tokens: Vec<String>,
 }
 
+impl GateMatch {
+    /// Whether `token` carries one of the tags or its name matches one of the globs.
+    pub fn matches(&self, token: &TokenSpec) -> bool {
+        self.tags.iter().any(|t| token.tags.contains(t))
+            || self
+                .tokens
+                .iter()
+                .any(|g| wildmatch::WildMatch::new(g).matches(&token.name))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateRequire {
     pub totp: bool,
@@ -512,12 +523,7 @@ pub struct GateSpec {
 
 impl GateSpec {
     pub fn applies_to(&self, token: &TokenSpec) -> bool {
-        self.matches.tags.iter().any(|t| token.tags.contains(t))
-            || self
-                .matches
-                .tokens
-                .iter()
-                .any(|g| wildmatch::WildMatch::new(g).matches(&token.name))
+        self.matches.matches(token)
     }
 }
 
