@@ -7,6 +7,7 @@
 pub mod consumer;
 mod error;
 pub mod http;
+pub mod notify;
 pub mod pace;
 pub mod source;
 

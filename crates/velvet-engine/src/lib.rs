@@ -7,6 +7,7 @@ mod actions;
 mod backoff;
 mod distribute;
 mod gate;
+mod notifier;
 mod runner;
 mod scheduler;
 mod service;
@@ -14,6 +15,9 @@ mod step_error;
 mod values;
 
 pub use gate::raise;
+pub use notifier::{
+    ATTEMPTS as NOTIFY_ATTEMPTS, backoff as notify_backoff, summary as notice_summary,
+};
 pub use runner::{CRASH_POINTS, Engine, EngineOptions, EnvLookup};
 pub use scheduler::{PassReport, REQUESTER as SCHEDULER};
 pub use service::{Person, ServiceError, StageRequest};

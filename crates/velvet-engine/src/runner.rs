@@ -26,6 +26,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "after_version_stored",
     "after_consumer_applied",
     "after_source_revoked",
+    "after_notification_sent",
 ];
 
 /// Fault injection for crash-safety tests: when `VELVET_CRASH_AT` names this point, the process
@@ -73,6 +74,8 @@ pub struct EngineOptions {
     /// Contend for the scheduler lease and run its passes (off in tests that drive
     /// `schedule_pass` with their own clock).
     pub lead_scheduler: bool,
+    /// How often the leader looks for notifications to route and deliver.
+    pub notify_interval: Duration,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -99,6 +102,7 @@ impl EngineOptions {
             poll_interval: Duration::from_secs(5),
             env: Arc::new(|name| std::env::var(name).ok()),
             lead_scheduler: true,
+            notify_interval: Duration::from_secs(1),
         }
     }
 }
@@ -262,6 +266,7 @@ impl Engine {
             tracing::info!(owner = %me.opts.owner, "engine started");
             if me.opts.lead_scheduler {
                 tokio::spawn(me.clone().lead(shutdown.clone()));
+                tokio::spawn(me.clone().notify_loop(shutdown.clone()));
             }
             let weak = Arc::downgrade(&me);
             if me.store.watch_jobs(Box::new(move |c| {

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cloudflare;
 pub mod github;
 pub mod heroku;
+pub mod inbox;
 pub mod infisical;
 pub mod kubernetes;
 pub mod runbook;

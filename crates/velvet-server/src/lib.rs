@@ -15,6 +15,7 @@ mod health;
 mod limits;
 mod listen;
 mod metrics;
+mod notifications;
 mod openapi;
 mod rotations;
 mod service_tokens;

@@ -39,6 +39,11 @@ struct TokenLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabel {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RotationLabels {
     token: String,
     status: String,
@@ -62,6 +67,7 @@ pub struct Metrics {
     drifted: Gauge,
     token_age: Family<TokenLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     leader: Gauge,
+    notifications_failed: Family<ChannelLabel, Counter>,
     /// One refresh at a time: two would both add the same new jobs to the counters.
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -138,6 +144,12 @@ impl Default for Metrics {
             "1 while this replica leads the scheduler",
             leader.clone(),
         );
+        let notifications_failed = Family::<ChannelLabel, Counter>::default();
+        registry.register(
+            "notifications_failed",
+            "Notifications given up on, by channel (from the store)",
+            notifications_failed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -150,6 +162,7 @@ impl Default for Metrics {
             drifted,
             token_age,
             leader,
+            notifications_failed,
             refreshing: Default::default(),
         }
     }
@@ -186,6 +199,16 @@ impl Metrics {
                 && n > seen
             {
                 c.inc_by(n - seen);
+            }
+        }
+        for (channel, n) in state.store.failed_deliveries().await? {
+            let c = self
+                .notifications_failed
+                .get_or_create(&ChannelLabel { channel });
+            if let Ok(n) = u64::try_from(n)
+                && n > c.get()
+            {
+                c.inc_by(n - c.get());
             }
         }
         let summary = crate::status::summary(state).await?;

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use velvet_core::audit::now_micros;
 use velvet_core::job::JobChanges;
 use velvet_core::job_view::{ConsumerEvent, ConsumerView};
-use velvet_core::rotation::JobState;
 use velvet_core::rotation::Word as _;
+use velvet_core::rotation::{JobState, JobStatus};
 
 /// Moves the job from `from` to `to` (refused as `StaleJob` if it moved meanwhile, or if
 /// `owner` no longer holds its lease) and applies `changes`.
@@ -144,7 +144,41 @@ pub(crate) async fn apply<C: Conn>(
         let args = if with_now { &both[..] } else { &both[..1] };
         c.run(what, &sql, args).await?;
     }
-    Ok(())
+    notify(c, job_id, from, to, error.as_deref()).await
+}
+
+/// The notification a transition causes (design §11), in its own transaction: a failure, a
+/// pause for a person, a success.
+async fn notify<C: Conn>(
+    c: &mut C,
+    job_id: &str,
+    from: JobState,
+    to: JobState,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    if from.status == to.status && from.awaiting == to.awaiting {
+        return Ok(());
+    }
+    let event = match (to.status, to.awaiting) {
+        (JobStatus::Failed, _) => "failed",
+        (JobStatus::Succeeded, _) => "succeeded",
+        (JobStatus::AwaitingConfirmation, Some(_)) => "awaiting_confirmation",
+        _ => return Ok(()),
+    };
+    let token: String = c
+        .one(
+            "reading a job's token",
+            "SELECT t.name FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1",
+            &[job_id.into()],
+        )
+        .await?;
+    let data = serde_json::json!({
+        "stage": to.stage.as_str(),
+        "status": to.status.as_str(),
+        "awaiting": to.awaiting.map(|a| a.as_str()),
+        "error": error,
+    });
+    crate::notifications::record(c, event, &token, Some(job_id), &data).await
 }
 
 /// Records a batch of consumer changes and one `consumer` event each, numbered after the job's

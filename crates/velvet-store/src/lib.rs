@@ -12,6 +12,7 @@ mod job_changes;
 mod jobs;
 mod lock_keys;
 mod migrate;
+mod notifications;
 mod operators;
 mod postgres;
 mod reconcile;
@@ -32,6 +33,7 @@ pub use lock_keys::LockKeyHold;
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
 };
+pub use notifications::{Attempted, Delivery, NotificationEvent, NotificationStore};
 pub use operators::{Approval, NewOperator, OperatorRecord, OperatorStore};
 pub use postgres::PostgresStore;
 pub use schedules::{ScheduleRow, ScheduleStore};
@@ -301,6 +303,7 @@ pub trait Store:
     + SealedStore
     + AuditStore
     + ScheduleStore
+    + NotificationStore
     + Send
     + Sync
     + std::fmt::Debug

@@ -184,6 +184,8 @@ impl<B: Backend> ScheduleStore for B {
                             "reason": missed.reason,
                         }));
                     crate::audit::record(c, &keyring, &draft).await?;
+                    crate::notifications::record(c, "schedule_missed", &token, None, &draft.detail)
+                        .await?;
                     Ok(true)
                 })
             })

@@ -2,6 +2,7 @@
 //! and stores of either dialect with raw SQL access for tampering tests.
 
 pub mod servers;
+pub mod smtp;
 
 use chrono::Utc;
 use sqlx::{AssertSqlSafe, Connection};

@@ -14,7 +14,7 @@ mod infisical;
 mod k8s;
 mod probe;
 mod vault;
-mod webhook;
+pub(crate) mod webhook;
 
 pub use aws::{AwsSecretsManager, Keys as AwsKeys, Target as AwsTarget};
 pub use cloudflare::{CloudflareWorkerSecret, Target as CloudflareTarget};

@@ -203,3 +203,62 @@ fn velvet_status_exits_1_naming_a_failed_rotation() {
         Some(1.0)
     );
 }
+
+/// Killed right after a notification was sent, before its delivery was stored: the restarted
+/// server sends it again with the same id, so a receiver that deduplicates on the id sees
+/// exactly the events of record (at-least-once).
+#[test]
+fn a_kill_between_sending_and_recording_redelivers_with_the_same_id() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (inbox, base) = rt.block_on(velvet_fakes::inbox::Inbox::start());
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "defaults: {{retry: {{attempts: 1, initial_backoff: 10ms, max_backoff: 10ms}}}}\nengine: {{lease: 6s}}\nnotifications:\n  - {{name: pager, kind: webhook, url: \"{base}/pager\", signing_secret_env: PAGER_SECRET, on: [failed]}}\ntokens:\n  - name: broken\n    flow: auto\n    source: {{kind: random}}\n    consumers:\n      - {{name: deploy, kind: exec, command: [sh, -c, 'exit 3']}}\n"
+    ));
+    let env = [("VELVET_API_KEY", KEY), ("PAGER_SECRET", "p")];
+    let mut crashing = env.to_vec();
+    crashing.push(("VELVET_CRASH_AT", "after_notification_sent"));
+    let mut a = w.serve(&[], &crashing);
+    let (code, job) = a.call(
+        "POST",
+        "/api/v1/tokens/broken/rotate",
+        Some(KEY),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(code, 202, "{job}");
+    assert_ne!(
+        a.wait(Duration::from_secs(60)),
+        0,
+        "aborted at the crash point"
+    );
+    assert_eq!(inbox.received().len(), 1, "sent once before the crash");
+
+    let b = w.serve(&[], &env);
+    let start = Instant::now();
+    while inbox.received().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not redelivered:\n{}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids: Vec<String> = inbox
+        .received()
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids[0], ids[1], "the same event, the same id");
+    let (_, n) = b.call("GET", "/api/v1/notifications", Some(KEY), None);
+    let of_record: Vec<&str> = n["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(of_record, [ids[0].as_str()], "{n}");
+    assert_eq!(n["notifications"][0]["status"], "delivered");
+    assert_eq!(n["notifications"][0]["event"], "failed");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(inbox.received().len(), 2, "delivered, then never again");
+}

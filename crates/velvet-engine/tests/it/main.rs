@@ -3,6 +3,7 @@
 mod flow;
 mod fresh_mint;
 mod harness;
+mod notify;
 mod schedules;
 mod store_faults;
 mod wakeups;
