@@ -338,6 +338,7 @@ async fn velvet(pg: &PasswordPostgres, n: usize, source: &str) -> Run {
                         reason: None,
                         idempotency: None,
                         schedule_slot: None,
+                        given: None,
                     })
                     .await
                     .unwrap();

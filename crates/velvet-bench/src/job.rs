@@ -49,6 +49,7 @@ pub async fn distribute_seconds(
             reason: None,
             idempotency: None,
             schedule_slot: None,
+            given: None,
         })
         .await
         .unwrap();

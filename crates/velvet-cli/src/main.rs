@@ -82,6 +82,10 @@ enum Command {
         /// With --follow, run each awaited stage without asking.
         #[arg(long)]
         yes: bool,
+        /// Read the new value of a `manual` token from stdin (asked for without echo on a
+        /// terminal); one trailing newline is dropped.
+        #[arg(long)]
+        value_stdin: bool,
     },
     /// Rotation jobs (talks to the server).
     Rotations {
@@ -339,12 +343,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             reason,
             follow,
             yes,
+            value_stdin,
         } => {
             commands::rotations::rotate(
                 &ctx,
                 &name,
-                flow.as_deref(),
-                reason.as_deref(),
+                commands::rotations::Kickoff {
+                    flow: flow.as_deref(),
+                    reason: reason.as_deref(),
+                    value_stdin,
+                },
                 follow,
                 yes,
             )

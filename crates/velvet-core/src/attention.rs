@@ -3,7 +3,7 @@
 //! pure function of the tokens, their unfinished jobs and the time, so `velvet status`, the
 //! console and `/metrics` say the same.
 
-use crate::config::{Config, FlowType, gate_for};
+use crate::config::{Config, FlowType, SourceSpec, gate_for};
 use crate::job::RotationJob;
 use crate::model::TokenRecord;
 use crate::rotation::{Awaiting, JobStatus};
@@ -139,10 +139,11 @@ pub fn status(
                 ));
             }
         }
-        // A coming rotation that needs a person: a staged flow pauses for confirmation. (An
-        // `auto` one due soon is nobody's concern; it rotates itself.)
+        // A coming rotation that needs a person: a value only a person can give, or a staged
+        // flow that pauses for confirmation. (An `auto` one due soon rotates itself.)
+        let manual = matches!(spec.source, SourceSpec::Manual);
         if due_soon.is_none()
-            && spec.flow == FlowType::Staged
+            && (manual || spec.flow == FlowType::Staged)
             && let Some(next) = t.next_rotation_at
             && now + remind >= next
             && t.active_job_id.is_none()
@@ -152,10 +153,15 @@ pub fn status(
             } else {
                 format!("is due in {}", ago(next - now))
             };
-            due_soon = Some(item(
-                next,
-                format!("its rotation {when}; its staged flow waits for confirmation"),
-            ));
+            let who = if manual {
+                format!(
+                    "a person gives the new value: `velvet rotate {} --value-stdin`",
+                    t.name
+                )
+            } else {
+                "its staged flow waits for confirmation".to_string()
+            };
+            due_soon = Some(item(next, format!("its rotation {when}; {who}")));
         }
         s.due_soon.extend(due_soon);
     }

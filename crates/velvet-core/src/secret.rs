@@ -20,6 +20,13 @@ impl SecretString {
     }
 }
 
+/// Read from a request body (a `manual` token's value); the string is moved in, never copied.
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString)
+    }
+}
+
 impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretString(***)")
@@ -37,6 +44,13 @@ pub const VALUE_FIELD: &str = "value";
 
 impl SecretValue {
     /// A value with the single field `value`.
+    /// One `value` field, moved in without a copy.
+    pub fn single_secret(value: SecretString) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert(VALUE_FIELD.to_string(), value);
+        Self { fields }
+    }
+
     pub fn single(value: String) -> Self {
         let mut fields = BTreeMap::new();
         fields.insert(VALUE_FIELD.to_string(), SecretString::new(value));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
-use velvet_core::config::{Config, ScheduleSpec};
+use velvet_core::config::{Config, ScheduleSpec, SourceSpec};
 use velvet_core::identity::Role;
 use velvet_core::schedule::{self, Blackout, Cadence, Verdict};
 use velvet_store::{NewJob, StoreError};
@@ -109,6 +109,9 @@ impl Engine {
                 }
             }
             let next = match decided.verdict {
+                // A person gives a manual token's value: its due time is a reminder
+                // (`due_soon`, then overdue in `velvet status`), never a job.
+                Verdict::Start { slot } if matches!(spec.source, SourceSpec::Manual) => Some(slot),
                 Verdict::Start { slot } => {
                     if self.start_scheduled(spec, slot).await {
                         report.started.push(row.token.clone());
@@ -146,6 +149,7 @@ impl Engine {
                 reason: Some(&reason),
                 idempotency: None,
                 schedule_slot: Some(slot),
+                given: None,
             })
             .await;
         match made {

@@ -10,7 +10,9 @@ use velvet_core::gate::{self, Asker, Attempt};
 use velvet_core::identity::Role;
 use velvet_core::job::RotationJob;
 use velvet_core::job_view::JobStateView;
+use velvet_core::keyring::version_aad;
 use velvet_core::rotation::{Action, Awaiting, InvalidTransition};
+use velvet_core::secret::SecretValue;
 use velvet_store::{NewJob, StoreError};
 
 /// Who asks, as the API authenticated them.
@@ -98,6 +100,31 @@ impl Engine {
         let job = self.store.create_job(new).await?;
         self.nudge();
         Ok(job)
+    }
+
+    /// [`Engine::kickoff`], with the value a person gave for a `manual` token sealed as the
+    /// job's new version in the job's own transaction.
+    pub async fn kickoff_given(
+        &self,
+        new: &NewJob<'_>,
+        value: Option<SecretValue>,
+    ) -> Result<RotationJob, StoreError> {
+        let Some(value) = value else {
+            return self.kickoff(new).await;
+        };
+        let version = self.store.next_version(new.token).await?;
+        let now = chrono::Utc::now();
+        let sealed = self
+            .keyring
+            .seal(&value, &version_aad(new.token, version), now)?;
+        let fingerprint = self.keyring.fingerprint(&value, now)?;
+        let mut new = new.clone();
+        new.given = Some(velvet_store::GivenValue {
+            version,
+            sealed,
+            fingerprint,
+        });
+        self.kickoff(&new).await
     }
 
     async fn job(&self, job_id: &str) -> Result<RotationJob, ServiceError> {

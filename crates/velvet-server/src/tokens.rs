@@ -155,6 +155,10 @@ pub struct RotateBody {
     /// Why, for the audit log (at most 1000 characters).
     #[schema(max_length = 1000)]
     reason: Option<String>,
+    /// The new value of a `manual` token (only those take one; it is sealed at once and never
+    /// shown again). At most 64 KiB.
+    #[schema(value_type = Option<String>, max_length = 65536)]
+    value: Option<velvet_core::secret::SecretString>,
 }
 
 /// The job a kickoff created (or found, for a repeated `Idempotency-Key`).
@@ -218,6 +222,7 @@ async fn rotate(
     let body = body.unwrap_or(RotateBody {
         flow_type: None,
         reason: None,
+        value: None,
     });
     let config = state.config();
     let spec = config
@@ -226,28 +231,52 @@ async fn rotate(
     if body.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::validation("reason: at most 1000 characters"));
     }
+    let manual = matches!(spec.source, velvet_core::config::SourceSpec::Manual);
+    let given = match (&body.value, manual) {
+        (None, true) => {
+            return Err(ApiError::validation(format!(
+                "value: `{name}` is a manual token, so its rotation takes the new value from \
+                 you: `velvet rotate {name} --value-stdin` (or the console)"
+            )));
+        }
+        (Some(_), false) => {
+            return Err(ApiError::validation(format!(
+                "value: only a manual token takes a value; `{name}`'s source ({}) mints its own",
+                spec.source.kind()
+            )));
+        }
+        (Some(v), true) if v.expose().is_empty() || v.expose().len() > 65536 => {
+            return Err(ApiError::validation("value: must be 1 byte to 64 KiB long"));
+        }
+        (v, _) => v.clone(),
+    };
     let key = idempotency_key(&headers)?;
     // What makes two kickoffs "the same request": the token and the body as sent.
     let request_hash = hex::encode(Sha256::digest(
-        json!({"token": name, "flow_type": body.flow_type, "reason": body.reason})
+        // A given value counts by its presence only: no hash of a secret is kept.
+        json!({"token": name, "flow_type": body.flow_type, "reason": body.reason, "value": given.is_some()})
             .to_string()
             .as_bytes(),
     ));
     let flow = body.flow_type.unwrap_or(spec.flow);
     let job = crate::rotations::engine(&state)?
-        .kickoff(&NewJob {
-            token: &name,
-            flow,
-            requested_by: &caller.actor,
-            requested_role: Some(caller.role),
-            reason: body.reason.as_deref(),
-            idempotency: key.as_deref().map(|key| IdempotencyKey {
-                scope: &caller.actor,
-                key,
-                request_hash: &request_hash,
-            }),
-            schedule_slot: None,
-        })
+        .kickoff_given(
+            &NewJob {
+                token: &name,
+                flow,
+                requested_by: &caller.actor,
+                requested_role: Some(caller.role),
+                reason: body.reason.as_deref(),
+                idempotency: key.as_deref().map(|key| IdempotencyKey {
+                    scope: &caller.actor,
+                    key,
+                    request_hash: &request_hash,
+                }),
+                schedule_slot: None,
+                given: None,
+            },
+            given.map(velvet_core::secret::SecretValue::single_secret),
+        )
         .await?;
     let location = format!("/api/v1/rotations/{}", job.job_id);
     Ok((

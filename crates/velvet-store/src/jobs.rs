@@ -137,6 +137,7 @@ struct Kickoff {
     /// Scope, key, request hash.
     idempotency: Option<(String, String, String)>,
     schedule_slot: Option<DateTime<Utc>>,
+    given: Option<crate::GivenValue>,
 }
 
 /// The job an unexpired `Idempotency-Key` already made, if the request matches;
@@ -224,6 +225,29 @@ async fn insert_job<C: Conn>(
         &[id.as_str().into(), now.into(), token_id.into()],
     )
     .await?;
+    if let Some(g) = &k.given {
+        c.run(
+            "storing the given version",
+            "INSERT INTO secret_versions (token_id, version, label, key_id, ciphertext, fingerprint, job_id, created_at)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+            &[
+                token_id.into(),
+                g.version.into(),
+                g.sealed.key_id.as_str().into(),
+                g.sealed.ciphertext.as_slice().into(),
+                g.fingerprint.as_str().into(),
+                id.as_str().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        c.run(
+            "recording the given version on the job",
+            "UPDATE rotation_jobs SET new_version = $2 WHERE id = $1",
+            &[id.as_str().into(), g.version.into()],
+        )
+        .await?;
+    }
     if let Some((scope, key, hash)) = &k.idempotency {
         c.run(
             "recording an idempotency key",
@@ -242,6 +266,12 @@ async fn insert_job<C: Conn>(
         k.reason.as_deref(),
     );
     audit::append(c, keyring, &[&draft]).await?;
+    if let Some(g) = &k.given {
+        let given = AuditDraft::new(&k.requested_by, "version.given", &k.token, "success").detail(
+            serde_json::json!({"job_id": id, "version": g.version, "fingerprint": g.fingerprint}),
+        );
+        audit::append(c, keyring, &[&given]).await?;
+    }
     let job = load(c, &id).await?.expect("just inserted");
     event(c, &id, "job", &job).await?;
     Ok(Some(job))
@@ -290,6 +320,7 @@ impl<B: Backend> JobStore for B {
                 )
             }),
             schedule_slot: new.schedule_slot,
+            given: new.given.clone(),
         };
         for _ in 0..KICKOFF_TRIES {
             let (kickoff, keyring) = (k.clone(), keyring.clone());

@@ -41,6 +41,7 @@ pub use sealed::SealedStore;
 pub use sessions::{NewSession, SessionRecord, SessionStore};
 pub use sqlite::SqliteStore;
 pub use tokens::{TokenStore, TokenView};
+
 pub use wakeups::{JobChanged, OnJobChange};
 
 use async_trait::async_trait;
@@ -142,6 +143,17 @@ pub struct NewJob<'a> {
     /// The schedule slot a scheduler kickoff is for, taken in the job's own transaction: a
     /// slot already taken refuses the kickoff with [`StoreError::SlotTaken`].
     pub schedule_slot: Option<DateTime<Utc>>,
+    /// A value a person gave (a `manual` token), stored sealed as the job's new version in the
+    /// job's own transaction, so the engine never runs the job without it.
+    pub given: Option<GivenValue>,
+}
+
+/// A given value, sealed for its version.
+#[derive(Debug, Clone)]
+pub struct GivenValue {
+    pub version: i64,
+    pub sealed: Sealed,
+    pub fingerprint: String,
 }
 
 /// A page of jobs: filters, and the job the previous page ended with.

@@ -5,11 +5,13 @@
 //! `activate` (the source accepts the new value) → `verify` (a real login) →
 //! … distribute … → `revoke` (only the new value works), or `revert` (back to the previous).
 
+mod manual;
 mod mysql;
 pub mod postgres;
 mod random;
 mod redis;
 
+pub use manual::Manual;
 pub use mysql::MysqlUser;
 pub use postgres::PostgresRole;
 pub use random::Random;
@@ -89,6 +91,7 @@ impl Sources {
                 strategy.clone(),
                 host,
             )?),
+            SourceSpec::Manual => Box::new(Manual),
         })
     }
 

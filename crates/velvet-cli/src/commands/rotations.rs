@@ -42,21 +42,60 @@ fn job_line(j: &RotationJobView) -> String {
     )
 }
 
+/// What a kickoff asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Kickoff<'a> {
+    pub flow: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    /// Read a `manual` token's new value from stdin.
+    pub value_stdin: bool,
+}
+
+/// The value a person gives for a `manual` token: from a pipe as is (one trailing newline
+/// dropped), or asked for without echo on a terminal.
+fn given_value(name: &str) -> Result<zeroize::Zeroizing<String>, Failure> {
+    use std::io::{IsTerminal, Read};
+    let mut v = zeroize::Zeroizing::new(String::new());
+    if std::io::stdin().is_terminal() {
+        *v = rpassword::prompt_password(format!("new value for {name}: "))
+            .map_err(|e| Failure::new(Code::Failed, format!("reading the value: {e}")))?;
+    } else {
+        std::io::stdin().read_to_string(&mut v).map_err(|e| {
+            Failure::new(Code::Failed, format!("reading the value from stdin: {e}"))
+        })?;
+        if v.ends_with('\n') {
+            v.pop();
+            if v.ends_with('\r') {
+                v.pop();
+            }
+        }
+    }
+    if v.is_empty() {
+        return Err(Failure::new(
+            Code::Usage,
+            "--value-stdin: stdin was empty; pipe the new value in (e.g. `pass show vendor/key | velvet rotate NAME --value-stdin`)",
+        ));
+    }
+    Ok(v)
+}
+
 pub async fn rotate(
     ctx: &Context,
     name: &str,
-    flow: Option<&str>,
-    reason: Option<&str>,
+    k: Kickoff<'_>,
     follow: bool,
     yes: bool,
 ) -> Result<(), Failure> {
     let client = Client::from_env()?;
     let mut body = json!({});
-    if let Some(f) = flow {
+    if let Some(f) = k.flow {
         body["flow_type"] = json!(f);
     }
-    if let Some(r) = reason {
+    if let Some(r) = k.reason {
         body["reason"] = json!(r);
+    }
+    if k.value_stdin {
+        body["value"] = json!(given_value(name)?.as_str());
     }
     let path = format!("/api/v1/tokens/{}/rotate", urlencode(name));
     let job: velvet_server::KickoffAccepted =

@@ -262,3 +262,74 @@ fn a_kill_between_sending_and_recording_redelivers_with_the_same_id() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(inbox.received().len(), 2, "delivered, then never again");
 }
+
+/// A `manual` token: the person pipes the new value in; it is distributed like any other and
+/// never echoed; kicking one off without a value, or giving a value to a minted token, is
+/// refused with what to do; `velvet status` reminds before it is due.
+#[test]
+fn a_manual_token_takes_its_value_from_stdin_and_is_reminded_of() {
+    const GIVEN: &str = "sk_live_given_by_a_person_0042";
+    let w = Workdir::new();
+    w.write_config(&format!(
+        "defaults: {{grace_period: 0s}}\ntokens:\n  - name: vendor-key\n    flow: auto\n    rotate_every: 30d\n    remind_before: 60d\n    source: {{kind: manual}}\n    consumers:\n      - {{name: env, kind: file, path: {}, format: dotenv, key: VENDOR_KEY}}\n  - {{name: minted, flow: auto, source: {{kind: random}}}}\n",
+        w.path("vendor.env").display()
+    ));
+    let s = w.serve(&[], &[("VELVET_API_KEY", KEY)]);
+    let addr = s.url("");
+    let client = [("VELVET_ADDR", addr.as_str()), ("VELVET_TOKEN", KEY)];
+
+    let out = w.run(&["rotate", "vendor-key"], &client, None);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("--value-stdin"), "{}", out.all());
+    let out = w.run(&["rotate", "minted", "--value-stdin"], &client, Some("x\n"));
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("only a manual token takes a value"),
+        "{}",
+        out.all()
+    );
+    let out = w.run(
+        &["rotate", "vendor-key", "--value-stdin"],
+        &client,
+        Some(""),
+    );
+    assert_eq!(out.code, 2, "{}", out.all());
+
+    let out = w.run(
+        &["rotate", "vendor-key", "--value-stdin"],
+        &client,
+        Some(&format!("{GIVEN}\n")),
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    let id = out.stdout.trim().to_string();
+    let job = wait_job(&s, KEY, &id, "succeeded", |j| j["status"] == "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(w.path("vendor.env")).unwrap(),
+        format!("VENDOR_KEY={GIVEN}\n"),
+        "the value as given, its newline dropped"
+    );
+    let (_, token) = s.call("GET", "/api/v1/tokens/vendor-key", Some(KEY), None);
+    let (_, audit) = s.call("GET", "/api/v1/audit?limit=1000", Some(KEY), None);
+    for text in [
+        job.to_string(),
+        token.to_string(),
+        audit.to_string(),
+        s.logs(),
+        out.all(),
+    ] {
+        assert!(!text.contains(GIVEN), "the value leaked: {text}");
+    }
+    assert!(audit.to_string().contains("version.given"), "{audit}");
+
+    // Due in 30 days, reminded 60 days ahead: the person is told what to run.
+    let out = w.run(&["status", "--output", "json"], &client, None);
+    assert_eq!(out.code, 1, "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["due_soon"][0]["token"], "vendor-key", "{v}");
+    assert!(
+        v["due_soon"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("velvet rotate vendor-key --value-stdin")
+    );
+}

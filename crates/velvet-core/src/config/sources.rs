@@ -19,12 +19,13 @@ pub(super) fn decode_source(
         Some("postgres_role") => &["kind", "admin_url_env", "strategy", "role", "roles"],
         Some("redis_acl") => &["kind", "admin_url_env", "user"],
         Some("mysql_user") => &["kind", "admin_url_env", "strategy", "user", "users", "host"],
+        Some("manual") => &["kind"],
         Some(other) => {
             cx.err(
                 &format!("{path}.kind"),
                 node.span(),
                 format!(
-                    "unknown source kind `{other}`; available: random, postgres_role, redis_acl, mysql_user"
+                    "unknown source kind `{other}`; available: random, postgres_role, redis_acl, mysql_user, manual"
                 ),
             );
             return None;
@@ -33,13 +34,14 @@ pub(super) fn decode_source(
             cx.err(
                 &format!("{path}.kind"),
                 node.span(),
-                "missing required key `kind` (random, postgres_role, redis_acl or mysql_user)",
+                "missing required key `kind` (random, postgres_role, redis_acl, mysql_user or manual)",
             );
             return None;
         }
     };
     let s = Map::new(cx, node, path, allowed)?;
     match kind.as_deref()? {
+        "manual" => Some(SourceSpec::Manual),
         "random" => Some(SourceSpec::Random {
             bytes: s.uint(cx, "bytes", 16, 1024).unwrap_or(32) as usize,
             encoding: s

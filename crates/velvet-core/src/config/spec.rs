@@ -231,6 +231,9 @@ pub enum SourceSpec {
         /// The account's host part (`'user'@'host'`).
         host: String,
     },
+    /// A value only a person can issue (design §11): given at kickoff, distributed, verified;
+    /// reminders keep it fresh.
+    Manual,
 }
 
 impl SourceSpec {
@@ -240,13 +243,14 @@ impl SourceSpec {
             Self::PostgresRole { .. } => "postgres_role",
             Self::RedisAcl { .. } => "redis_acl",
             Self::MysqlUser { .. } => "mysql_user",
+            Self::Manual => "manual",
         }
     }
 
     /// The fields a value minted by this source has.
     pub fn fields(&self) -> &'static [&'static str] {
         match self {
-            Self::Random { .. } => &["value"],
+            Self::Random { .. } | Self::Manual => &["value"],
             Self::PostgresRole { .. } | Self::RedisAcl { .. } | Self::MysqlUser { .. } => {
                 &["username", "password"]
             }

@@ -292,6 +292,7 @@ tokens:
             reason: None,
             idempotency: None,
             schedule_slot: None,
+            given: None,
         })
         .await
         .unwrap();
@@ -351,7 +352,7 @@ fn the_readme_lists_every_crash_point_and_no_other() {
     let mut listed: Vec<&str> = sentence.split('`').skip(2).step_by(2).collect();
     listed.sort();
     let mut used = vec![];
-    for file in ["src/runner.rs", "src/distribute.rs"] {
+    for file in ["src/runner.rs", "src/distribute.rs", "src/notifier.rs"] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         for part in text.split("crash_point(\"").skip(1) {
             used.push(part.split('"').next().unwrap().to_string());

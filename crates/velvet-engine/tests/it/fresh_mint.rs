@@ -55,6 +55,7 @@ async fn retry_after_a_failed_mint_uses_a_fresh_value() {
             reason: None,
             idempotency: None,
             schedule_slot: None,
+            given: None,
         })
         .await
         .unwrap();

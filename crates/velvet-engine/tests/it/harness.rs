@@ -122,6 +122,7 @@ impl Harness {
                 reason: None,
                 idempotency: None,
                 schedule_slot: None,
+                given: None,
             })
             .await
             .unwrap()

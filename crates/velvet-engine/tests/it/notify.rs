@@ -53,6 +53,7 @@ async fn kickoff(s: &Setup, token: &str) -> String {
             reason: None,
             idempotency: None,
             schedule_slot: None,
+            given: None,
         })
         .await
         .unwrap()

@@ -335,3 +335,27 @@ async fn a_scheduled_job_waits_for_a_person_at_its_gate() {
         "still waits"
     );
 }
+
+/// A manual token's due time is a reminder: the scheduler never starts a job it could not
+/// mint, and `next_rotation_at` stays at the due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_never_starts_a_manual_token() {
+    let s = scheduled(
+        Dialect::Sqlite,
+        "tokens:\n  - {name: vendor, flow: auto, rotate_every: 1h, source: {kind: manual}}\n",
+    )
+    .await;
+    let r = s
+        .engine
+        .schedule_pass(Utc::now() + Delta::hours(2))
+        .await
+        .unwrap();
+    assert!(r.started.is_empty(), "{r:?}");
+    assert!(jobs(&*s.f.store, "vendor").await.is_empty());
+    let t = s.f.store.get_token("vendor").await.unwrap().unwrap();
+    let due = t.next_rotation_at.unwrap();
+    assert!(
+        (due - (t.created_at + Delta::hours(1))).num_seconds().abs() < 1,
+        "{t:?}"
+    );
+}

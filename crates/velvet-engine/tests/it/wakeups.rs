@@ -45,6 +45,7 @@ async fn a_kickoff_on_another_replica_is_claimed_here_without_polling() {
             reason: None,
             idempotency: None,
             schedule_slot: None,
+            given: None,
         })
         .await
         .unwrap();

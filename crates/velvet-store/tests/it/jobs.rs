@@ -66,6 +66,7 @@ fn new_job(flow: FlowType) -> NewJob<'static> {
         reason: Some("scheduled"),
         idempotency: None,
         schedule_slot: None,
+        given: None,
     }
 }
 
