@@ -83,6 +83,7 @@ try {
   await login(a, alice, totp(alice.secret));
   await a.waitForURL(`${url}/console`);
   await a.getByRole("heading", { name: "Tokens" }).waitFor();
+  expect((await a.locator("#attention").textContent()).includes("Nothing needs attention"), "all clear at first");
   await shot(a, "tokens");
   await a.getByLabel("Filter").fill("prod");
   expect(await a.locator("#tokens tbody tr:not([hidden])").count() === 1, "the filter keeps the prod token");
@@ -141,6 +142,11 @@ try {
   await b.keyboard.type(bob.backup_code);
   await b.keyboard.press("Enter");
   await b.waitForURL(`${url}/console`);
+  // Bob's first screen leads with what needs him: the gated revoke, and what its gate wants.
+  const attention = await b.locator("#attention").textContent();
+  expect(attention.includes("Awaiting a person (1)") && attention.includes("prod-api"), `the home page leads with the paused job: ${attention}`);
+  expect(attention.includes("gate `production`") && attention.includes("1 approval"), `it says what the gate needs: ${attention}`);
+  await shot(b, "home-needs-attention");
   await b.goto(jobUrl);
   const bobDialog = b.locator("dialog#rotation");
   await b.waitForSelector('dialog#rotation[data-stage="revoke"]');

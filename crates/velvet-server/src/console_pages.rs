@@ -81,6 +81,9 @@ pub(crate) async fn tokens(
             active.insert(id.clone(), (j.state.status, j.state.awaiting));
         }
     }
+    let summary = crate::status::summary(&state).await?;
+    let overdue: std::collections::HashSet<&str> =
+        summary.overdue.iter().map(|i| i.token.as_str()).collect();
     let rows: Vec<Markup> = tokens
         .iter()
         .filter(|t| t.status == TokenStatus::Active)
@@ -101,8 +104,10 @@ pub(crate) async fn tokens(
                 }
             } else if t.active_job_id.is_some() {
                 ("rotating", "running")
-            } else if t.next_rotation_at.is_some_and(|n| n <= Utc::now()) {
+            } else if overdue.contains(t.name.as_str()) {
                 ("overdue", "failed")
+            } else if t.next_rotation_at.is_some_and(|n| n <= Utc::now()) {
+                ("due", "pending")
             } else if t.current_version.is_none() {
                 ("no value yet", "pending")
             } else {
@@ -135,6 +140,7 @@ pub(crate) async fn tokens(
         &s,
         "Tokens",
         html! {
+            (attention(&summary))
             h1 { "Tokens" }
             div.toolbar {
                 div {
@@ -160,6 +166,42 @@ pub(crate) async fn tokens(
             ))
         },
     ))
+}
+
+/// What needs a person, first on the home page: the same summary as `velvet status`.
+fn attention(s: &velvet_core::attention::Status) -> Markup {
+    let sections: [(&str, &str, &[velvet_core::attention::Item]); 6] = [
+        ("failed", "Failed rotations", &s.failed),
+        ("awaiting", "Awaiting a person", &s.awaiting),
+        ("overdue", "Overdue", &s.overdue),
+        ("due_soon", "Due soon", &s.due_soon),
+        ("drifted", "Drifted consumers", &s.drifted),
+        ("stale", "Stale consumers", &s.stale),
+    ];
+    html! {
+        section #attention aria-labelledby="attention-heading" {
+            h2 #attention-heading { "Needs attention" }
+            @if !s.needs_attention {
+                p.all-clear { "Nothing needs attention." }
+            }
+            @for (class, heading, items) in sections {
+                @if !items.is_empty() {
+                    h3 { (heading) " (" (items.len()) ")" }
+                    ul.(class) {
+                        @for i in items {
+                            li {
+                                a href=(format!("/console/tokens/{}", i.token)) { (i.token) }
+                                @if let Some(j) = &i.job_id {
+                                    " · " a href=(format!("/console/rotations/{j}")) { (j) }
+                                }
+                                ": " (i.detail)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The rotation modal: stages, kickoff, awaited action, gate step, live table and timeline.
