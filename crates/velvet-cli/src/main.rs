@@ -158,6 +158,8 @@ enum TokensCommand {
     List,
     /// One token with its consumers and versions (fingerprints, never values).
     Show { name: String },
+    /// Put the current version back on the consumers a probe found drifted (only those).
+    Resync { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             TokensCommand::Import { name } => commands::store::import(&ctx, &name).await,
             TokensCommand::List => commands::tokens::list(&ctx).await,
             TokensCommand::Show { name } => commands::tokens::show(&ctx, &name).await,
+            TokensCommand::Resync { name } => commands::tokens::resync(&ctx, &name).await,
         },
         Command::Rotate {
             name,

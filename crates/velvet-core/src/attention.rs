@@ -5,7 +5,7 @@
 
 use crate::config::{Config, FlowType, SourceSpec, gate_for};
 use crate::job::RotationJob;
-use crate::model::TokenRecord;
+use crate::model::{Health, HealthState, TokenRecord};
 use crate::rotation::{Awaiting, JobStatus};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -53,9 +53,29 @@ pub fn status(
     config: &Config,
     tokens: &[TokenRecord],
     jobs: &[RotationJob],
+    health: &[(String, String, Health)],
     now: DateTime<Utc>,
 ) -> Status {
     let mut s = Status::default();
+    for (token, consumer, h) in health {
+        let item = Item {
+            token: token.clone(),
+            job_id: None,
+            at: Some(h.checked_at),
+            detail: format!("consumer {consumer}: {}", h.detail),
+        };
+        match h.state {
+            HealthState::Drifted => s.drifted.push(Item {
+                detail: format!(
+                    "{}; put the current version back with `velvet tokens resync {token}`",
+                    item.detail
+                ),
+                ..item
+            }),
+            HealthState::Stale => s.stale.push(item),
+            _ => {}
+        }
+    }
     for job in jobs {
         let item = |detail: String| Item {
             token: job.token.clone(),

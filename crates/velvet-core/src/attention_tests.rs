@@ -113,7 +113,7 @@ fn the_summary_names_what_needs_a_person_and_why() {
         ),
         job("old", JobStatus::Failed, None),
     ];
-    let s = status(&config(), &tokens, &jobs, now);
+    let s = status(&config(), &tokens, &jobs, &[], now);
     assert!(s.needs_attention);
     assert_eq!(names(&s.failed), ["old"]);
     assert!(
@@ -142,7 +142,7 @@ fn the_summary_names_what_needs_a_person_and_why() {
 fn nothing_to_do_is_all_clear() {
     let now = t("2026-06-01T00:00:00Z");
     let tokens = [token("gated", "2026-05-30T00:00:00Z", None)];
-    let s = status(&config(), &tokens, &[], now);
+    let s = status(&config(), &tokens, &[], &[], now);
     assert_eq!(s, Status::default());
     assert!(!s.needs_attention);
 }

@@ -55,6 +55,41 @@ pub struct ConsumerRecord {
     pub kind: String,
     pub lock_key: Option<String>,
     pub spec: serde_json::Value,
+    /// The latest probe (design §11), if one ran.
+    pub health: Option<Health>,
+}
+
+/// What a probe found (design §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Holds the current version (for a source: the current credential logs in).
+    InSync,
+    /// Holds another value.
+    Drifted,
+    /// The credential is refused (a 401 or 403).
+    Stale,
+    /// Could not be reached.
+    Unreachable,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InSync => "in_sync",
+            Self::Drifted => "drifted",
+            Self::Stale => "stale",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A consumer's (or a source's) latest probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    pub state: HealthState,
+    pub checked_at: DateTime<Utc>,
+    pub detail: String,
 }
 
 /// The label of one version.

@@ -98,7 +98,7 @@ async fn writer(
 
 impl Engine {
     /// Holds `key` for one write: a slot of this process's semaphore, then one in the store.
-    async fn hold(&self, key: &str) -> (OwnedSemaphorePermit, LockKeyHold) {
+    pub(crate) async fn hold(&self, key: &str) -> (OwnedSemaphorePermit, LockKeyHold) {
         let permit = self
             .lock_key(key)
             .acquire_owned()

@@ -8,6 +8,7 @@ mod backoff;
 mod distribute;
 mod gate;
 mod notifier;
+mod probes;
 mod runner;
 mod scheduler;
 mod service;
@@ -18,6 +19,7 @@ pub use gate::raise;
 pub use notifier::{
     ATTEMPTS as NOTIFY_ATTEMPTS, backoff as notify_backoff, summary as notice_summary,
 };
+pub use probes::{ProbeReport, Resynced, classify as classify_probe};
 pub use runner::{CRASH_POINTS, Engine, EngineOptions, EnvLookup};
 pub use scheduler::{PassReport, REQUESTER as SCHEDULER};
 pub use service::{Person, ServiceError, StageRequest};

@@ -128,7 +128,7 @@ impl Engine {
             .into_iter()
             .filter(|t| t.status == velvet_core::model::TokenStatus::Active)
             .collect();
-        let s = velvet_core::attention::status(&config, &tokens, &[], now);
+        let s = velvet_core::attention::status(&config, &tokens, &[], &[], now);
         let mut recorded = 0;
         for (event, items) in [("overdue", &s.overdue), ("due_soon", &s.due_soon)] {
             for i in items {

@@ -267,6 +267,7 @@ impl Engine {
             if me.opts.lead_scheduler {
                 tokio::spawn(me.clone().lead(shutdown.clone()));
                 tokio::spawn(me.clone().notify_loop(shutdown.clone()));
+                tokio::spawn(me.clone().probe_loop(shutdown.clone()));
             }
             let weak = Arc::downgrade(&me);
             if me.store.watch_jobs(Box::new(move |c| {
@@ -528,7 +529,7 @@ impl Engine {
             .ok_or_else(|| format!("token `{}` is no longer declared in velvet.yaml", job.token))
     }
 
-    fn source(&self, spec: &TokenSpec) -> Result<Box<dyn Source>, String> {
+    pub(crate) fn source(&self, spec: &TokenSpec) -> Result<Box<dyn Source>, String> {
         self.sources
             .build(&spec.source, &*self.opts.env)
             .map_err(|e| e.to_string())

@@ -17,6 +17,7 @@ mod listen;
 mod metrics;
 mod notifications;
 mod openapi;
+mod resync;
 mod rotations;
 mod service_tokens;
 mod session;

@@ -59,6 +59,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::tokens::router())
         .merge(crate::status::router())
         .merge(crate::notifications::router())
+        .merge(crate::resync::router())
         .merge(crate::rotations::router())
         .merge(crate::service_tokens::router())
         .merge(crate::audit::router())

@@ -30,10 +30,18 @@ pub(crate) async fn summary(state: &AppState) -> Result<Status, ApiError> {
             jobs.push(job);
         }
     }
+    let health: Vec<_> = state
+        .store
+        .consumer_health()
+        .await?
+        .into_iter()
+        .map(|h| (h.token, h.consumer, h.health))
+        .collect();
     Ok(velvet_core::attention::status(
         &state.config(),
         &tokens,
         &jobs,
+        &health,
         chrono::Utc::now(),
     ))
 }

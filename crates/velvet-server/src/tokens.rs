@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use velvet_core::config::FlowType;
-use velvet_core::model::{TokenRecord, TokenStatus, VersionRecord};
+use velvet_core::model::{Health, TokenRecord, TokenStatus, VersionRecord};
 use velvet_core::rotation::{JobStatus, Stage};
 use velvet_store::{IdempotencyKey, NewJob};
 
@@ -72,6 +72,9 @@ pub struct ConsumerView {
     kind: String,
     /// Consumers sharing a lock key are written one at a time.
     lock_key: Option<String>,
+    /// The latest probe: `in_sync`, `drifted`, `stale` or `unreachable` (null: not probed yet,
+    /// or the consumer cannot be read back).
+    health: Option<Health>,
 }
 
 /// A token with its consumers and versions (never a value: versions carry fingerprints).
@@ -82,6 +85,8 @@ pub struct TokenDetail {
     status: TokenStatus,
     consumers: Vec<ConsumerView>,
     versions: Vec<VersionRecord>,
+    /// The source's latest verifying login (null: not probed yet).
+    source_health: Option<Health>,
 }
 
 /// Tokens declared in `velvet.yaml`.
@@ -126,6 +131,7 @@ async fn show(
         token,
         consumers,
         versions,
+        source_health,
     } = state
         .store
         .token_view(&name)
@@ -141,9 +147,11 @@ async fn show(
                 name: c.name,
                 kind: c.kind,
                 lock_key: c.lock_key,
+                health: c.health,
             })
             .collect(),
         versions,
+        source_health,
     }))
 }
 

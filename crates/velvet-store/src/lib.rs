@@ -8,6 +8,7 @@ mod chain;
 mod db;
 mod decisions;
 mod flags;
+mod health;
 mod job_changes;
 mod jobs;
 mod lock_keys;
@@ -29,6 +30,7 @@ pub use auth::{AuthStore, NewServiceToken};
 pub use chain::{check_keyring, reseal_all};
 pub use decisions::DecisionStore;
 pub use flags::{FlagOverride, FlagStore};
+pub use health::{ConsumerHealth, HealthStore, Probed};
 pub use lock_keys::LockKeyHold;
 pub use migrate::{
     AppliedMigration, Dialect, Migration, MigrationError, MigrationSet, MigrationState,
@@ -316,6 +318,7 @@ pub trait Store:
     + AuditStore
     + ScheduleStore
     + NotificationStore
+    + HealthStore
     + Send
     + Sync
     + std::fmt::Debug

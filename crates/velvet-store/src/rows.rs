@@ -63,6 +63,7 @@ pub(crate) struct ConsumerRow {
     pub kind: String,
     pub lock_key: Option<String>,
     pub spec: String,
+    pub health: Option<String>,
 }
 
 impl TryFrom<ConsumerRow> for ConsumerRecord {
@@ -73,6 +74,8 @@ impl TryFrom<ConsumerRow> for ConsumerRecord {
             name: r.name,
             kind: r.kind,
             lock_key: r.lock_key,
+            // A health that does not parse is as good as none: the next probe rewrites it.
+            health: r.health.and_then(|h| serde_json::from_str(&h).ok()),
         })
     }
 }

@@ -14,6 +14,8 @@ pub struct TokenView {
     pub token: TokenRecord,
     pub consumers: Vec<ConsumerRecord>,
     pub versions: Vec<VersionRecord>,
+    /// The source's latest verifying login (design §11), if a probe ran.
+    pub source_health: Option<velvet_core::model::Health>,
 }
 
 #[async_trait]
@@ -52,7 +54,7 @@ macro_rules! token_select {
 
 const ALL: &str = token_select!("ORDER BY t.name");
 const BY_NAME: &str = token_select!("WHERE t.name = $1");
-const CONSUMERS: &str = "SELECT c.name, c.kind, c.lock_key, c.spec FROM consumers c
+const CONSUMERS: &str = "SELECT c.name, c.kind, c.lock_key, c.spec, c.health FROM consumers c
      JOIN tokens t ON t.id = c.token_id WHERE t.name = $1 AND c.status = 'active' ORDER BY c.id";
 const VERSIONS: &str = "SELECT v.version, v.label, v.fingerprint, v.created_at, v.activated_at, v.revoked_at
      FROM secret_versions v JOIN tokens t ON t.id = v.token_id WHERE t.name = $1 ORDER BY v.version DESC";
@@ -84,6 +86,7 @@ impl FromRow for ConsumerRow {
             kind: r.text()?,
             lock_key: r.opt_text()?,
             spec: r.text()?,
+            health: r.opt_text()?,
         })
     }
 }
@@ -179,10 +182,20 @@ impl<B: Backend> TokenStore for B {
                     let Some(token) = token(c, &name).await? else {
                         return Ok(None);
                     };
+                    let source_health: Option<Option<String>> = c
+                        .opt(
+                            "reading a source's health",
+                            "SELECT source_health FROM tokens WHERE name = $1",
+                            &[name.as_str().into()],
+                        )
+                        .await?;
                     Ok(Some(TokenView {
                         token,
                         consumers: consumers(c, &name).await?,
                         versions: versions(c, &name).await?,
+                        source_health: source_health
+                            .flatten()
+                            .and_then(|h| serde_json::from_str(&h).ok()),
                     }))
                 })
             })

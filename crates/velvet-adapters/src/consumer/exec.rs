@@ -133,6 +133,11 @@ impl Exec {
 
 #[async_trait]
 impl Consumer for Exec {
+    /// Only a `verify_command` checks what the command did.
+    fn checkable(&self) -> bool {
+        self.verify_command.is_some()
+    }
+
     async fn probe(&self) -> Result<String> {
         let mut found = Vec::new();
         for cmd in std::iter::once(&self.command).chain(self.verify_command.as_ref()) {

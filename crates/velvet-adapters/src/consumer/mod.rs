@@ -57,6 +57,12 @@ pub trait Consumer: Send + Sync + std::fmt::Debug {
 
     /// Checks, changing nothing, that the consumer can be reached; says what was found.
     async fn probe(&self) -> Result<String>;
+
+    /// Whether `verify` reads the copy back (or runs a check that uses it), so a probe can
+    /// tell drift; a webhook without `verify.probe` cannot.
+    fn checkable(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the consumer a token declares, on its own.

@@ -96,6 +96,11 @@ impl Webhook {
 
 #[async_trait]
 impl Consumer for Webhook {
+    /// A delivery cannot be read back; only a `verify.probe` around it can check it.
+    fn checkable(&self) -> bool {
+        false
+    }
+
     async fn probe(&self) -> Result<String> {
         // A TCP connection only: a request could be taken for a delivery.
         let url = reqwest::Url::parse(&self.url)

@@ -111,3 +111,44 @@ pub async fn show(ctx: &Context, name: &str) -> Result<(), Failure> {
     });
     Ok(())
 }
+
+pub async fn resync(ctx: &Context, name: &str) -> Result<(), Failure> {
+    let r = Client::from_env()?
+        .call(
+            Method::POST,
+            &format!("/api/v1/tokens/{}/resync", urlencode(name)),
+            None,
+        )
+        .await?;
+    emit(ctx.output, &r, |r| {
+        let repaired: Vec<&str> = r["repaired"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if repaired.is_empty() && r["failed"].as_array().is_none_or(Vec::is_empty) {
+            println!(
+                "nothing had drifted: every probed consumer of {name} holds v{}",
+                r["version"]
+            );
+        }
+        for c in &repaired {
+            println!("{c}: holds v{} again", r["version"]);
+        }
+        for f in r["failed"].as_array().into_iter().flatten() {
+            println!(
+                "{}: still drifted: {}",
+                cell(f, "consumer"),
+                cell(f, "error")
+            );
+        }
+    });
+    if r["failed"].as_array().is_some_and(|f| !f.is_empty()) {
+        return Err(Failure::new(
+            crate::exit::Code::Failed,
+            "some drifted consumers could not be repaired; see each error above",
+        ));
+    }
+    Ok(())
+}

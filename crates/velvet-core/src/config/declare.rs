@@ -71,13 +71,14 @@ pub(super) fn decode_engine(cx: &mut Cx, root: &Map) -> EngineConfig {
         concurrency: 64,
         per_lock_key: 1,
         lease: Duration::from_secs(30),
+        probe_every: Duration::from_secs(3600),
     };
     if let Some(node) = root.get("engine")
         && let Some(e) = Map::new(
             cx,
             node,
             "engine",
-            &["concurrency", "per_lock_key", "lease"],
+            &["concurrency", "per_lock_key", "lease", "probe_every"],
         )
     {
         if let Some(n) = e.uint(cx, "concurrency", 1, 10_000) {
@@ -85,6 +86,17 @@ pub(super) fn decode_engine(cx: &mut Cx, root: &Map) -> EngineConfig {
         }
         if let Some(n) = e.uint(cx, "per_lock_key", 1, 1_000) {
             engine.per_lock_key = n as usize;
+        }
+        if let Some(d) = e.duration(cx, "probe_every") {
+            if !d.is_zero() && d < Duration::from_secs(60) {
+                cx.err(
+                    "engine.probe_every",
+                    e.get("probe_every").expect("present").span(),
+                    "must be 0s (off) or at least 1m: every probe reads every consumer",
+                );
+            } else {
+                engine.probe_every = d;
+            }
         }
         if let Some(d) = e.duration(cx, "lease") {
             if d < Duration::from_secs(5) {

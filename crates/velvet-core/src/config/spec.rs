@@ -62,6 +62,9 @@ pub struct EngineConfig {
     /// A job whose replica stops renewing its lease is taken over after this.
     #[serde(with = "crate::duration::serde_str")]
     pub lease: Duration,
+    /// Drift and staleness probes run this often; zero turns them off.
+    #[serde(with = "crate::duration::serde_str")]
+    pub probe_every: Duration,
 }
 
 /// One credential under management, as declared.

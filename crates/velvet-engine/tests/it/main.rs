@@ -4,6 +4,7 @@ mod flow;
 mod fresh_mint;
 mod harness;
 mod notify;
+mod probes;
 mod schedules;
 mod store_faults;
 mod wakeups;

@@ -235,6 +235,11 @@ impl FromRow for i64 {
         row.int()
     }
 }
+impl FromRow for Option<String> {
+    fn from_row(row: &mut Row) -> Result<Self, DbError> {
+        row.opt_text()
+    }
+}
 impl FromRow for Option<i64> {
     fn from_row(row: &mut Row) -> Result<Self, DbError> {
         row.opt_int()
