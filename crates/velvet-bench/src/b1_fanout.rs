@@ -9,7 +9,7 @@ use std::time::Duration;
 const LATENCY: Duration = Duration::from_millis(50);
 const CONCURRENCY: usize = 64;
 
-async fn receiver() -> String {
+pub(crate) async fn receiver() -> String {
     let app = axum::Router::new().route(
         "/hook/{i}",
         post(|| async {
@@ -24,7 +24,7 @@ async fn receiver() -> String {
 }
 
 /// Seconds from the job entering distribute to leaving it, for `n` consumers.
-async fn distribute_seconds(n: usize, base: &str) -> f64 {
+pub(crate) async fn distribute_seconds(n: usize, base: &str) -> f64 {
     let mut yaml = format!(
         "engine: {{concurrency: {CONCURRENCY}}}\ntokens:\n  - name: fan\n    flow: emergency\n    source: {{kind: random}}\n    consumers:\n"
     );

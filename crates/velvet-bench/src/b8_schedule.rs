@@ -6,7 +6,6 @@
 use crate::Row;
 use chrono::Utc;
 use std::time::{Duration, Instant};
-use velvet_core::config::{Config, LoadOptions};
 use velvet_engine::{Engine, EngineOptions};
 use velvet_store::Dialect;
 use velvet_testkit::Fixture;
@@ -33,16 +32,7 @@ fn yaml(n: usize) -> String {
 /// cadences and writes every `next_rotation_at`.
 async fn pass_ms(n: usize, runs: usize) -> (f64, f64) {
     let f = Fixture::new(Dialect::Sqlite).await;
-    let env = |_: &str| None;
-    let config = Config::parse(
-        &yaml(n),
-        &f.dir.path().join("velvet.yaml"),
-        LoadOptions {
-            env: &env,
-            check_env: false,
-        },
-    )
-    .unwrap();
+    let config = crate::job::parse(&yaml(n), &f);
     f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
     let mut opts = EngineOptions::for_this_process();
     opts.lead_scheduler = false;
@@ -58,6 +48,12 @@ async fn pass_ms(n: usize, runs: usize) -> (f64, f64) {
     let cold = t.elapsed();
     assert_eq!(first.tokens, n);
     assert!(first.started.is_empty(), "nothing is due in the benchmark");
+    let t = Instant::now();
+    f.store.schedule_standing().await.unwrap();
+    eprintln!(
+        "B8: {n} tokens: reading their standing alone takes {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let mut times: Vec<Duration> = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();

@@ -9,6 +9,20 @@ use velvet_engine::{Engine, EngineOptions};
 use velvet_store::{Dialect, NewJob};
 use velvet_testkit::Fixture;
 
+/// `yaml` as a `velvet.yaml` beside the fixture's store, its `*_env` variables unchecked.
+pub fn parse(yaml: &str, f: &Fixture) -> Config {
+    let env = |_: &str| None;
+    Config::parse(
+        yaml,
+        &f.dir.path().join("velvet.yaml"),
+        LoadOptions {
+            env: &env,
+            check_env: false,
+        },
+    )
+    .unwrap()
+}
+
 /// Seconds from the job of token `token` (declared in `yaml`, run as `emergency`) entering
 /// distribute to leaving it; every `*_env` variable reads as `env_value(name)`.
 pub async fn distribute_seconds(
@@ -17,16 +31,7 @@ pub async fn distribute_seconds(
     env_value: velvet_engine::EnvLookup,
 ) -> f64 {
     let f = Fixture::new(Dialect::Sqlite).await;
-    let env = |_: &str| None;
-    let config = Config::parse(
-        yaml,
-        &f.dir.path().join("v.yaml"),
-        LoadOptions {
-            env: &env,
-            check_env: false,
-        },
-    )
-    .unwrap();
+    let config = parse(yaml, &f);
     f.store.reconcile(&config.tokens, Utc::now()).await.unwrap();
     let mut opts = EngineOptions::for_this_process();
     opts.poll_interval = Duration::from_millis(10);

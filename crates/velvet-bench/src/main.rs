@@ -10,6 +10,7 @@ mod b5_audit;
 mod b6_mixed;
 mod b7_heroku;
 mod b8_schedule;
+mod b9_storm;
 mod job;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +69,14 @@ enum Bench {
     B8 {
         #[arg(long, default_value_t = 10_000)]
         tokens: usize,
+    },
+    /// B9: 1,000 notifications drain within the channel's pace (16 at once) and B1 beside them
+    /// keeps its time (target ≥ 0.9 of B1 alone).
+    B9 {
+        #[arg(long, default_value_t = 1000)]
+        events: usize,
+        #[arg(long, default_value_t = 1000)]
+        consumers: usize,
     },
 }
 
@@ -131,5 +140,9 @@ async fn main() {
             .for_each(Row::print),
         Bench::B7 { apps } => b7_heroku::run(apps).await.iter().for_each(Row::print),
         Bench::B8 { tokens } => b8_schedule::run(tokens).await.iter().for_each(Row::print),
+        Bench::B9 { events, consumers } => b9_storm::run(events, consumers)
+            .await
+            .iter()
+            .for_each(Row::print),
     }
 }

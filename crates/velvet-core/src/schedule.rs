@@ -77,6 +77,9 @@ pub struct Slots {
     tz: Tz,
     pub window: TimeDelta,
     pub jitter: TimeDelta,
+    /// The last `after` asked and its answer: each pass asks the same of every token (the slot
+    /// after the one it used), and a cron search costs far more than the lookup.
+    memo: std::sync::Arc<std::sync::Mutex<Option<(DateTime<Utc>, Option<DateTime<Utc>>)>>>,
 }
 
 impl Slots {
@@ -91,16 +94,26 @@ impl Slots {
             tz: parse_timezone(timezone)?,
             window: delta(window),
             jitter: delta(jitter),
+            memo: Default::default(),
         })
     }
 
     /// The first slot strictly after `t`, computed on the zone's wall clock.
     pub fn after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((asked, answer)) = *memo
+            && asked == t
+        {
+            return answer;
+        }
         let local = t.with_timezone(&self.tz);
-        self.cron
+        let answer = self
+            .cron
             .find_next_occurrence(&local, false)
             .ok()
-            .map(|d| d.with_timezone(&Utc))
+            .map(|d| d.with_timezone(&Utc));
+        *memo = Some((t, answer));
+        answer
     }
 
     /// The last slot at or before `t`.
@@ -178,6 +191,107 @@ pub struct InForce {
     pub until: DateTime<Utc>,
 }
 
+/// Where the scheduler asks which blackout is in force: the list itself, or a [`Plan`] of it
+/// laid out once per pass.
+pub trait Lookup {
+    fn at(&self, t: DateTime<Utc>) -> Option<InForce>;
+}
+
+impl Lookup for [Blackout] {
+    fn at(&self, t: DateTime<Utc>) -> Option<InForce> {
+        blackout_at(self, t)
+    }
+}
+
+/// Blackouts laid out as merged chains over `[from, to)`, so a pass over many tokens asks a
+/// binary search instead of a cron search per token; outside the span it asks the list.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    all: &'a [Blackout],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Chains in start order: (start, end, occurrences as (list index, start, end)).
+    chains: Vec<(
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Vec<(usize, DateTime<Utc>, DateTime<Utc>)>,
+    )>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(all: &'a [Blackout], from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        let mut occ: Vec<(usize, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        for (i, b) in all.iter().enumerate() {
+            match b {
+                Blackout::Between { from: f, to: t, .. } => {
+                    if *t > from && *f < to {
+                        occ.push((i, *f, *t));
+                    }
+                }
+                Blackout::Recurring {
+                    starts, duration, ..
+                } => {
+                    let mut at = starts.at_or_before(from);
+                    if at.is_none_or(|a| a + *duration <= from) {
+                        at = starts.after(from - *duration);
+                    }
+                    while let Some(a) = at
+                        && a < to
+                    {
+                        if a + *duration > from {
+                            occ.push((i, a, a + *duration));
+                        }
+                        at = starts.after(a);
+                    }
+                }
+            }
+        }
+        occ.sort_by_key(|o| o.1);
+        let mut chains: Vec<(DateTime<Utc>, DateTime<Utc>, Vec<_>)> = Vec::new();
+        for o in occ {
+            match chains.last_mut() {
+                Some(c) if o.1 <= c.1 => {
+                    c.1 = c.1.max(o.2);
+                    c.2.push(o);
+                }
+                _ => chains.push((o.1, o.2, vec![o])),
+            }
+        }
+        Self {
+            all,
+            from,
+            to,
+            chains,
+        }
+    }
+}
+
+impl Lookup for Plan<'_> {
+    fn at(&self, t: DateTime<Utc>) -> Option<InForce> {
+        if t < self.from || t >= self.to {
+            return blackout_at(self.all, t);
+        }
+        let i = self.chains.partition_point(|c| c.0 <= t);
+        let (_, end, members) = self.chains.get(i.checked_sub(1)?)?;
+        if t >= *end {
+            return None;
+        }
+        // A chain reaching the span's end may go on past it: the list knows.
+        if *end >= self.to {
+            return blackout_at(self.all, t);
+        }
+        let first = members
+            .iter()
+            .filter(|(_, s, e)| *s <= t && t < *e)
+            .map(|(i, _, _)| *i)
+            .min()?;
+        Some(InForce {
+            name: self.all[first].name().to_string(),
+            until: *end,
+        })
+    }
+}
+
 /// The blackout in force at `t`, with the end of every blackout that overlaps it in a chain.
 pub fn blackout_at(blackouts: &[Blackout], t: DateTime<Utc>) -> Option<InForce> {
     let name = blackouts
@@ -250,7 +364,7 @@ const SLOT_SEARCH: u32 = 1000;
 pub fn next(
     token: &str,
     cadence: &Cadence,
-    blackouts: &[Blackout],
+    blackouts: &(impl Lookup + ?Sized),
     s: &Standing,
     now: DateTime<Utc>,
 ) -> Next {
@@ -260,7 +374,12 @@ pub fn next(
     }
 }
 
-fn next_every(every: TimeDelta, blackouts: &[Blackout], s: &Standing, now: DateTime<Utc>) -> Next {
+fn next_every(
+    every: TimeDelta,
+    blackouts: &(impl Lookup + ?Sized),
+    s: &Standing,
+    now: DateTime<Utc>,
+) -> Next {
     let due = s.last_rotated_at.unwrap_or(s.first_seen) + every;
     // A due time already tried without success is tried again after a pause, counted from the
     // try or from the end of its job, whichever is later; it never moves a whole interval on.
@@ -271,7 +390,7 @@ fn next_every(every: TimeDelta, blackouts: &[Blackout], s: &Standing, now: DateT
         _ => due,
     };
     let at = slot.max(now);
-    let (start, blackout) = match blackout_at(blackouts, at) {
+    let (start, blackout) = match blackouts.at(at) {
         Some(b) => (b.until, Some(b.name)),
         None => (at, None),
     };
@@ -295,12 +414,12 @@ fn next_every(every: TimeDelta, blackouts: &[Blackout], s: &Standing, now: DateT
 fn planned_start(
     token: &str,
     slots: &Slots,
-    blackouts: &[Blackout],
+    blackouts: &(impl Lookup + ?Sized),
     slot: DateTime<Utc>,
 ) -> (Option<DateTime<Utc>>, Option<String>) {
     let mut start = slot + spread(token, slot, slots.jitter.min(slots.window));
     let mut held = None;
-    if let Some(b) = blackout_at(blackouts, start) {
+    if let Some(b) = blackouts.at(start) {
         start = b.until;
         held = Some(b.name);
     }
@@ -323,7 +442,7 @@ fn spread(token: &str, slot: DateTime<Utc>, jitter: TimeDelta) -> TimeDelta {
 fn next_slot(
     token: &str,
     slots: &Slots,
-    blackouts: &[Blackout],
+    blackouts: &(impl Lookup + ?Sized),
     s: &Standing,
     now: DateTime<Utc>,
 ) -> Next {
@@ -386,7 +505,7 @@ fn next_slot(
 fn first_start_after(
     token: &str,
     slots: &Slots,
-    blackouts: &[Blackout],
+    blackouts: &(impl Lookup + ?Sized),
     mut at: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     for _ in 0..SLOT_SEARCH {

@@ -1,5 +1,7 @@
 use super::*;
 
+const NONE: &[Blackout] = &[];
+
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
@@ -98,7 +100,7 @@ fn a_schedule_starts_within_jitter_of_its_slot_and_the_same_on_every_pass() {
     let s = slots("0 3 * * *", "UTC", mins(120), mins(10));
     let cadence = Cadence::Slots(Box::new(s));
     let st = seen("2026-01-01T00:00:00Z");
-    let before = next("tok", &cadence, &[], &st, t("2026-01-02T02:00:00Z"));
+    let before = next("tok", &cadence, NONE, &st, t("2026-01-02T02:00:00Z"));
     let Verdict::Wait {
         next: Some(start), ..
     } = before.verdict
@@ -106,9 +108,9 @@ fn a_schedule_starts_within_jitter_of_its_slot_and_the_same_on_every_pass() {
         panic!("{before:?}")
     };
     assert!(start >= t("2026-01-02T03:00:00Z") && start < t("2026-01-02T03:10:00Z"));
-    let again = next("tok", &cadence, &[], &st, t("2026-01-02T02:30:00Z"));
+    let again = next("tok", &cadence, NONE, &st, t("2026-01-02T02:30:00Z"));
     assert_eq!(again, before, "stable across passes");
-    let at = next("tok", &cadence, &[], &st, start);
+    let at = next("tok", &cadence, NONE, &st, start);
     assert_eq!(
         at.verdict,
         Verdict::Start {
@@ -121,7 +123,7 @@ fn a_schedule_starts_within_jitter_of_its_slot_and_the_same_on_every_pass() {
             match next(
                 &format!("t{i}"),
                 &cadence,
-                &[],
+                NONE,
                 &st,
                 t("2026-01-02T02:00:00Z"),
             )
@@ -142,7 +144,7 @@ fn a_slot_taken_is_not_started_again() {
         slot_taken: Some(t("2026-01-02T03:00:00Z")),
         ..seen("2026-01-01T00:00:00Z")
     };
-    let n = next("tok", &cadence, &[], &st, t("2026-01-02T03:30:00Z"));
+    let n = next("tok", &cadence, NONE, &st, t("2026-01-02T03:30:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -161,7 +163,7 @@ fn slots_whose_window_closed_are_missed_once_and_the_open_one_is_used() {
         ..seen("2026-01-01T00:00:00Z")
     };
     // Down from 00:00 to 03:10: the 01:00 and 02:00 windows closed, 03:00's is open.
-    let n = next("tok", &cadence, &[], &st, t("2026-01-02T03:10:00Z"));
+    let n = next("tok", &cadence, NONE, &st, t("2026-01-02T03:10:00Z"));
     let m = n.missed.unwrap();
     assert_eq!((m.slot, m.count), (t("2026-01-02T02:00:00Z"), 2));
     assert!(m.reason.contains("not running"), "{}", m.reason);
@@ -173,7 +175,7 @@ fn slots_whose_window_closed_are_missed_once_and_the_open_one_is_used() {
     );
     // A busy token misses its slot for that reason.
     let busy = Standing { busy: true, ..st };
-    let n = next("tok", &cadence, &[], &busy, t("2026-01-02T01:40:00Z"));
+    let n = next("tok", &cadence, NONE, &busy, t("2026-01-02T01:40:00Z"));
     assert!(n.missed.unwrap().reason.contains("unfinished"));
 }
 
@@ -184,7 +186,7 @@ fn years_down_on_a_frequent_schedule_jump_ahead() {
         slot_taken: Some(t("2020-01-01T00:00:00Z")),
         ..seen("2020-01-01T00:00:00Z")
     };
-    let n = next("tok", &cadence, &[], &st, t("2026-01-01T00:00:30Z"));
+    let n = next("tok", &cadence, NONE, &st, t("2026-01-01T00:00:30Z"));
     assert_eq!(
         n.verdict,
         Verdict::Start {
@@ -245,7 +247,7 @@ fn a_blackout_pushes_a_start_within_the_window_or_loses_the_slot() {
         "2026-01-02T02:30:00Z",
         "2026-01-02T04:00:00Z",
     )];
-    let n = next("tok", &cadence, &short, &st, t("2026-01-02T03:00:00Z"));
+    let n = next("tok", &cadence, &short[..], &st, t("2026-01-02T03:00:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -258,7 +260,7 @@ fn a_blackout_pushes_a_start_within_the_window_or_loses_the_slot() {
         "2026-01-02T00:00:00Z",
         "2026-01-02T06:00:00Z",
     )];
-    let n = next("tok", &cadence, &long, &st, t("2026-01-02T03:00:00Z"));
+    let n = next("tok", &cadence, &long[..], &st, t("2026-01-02T03:00:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -267,7 +269,7 @@ fn a_blackout_pushes_a_start_within_the_window_or_loses_the_slot() {
         },
         "the next start is the next slot's"
     );
-    let n = next("tok", &cadence, &long, &st, t("2026-01-02T05:00:00Z"));
+    let n = next("tok", &cadence, &long[..], &st, t("2026-01-02T05:00:00Z"));
     let m = n.missed.unwrap();
     assert_eq!(m.slot, t("2026-01-02T03:00:00Z"));
     assert!(m.reason.contains("blackout `freeze`"), "{}", m.reason);
@@ -283,7 +285,7 @@ fn rotate_every_counts_from_the_last_success_and_retries_a_failure_after_a_pause
         slot_taken: Some(ok),
         ..seen("2025-06-01T00:00:00Z")
     };
-    let n = next("tok", &cadence, &[], &st, t("2026-03-01T00:00:00Z"));
+    let n = next("tok", &cadence, NONE, &st, t("2026-03-01T00:00:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -293,7 +295,7 @@ fn rotate_every_counts_from_the_last_success_and_retries_a_failure_after_a_pause
     );
     let late = t("2026-04-03T10:00:00Z");
     assert_eq!(
-        next("tok", &cadence, &[], &st, late).verdict,
+        next("tok", &cadence, NONE, &st, late).verdict,
         Verdict::Start { slot: due },
         "down over the due time: start once, now"
     );
@@ -303,7 +305,7 @@ fn rotate_every_counts_from_the_last_success_and_retries_a_failure_after_a_pause
         last_finished: Some(t("2026-04-01T00:20:00Z")),
         ..st
     };
-    let n = next("tok", &cadence, &[], &tried, t("2026-04-01T00:30:00Z"));
+    let n = next("tok", &cadence, NONE, &tried, t("2026-04-01T00:30:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -314,7 +316,7 @@ fn rotate_every_counts_from_the_last_success_and_retries_a_failure_after_a_pause
     // An unfinished job holds it; it stays due (overdue), never moved a whole interval.
     let busy = Standing { busy: true, ..st };
     assert_eq!(
-        next("tok", &cadence, &[], &busy, late).verdict,
+        next("tok", &cadence, NONE, &busy, late).verdict,
         Verdict::Wait {
             next: Some(due),
             blackout: None
@@ -331,7 +333,7 @@ fn rotate_every_waits_out_a_blackout() {
         "2026-01-01T00:30:00Z",
         "2026-01-01T02:00:00Z",
     )];
-    let n = next("tok", &cadence, &b, &st, t("2026-01-01T00:10:00Z"));
+    let n = next("tok", &cadence, &b[..], &st, t("2026-01-01T00:10:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -339,7 +341,7 @@ fn rotate_every_waits_out_a_blackout() {
             blackout: None
         }
     );
-    let n = next("tok", &cadence, &b, &st, t("2026-01-01T01:10:00Z"));
+    let n = next("tok", &cadence, &b[..], &st, t("2026-01-01T01:10:00Z"));
     assert_eq!(
         n.verdict,
         Verdict::Wait {
@@ -348,9 +350,30 @@ fn rotate_every_waits_out_a_blackout() {
         }
     );
     assert_eq!(
-        next("tok", &cadence, &b, &st, t("2026-01-01T02:00:00Z")).verdict,
+        next("tok", &cadence, &b[..], &st, t("2026-01-01T02:00:00Z")).verdict,
         Verdict::Start {
             slot: t("2026-01-01T01:00:00Z")
         }
     );
+}
+
+#[test]
+fn a_plan_of_the_blackouts_answers_as_the_list_does() {
+    let weekends = Blackout::Recurring {
+        name: "weekends".into(),
+        starts: Box::new(slots("0 0 * * SAT", "Europe/Berlin", mins(0), mins(0))),
+        duration: TimeDelta::hours(48),
+    };
+    let list = [
+        between("freeze", "2026-01-09T12:00:00Z", "2026-01-10T06:00:00Z"),
+        weekends,
+        between("late", "2026-01-27T00:00:00Z", "2026-02-20T00:00:00Z"),
+    ];
+    let (from, to) = (t("2026-01-01T00:00:00Z"), t("2026-02-01T00:00:00Z"));
+    let plan = Plan::new(&list, from, to);
+    let mut at = t("2025-12-30T00:00:00Z");
+    while at < t("2026-02-03T00:00:00Z") {
+        assert_eq!(plan.at(at), blackout_at(&list, at), "at {at}");
+        at += TimeDelta::minutes(17);
+    }
 }

@@ -40,6 +40,17 @@ enum Declared {
     Slots(ScheduleSpec),
 }
 
+impl Declared {
+    /// Whether `spec` still declares this, compared in place (a pass asks for every token).
+    fn is(&self, spec: &velvet_core::config::TokenSpec) -> bool {
+        match (self, &spec.schedule, spec.rotate_every) {
+            (Declared::Slots(s), Some(t), _) => s == t,
+            (Declared::Every(d), None, Some(e)) => *d == e,
+            _ => false,
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
@@ -59,17 +70,17 @@ impl Engine {
     }
 
     fn cadence(&self, spec: &velvet_core::config::TokenSpec) -> Option<Arc<Cadence>> {
+        let mut cache = self.scheduler.cadences.lock().expect("never poisoned");
+        if let Some((d, c)) = cache.get(&spec.name)
+            && d.is(spec)
+        {
+            return Some(c.clone());
+        }
         let declared = match (&spec.schedule, spec.rotate_every) {
             (Some(s), _) => Declared::Slots(s.clone()),
             (None, Some(d)) => Declared::Every(d),
             (None, None) => return None,
         };
-        let mut cache = self.scheduler.cadences.lock().expect("never poisoned");
-        if let Some((d, c)) = cache.get(&spec.name)
-            && *d == declared
-        {
-            return Some(c.clone());
-        }
         let c = Arc::new(spec.cadence()?);
         cache.insert(spec.name.clone(), (declared, c.clone()));
         Some(c)
@@ -79,6 +90,12 @@ impl Engine {
     pub async fn schedule_pass(&self, now: DateTime<Utc>) -> Result<PassReport, StoreError> {
         let config = self.config();
         let blackouts = blackouts(&config);
+        // Laid out once for the pass: the tokens ask it thousands of times.
+        let plan = schedule::Plan::new(
+            &blackouts,
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::days(35),
+        );
         let rows = self.store.schedule_standing().await?;
         let mut report = PassReport {
             tokens: rows.len(),
@@ -95,7 +112,7 @@ impl Engine {
                 }
                 continue;
             };
-            let decided = schedule::next(&row.token, &cadence, &blackouts, &row.standing, now);
+            let decided = schedule::next(&row.token, &cadence, &plan, &row.standing, now);
             if let Some(m) = &decided.missed {
                 match self.store.record_missed(&row.token, m).await {
                     Ok(true) => {

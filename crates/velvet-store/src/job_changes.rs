@@ -165,13 +165,17 @@ async fn notify<C: Conn>(
         (JobStatus::AwaitingConfirmation, Some(_)) => "awaiting_confirmation",
         _ => return Ok(()),
     };
-    let token: String = c
+    // The job's error as it now stands (this change may keep an earlier one).
+    let (token, stored): (String, String) = c
         .one(
             "reading a job's token",
-            "SELECT t.name FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1",
+            "SELECT t.name, COALESCE(j.error, '') FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id WHERE j.id = $1",
             &[job_id.into()],
         )
         .await?;
+    let error = error
+        .map(str::to_string)
+        .or((!stored.is_empty()).then_some(stored));
     let data = serde_json::json!({
         "stage": to.stage.as_str(),
         "status": to.status.as_str(),

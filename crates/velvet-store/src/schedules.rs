@@ -37,12 +37,16 @@ impl FromRow for ScheduleRow {
     }
 }
 
+// One pass over tokens and one grouped pass over jobs (no per-token subqueries, no sort: the
+// scheduler does not care about order).
 const STANDING: &str = "SELECT t.name, t.created_at, t.last_rotated_at, t.schedule_slot_at,
-        EXISTS (SELECT 1 FROM rotation_jobs j WHERE j.token_id = t.id
-                  AND j.status NOT IN ('succeeded', 'aborted', 'rolled_back')),
-        (SELECT MAX(j.finished_at) FROM rotation_jobs j WHERE j.token_id = t.id),
-        t.next_rotation_at
-     FROM tokens t WHERE t.status = 'active' ORDER BY t.name";
+        COALESCE(j.busy, 0), j.last_finished, t.next_rotation_at
+     FROM tokens t LEFT JOIN (
+         SELECT token_id,
+                MAX(CASE WHEN status NOT IN ('succeeded', 'aborted', 'rolled_back') THEN 1 ELSE 0 END) AS busy,
+                MAX(finished_at) AS last_finished
+         FROM rotation_jobs GROUP BY token_id) j ON j.token_id = t.id
+     WHERE t.status = 'active'";
 
 /// `schedule_slot_at` moves forward only: the condition that makes each slot used once.
 pub(crate) fn slot_is_free(dialect: Dialect) -> &'static str {
