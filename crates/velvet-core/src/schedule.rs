@@ -70,6 +70,15 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
     })
 }
 
+/// An instant asked of a cron, and the slot it answered.
+type Asked = (DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// One occurrence of a blackout: its index in the list, its start and end.
+type Occurrence = (usize, DateTime<Utc>, DateTime<Utc>);
+
+/// A chain of overlapping occurrences: its start, its end, its members.
+type Chain = (DateTime<Utc>, DateTime<Utc>, Vec<Occurrence>);
+
 /// A cron schedule, parsed.
 #[derive(Debug, Clone)]
 pub struct Slots {
@@ -79,7 +88,7 @@ pub struct Slots {
     pub jitter: TimeDelta,
     /// The last `after` asked and its answer: each pass asks the same of every token (the slot
     /// after the one it used), and a cron search costs far more than the lookup.
-    memo: std::sync::Arc<std::sync::Mutex<Option<(DateTime<Utc>, Option<DateTime<Utc>>)>>>,
+    memo: std::sync::Arc<std::sync::Mutex<Option<Asked>>>,
 }
 
 impl Slots {
@@ -211,16 +220,12 @@ pub struct Plan<'a> {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     /// Chains in start order: (start, end, occurrences as (list index, start, end)).
-    chains: Vec<(
-        DateTime<Utc>,
-        DateTime<Utc>,
-        Vec<(usize, DateTime<Utc>, DateTime<Utc>)>,
-    )>,
+    chains: Vec<Chain>,
 }
 
 impl<'a> Plan<'a> {
     pub fn new(all: &'a [Blackout], from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
-        let mut occ: Vec<(usize, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        let mut occ: Vec<Occurrence> = Vec::new();
         for (i, b) in all.iter().enumerate() {
             match b {
                 Blackout::Between { from: f, to: t, .. } => {
@@ -247,7 +252,7 @@ impl<'a> Plan<'a> {
             }
         }
         occ.sort_by_key(|o| o.1);
-        let mut chains: Vec<(DateTime<Utc>, DateTime<Utc>, Vec<_>)> = Vec::new();
+        let mut chains: Vec<Chain> = Vec::new();
         for o in occ {
             match chains.last_mut() {
                 Some(c) if o.1 <= c.1 => {
