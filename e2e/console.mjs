@@ -175,7 +175,29 @@ try {
   expect((await a.locator("#security-events").textContent()).includes("gate_denied"), "refusals are security events");
   await shot(a, "audit");
 
-  // 5. A phone's width: nothing wider than the screen.
+  // 5. The token's schedule and age, and the rotations history with its filters.
+  await a.goto(`${url}/console/tokens/api`);
+  expect((await a.locator("#schedule").textContent()).includes("every 30d"), "the token page shows its schedule");
+  expect((await a.locator("#age").textContent()).includes("of max_age 90d"), "and its age against max_age");
+  const next = await a.locator("#next-start").textContent();
+  expect(/in (29|30) d/.test(next), `the next start is 30 days after the rotation: ${next}`);
+  expect((await a.locator("#consumers").textContent()).includes("not probed"), "and each consumer's health");
+  await shot(a, "token-schedule");
+  await a.goto(`${url}/console/rotations`);
+  expect(await a.locator("#history tbody tr").count() === 2, "both rotations are in the history");
+  await a.getByLabel("Token").fill("prod-api");
+  await a.getByLabel("Status").selectOption("succeeded");
+  await a.getByRole("button", { name: "Filter" }).click();
+  await a.waitForURL(/token=prod-api/);
+  const tokens = await a.locator("#history tbody tr td:nth-child(2)").allTextContents();
+  expect(tokens.length === 1 && tokens[0] === "prod-api", `the filter keeps prod-api's rotation: ${tokens}`);
+  await a.getByLabel("Requested by").fill("scheduler");
+  await a.getByRole("button", { name: "Filter" }).click();
+  await a.waitForURL(/requested_by=scheduler/);
+  expect((await a.locator("#history tbody").textContent()).includes("None yet."), "nobody else's jobs");
+  await shot(a, "history-filtered");
+
+  // 6. A phone's width: nothing wider than the screen.
   await a.setViewportSize({ width: 390, height: 844 });
   await a.goto(`${url}/console/tokens/prod-api`);
   const overflow = await a.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(crate::console_pages::tokens))
         .route("/console/tokens/{name}", get(crate::console_pages::token))
+        .route("/console/rotations", get(crate::console_history::rotations))
         .route(
             "/console/rotations/{job_id}",
             get(crate::console_pages::rotation),
@@ -199,6 +200,7 @@ pub(crate) fn shell(s: &session::Session, title: &str, body: Markup) -> Response
                 a.brand href="/console" { "Velvet" }
                 nav aria-label="Main" {
                     a href="/console" { "Tokens" }
+                    a href="/console/rotations" { "Rotations" }
                     @if audit { a href="/console/audit" { "Audit" } }
                 }
                 span.who { (s.operator) " (" (s.role.as_str()) ")" }

@@ -25,11 +25,11 @@ fn ago(t: Option<DateTime<Utc>>) -> String {
     if secs >= 0 {
         format!("{n} {unit} ago")
     } else {
-        format!("in {} {unit}", -n)
+        format!("in {n} {unit}")
     }
 }
 
-fn time(t: Option<DateTime<Utc>>) -> Markup {
+pub(crate) fn time(t: Option<DateTime<Utc>>) -> Markup {
     html! {
         @if let Some(t) = t {
             time datetime=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M:%S UTC")) }
@@ -39,7 +39,7 @@ fn time(t: Option<DateTime<Utc>>) -> Markup {
     }
 }
 
-fn table(id: &str, caption: &str, headers: &[&str], rows: &[Markup]) -> Markup {
+pub(crate) fn table(id: &str, caption: &str, headers: &[&str], rows: &[Markup]) -> Markup {
     html! {
         div.table-wrap {
             table id=(id) {
@@ -61,7 +61,7 @@ fn tags(tags: &[String]) -> Markup {
 }
 
 /// A status cell: its class picks the colour, its text says it.
-fn status(class: &str, text: &str) -> Markup {
+pub(crate) fn status(class: &str, text: &str) -> Markup {
     html! { td.status.(class) { (text) } }
 }
 
@@ -166,6 +166,50 @@ pub(crate) async fn tokens(
             ))
         },
     ))
+}
+
+/// A consumer's latest probe: its state, how long ago, and what it found.
+fn health(h: Option<&velvet_core::model::Health>) -> Markup {
+    match h {
+        Some(h) => html! {
+            td.status.(h.state.as_str()) title=(h.detail) {
+                (h.state.as_str()) " · " (ago(Some(h.checked_at)))
+            }
+        },
+        None => html! { td { "not probed" } },
+    }
+}
+
+/// How the token is scheduled, in the file's words.
+fn schedule_text(spec: &velvet_core::config::TokenSpec) -> String {
+    use velvet_core::duration::format;
+    match (&spec.schedule, spec.rotate_every) {
+        (Some(s), _) => format!(
+            "cron {} ({}), window {}, jitter {}",
+            s.cron,
+            s.timezone,
+            format(s.window),
+            format(s.jitter)
+        ),
+        (None, Some(d)) => format!("every {}", format(d)),
+        (None, None) => "none (rotated on demand)".into(),
+    }
+}
+
+/// The current version's age, against `max_age` when the token has one.
+fn age_text(since: Option<DateTime<Utc>>, max_age: Option<std::time::Duration>) -> String {
+    let Some(since) = since else {
+        return "—".into();
+    };
+    let age = (Utc::now() - since).to_std().unwrap_or_default();
+    let shown = velvet_core::duration::format(std::time::Duration::from_secs(age.as_secs()));
+    match max_age {
+        Some(m) if age >= m => {
+            format!("{shown}, past max_age {}", velvet_core::duration::format(m))
+        }
+        Some(m) => format!("{shown} of max_age {}", velvet_core::duration::format(m)),
+        None => shown,
+    }
 }
 
 /// What needs a person, first on the home page: the same summary as `velvet status`.
@@ -283,15 +327,35 @@ pub(crate) async fn token(
             token: Some(&name),
             status: None,
             limit: 10,
-            after: None,
+            ..JobQuery::default()
         })
         .await?;
     let t = &view.token;
     let consumers: Vec<Markup> = view
         .consumers
         .iter()
-        .map(|c| html! { tr { td { (c.name) } td { (c.kind) } td { (c.lock_key.as_deref().unwrap_or_default()) } } })
+        .map(|c| {
+            html! {
+                tr {
+                    td { (c.name) }
+                    td { (c.kind) }
+                    td { (c.lock_key.as_deref().unwrap_or_default()) }
+                    (health(c.health.as_ref()))
+                }
+            }
+        })
         .collect();
+    let config = state.config();
+    let spec = config.token(&name);
+    let schedule = spec.map(schedule_text).unwrap_or_else(|| "—".into());
+    let blackouts: Vec<_> = config
+        .blackouts
+        .iter()
+        .filter_map(|b| b.compile())
+        .collect();
+    let blackout = velvet_core::schedule::blackout_at(&blackouts, Utc::now())
+        .filter(|_| spec.is_some_and(|s| s.cadence().is_some()));
+    let max_age = spec.and_then(|s| s.max_age);
     let versions: Vec<Markup> = view
         .versions
         .iter()
@@ -345,11 +409,29 @@ pub(crate) async fn token(
                     @if let Some(v) = t.current_version { "v" (v) } @else { "—" }
                 }
                 div { span { "Last rotated" } (ago(t.last_rotated_at)) }
-                div { span { "Next due" } (ago(t.next_rotation_at)) }
+                div #schedule { span { "Schedule" } (schedule) }
+                div #next-start {
+                    span { "Next start" }
+                    (ago(t.next_rotation_at))
+                    @if let Some(b) = &blackout {
+                        br; span.status.waiting { "blackout " (b.name) " until " (time(Some(b.until))) }
+                    }
+                }
+                div #age {
+                    span { "Age" }
+                    (age_text(t.last_rotated_at, max_age))
+                }
+                div #source-health {
+                    span { "Source check" }
+                    @match &view.source_health {
+                        Some(h) => span.status.(h.state.as_str()) title=(h.detail) { (h.state.as_str()) " · " (ago(Some(h.checked_at))) },
+                        None => "not probed yet",
+                    }
+                }
                 div { span { "Tags" } (tags(&t.tags)) }
             }
             h2 { "Consumers" }
-            (table("consumers", "Consumers", &["Consumer", "Kind", "Lock key"], &consumers))
+            (table("consumers", "Consumers", &["Consumer", "Kind", "Lock key", "Health"], &consumers))
             h2 { "Versions" }
             (table(
                 "versions",

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod body;
 mod console;
+mod console_history;
 mod console_pages;
 mod error;
 mod events;

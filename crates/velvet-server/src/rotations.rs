@@ -55,6 +55,9 @@ fn parse_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, &str)> {
         ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "Page size (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("requested_by" = Option<String>, Query, description = "Only jobs of this requester (`scheduler`, `operator:alice`, `token:ci`)"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only jobs created at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only jobs created before this RFC 3339 time"),
     ),
     responses(
         (status = 200, description = "A page of jobs", body = RotationPage),
@@ -69,7 +72,32 @@ async fn list(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RotationPage>, ApiError> {
-    let p = Params::new(q, &["token", "status", "limit", "cursor"])?;
+    let p = Params::new(
+        q,
+        &[
+            "token",
+            "status",
+            "limit",
+            "cursor",
+            "requested_by",
+            "since",
+            "until",
+        ],
+    )?;
+    let when = |key: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        p.str(key)
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::validation(format!(
+                            "{key}: `{v}` is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z)"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let (since, until) = (when("since")?, when("until")?);
     let limit = p.int("limit", 50, 1, 500)?;
     let status = p.str("status");
     if let Some(s) = status
@@ -95,6 +123,9 @@ async fn list(
             status,
             limit: limit + 1,
             after,
+            requested_by: p.str("requested_by"),
+            since,
+            until,
         })
         .await?;
     let more = jobs.len() as i64 > limit;

@@ -383,6 +383,7 @@ impl<B: Backend> JobStore for B {
             q.after.map(|(_, id)| id.to_string()),
         );
         let limit = q.limit;
+        let (by, since, until) = (q.requested_by.map(str::to_string), q.since, q.until);
         self.driver()
             .read("listing jobs", move |c| {
                 Box::pin(async move {
@@ -392,12 +393,18 @@ impl<B: Backend> JobStore for B {
                         after_at.into(),
                         after_id.as_deref().into(),
                         limit.into(),
+                        by.as_deref().into(),
+                        since.into(),
+                        until.into(),
                     ];
                     let sql = match c.dialect() {
                         Dialect::Postgres => {
                             "SELECT j.id FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
                              WHERE ($1::text IS NULL OR t.name = $1) AND ($2::text IS NULL OR j.status = $2)
                                AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4))
+                             AND ($6::text IS NULL OR j.requested_by = $6)
+                             AND ($7::timestamptz IS NULL OR j.created_at >= $7)
+                             AND ($8::timestamptz IS NULL OR j.created_at < $8)
                              ORDER BY j.created_at DESC, j.id DESC LIMIT $5"
                         }
                         // The single writer inserts jobs in creation order, so the rowid is that
@@ -407,6 +414,9 @@ impl<B: Backend> JobStore for B {
                             "SELECT j.id FROM rotation_jobs j JOIN tokens t ON t.id = j.token_id
                              WHERE ($1 IS NULL OR t.name = $1) AND ($2 IS NULL OR j.status = $2)
                                AND ($3 IS NULL OR $4 IS NULL OR j.rowid < (SELECT rowid FROM rotation_jobs WHERE id = $4))
+                               AND ($6 IS NULL OR j.requested_by = $6)
+                               AND ($7 IS NULL OR julianday(j.created_at) >= julianday($7))
+                               AND ($8 IS NULL OR julianday(j.created_at) < julianday($8))
                              ORDER BY j.rowid DESC LIMIT $5"
                         }
                     };

@@ -166,6 +166,11 @@ pub struct JobQuery<'a> {
     pub limit: i64,
     /// `created_at` and `job_id` of the last job already seen.
     pub after: Option<(DateTime<Utc>, &'a str)>,
+    /// Only jobs requested by this actor (`scheduler`, `operator:alice`, `token:ci`…).
+    pub requested_by: Option<&'a str>,
+    /// Only jobs created at or after / before these times.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// How long an `Idempotency-Key` answers with the job it made.

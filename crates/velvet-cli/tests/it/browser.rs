@@ -58,6 +58,8 @@ tokens:
   - name: api
     description: Public API signing key
     flow: staged
+    rotate_every: 30d
+    max_age: 90d
     source: {{kind: random}}
 {}  - name: prod-api
     description: Production API key

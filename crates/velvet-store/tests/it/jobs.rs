@@ -699,6 +699,42 @@ async fn jobs_list_newest_first_in_pages_with_filters(f: Fixture) {
     };
     assert_eq!(count("pending").await, 5);
     assert_eq!(count("succeeded").await, 0);
+    // By requester and by creation time (the console's history filters).
+    let by = |who: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .list_jobs(&JobQuery {
+                    requested_by: Some(who),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!((by("tester").await, by("scheduler").await), (5, 0));
+    let times = |since, until| {
+        let store = f.store.clone();
+        async move {
+            store
+                .list_jobs(&JobQuery {
+                    since,
+                    until,
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let hour = chrono::Duration::hours(1);
+    assert_eq!(times(Some(Utc::now() - hour), None).await, 5);
+    assert_eq!(times(Some(Utc::now() + hour), None).await, 0);
+    assert_eq!(times(None, Some(Utc::now() - hour)).await, 0);
+    assert_eq!(times(None, Some(Utc::now() + hour)).await, 5);
 }
 
 async fn a_lock_key_is_held_across_replicas(f: Fixture) {
