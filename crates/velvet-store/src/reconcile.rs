@@ -31,14 +31,24 @@ impl<'a> Declared<'a> {
         }
     }
 
-    /// When the next scheduled rotation is due, counted from the last one (or from now).
+    /// When the next scheduled rotation starts, by the scheduler's own rule, counted from the
+    /// last one (or from now); the scheduler's first pass adds the blackouts.
     pub fn next_rotation_at(
         &self,
         last: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let every = chrono::Duration::from_std(self.spec.rotate_every?).ok()?;
-        Some(last.unwrap_or(now) + every)
+        use velvet_core::schedule::{Blackout, Standing, Verdict, next};
+        let standing = Standing {
+            first_seen: now,
+            last_rotated_at: last,
+            ..Standing::default()
+        };
+        let none: &[Blackout] = &[];
+        match next(&self.spec.name, &self.spec.cadence()?, none, &standing, now).verdict {
+            Verdict::Start { slot } => Some(slot),
+            Verdict::Wait { next, .. } => next,
+        }
     }
 }
 
@@ -48,6 +58,9 @@ pub(crate) enum Change<'a> {
         id: i64,
         decl: Declared<'a>,
         last_rotated_at: Option<DateTime<Utc>>,
+        /// A new or changed `schedule` (or a token declared again): its slots count from now,
+        /// so the slots before it are not reported missed.
+        schedule_from_now: bool,
     },
     Retire {
         id: i64,
@@ -66,10 +79,13 @@ pub(crate) fn plan<'a>(
         match existing.iter().find(|e| e.name == spec.name) {
             None => changes.push(Change::Declare(decl)),
             Some(e) if e.spec_hash != decl.spec_hash || e.status != "active" => {
+                let schedule = serde_json::to_value(&spec.schedule).unwrap_or_default();
                 changes.push(Change::Update {
                     id: e.id,
                     decl,
                     last_rotated_at: e.last_rotated_at,
+                    schedule_from_now: spec.schedule.is_some()
+                        && (e.schedule != schedule || e.status != "active"),
                 })
             }
             Some(_) => unchanged += 1,
@@ -123,6 +139,9 @@ impl FromRow for ExistingToken {
             spec_hash: r.text()?,
             status: r.text()?,
             last_rotated_at: r.opt_time()?,
+            schedule: serde_json::from_str::<serde_json::Value>(&r.text()?)
+                .map(|spec| spec["schedule"].clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -148,7 +167,7 @@ pub(crate) async fn apply<B: Backend>(
                 let existing: Vec<ExistingToken> = c
                     .all(
                         "reading tokens",
-                        "SELECT id, name, spec_hash, status, last_rotated_at FROM tokens",
+                        "SELECT id, name, spec_hash, status, last_rotated_at, spec FROM tokens",
                         &[],
                     )
                     .await?;
@@ -187,11 +206,13 @@ pub(crate) async fn apply<B: Backend>(
                             id,
                             decl: d,
                             last_rotated_at,
+                            schedule_from_now,
                         } => {
                             c.run(
                                 "updating a token",
                                 "UPDATE tokens SET description = $2, tags = $3, source_kind = $4, spec = $5, spec_hash = $6,
-                                     status = 'active', retired_at = NULL, next_rotation_at = $7, updated_at = $8 WHERE id = $1",
+                                     status = 'active', retired_at = NULL, next_rotation_at = $7, updated_at = $8,
+                                     schedule_slot_at = CASE WHEN $9 THEN $8 ELSE schedule_slot_at END WHERE id = $1",
                                 &[
                                     id.into(),
                                     d.spec.description.as_str().into(),
@@ -201,6 +222,7 @@ pub(crate) async fn apply<B: Backend>(
                                     d.spec_hash.as_str().into(),
                                     d.next_rotation_at(last_rotated_at, now).into(),
                                     now.into(),
+                                    schedule_from_now.into(),
                                 ],
                             )
                             .await?;

@@ -163,6 +163,8 @@ pub(crate) struct ExistingToken {
     pub spec_hash: String,
     pub status: String,
     pub last_rotated_at: Option<DateTime<Utc>>,
+    /// The stored declaration's `schedule`, to notice when it changes.
+    pub schedule: serde_json::Value,
 }
 
 pub(crate) struct JobRow {

@@ -359,3 +359,46 @@ async fn the_scheduler_never_starts_a_manual_token() {
         "{t:?}"
     );
 }
+
+/// A schedule added to a token declared long ago counts its slots from when it was added: the
+/// month of hourly slots before it is not reported missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_added_later_reports_no_slots_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::new(Dialect::Sqlite).await;
+    let plain = parse(
+        f.dir.path(),
+        &format!(
+            "tokens:\n{}",
+            token("legacy", "description: old", dir.path())
+        ),
+    );
+    let month_ago = Utc::now() - Delta::days(30);
+    f.store.reconcile(&plain.tokens, month_ago).await.unwrap();
+    let hourly = parse(
+        f.dir.path(),
+        &format!(
+            "tokens:\n{}",
+            token(
+                "legacy",
+                "schedule: {cron: \"0 * * * *\", window: 10m}",
+                dir.path()
+            )
+        ),
+    );
+    f.store.reconcile(&hourly.tokens, Utc::now()).await.unwrap();
+    let t = f.store.get_token("legacy").await.unwrap().unwrap();
+    let next_hour = Utc::now().duration_trunc(Delta::hours(1)).unwrap() + Delta::hours(1);
+    assert_eq!(
+        t.next_rotation_at,
+        Some(next_hour),
+        "reconcile uses the scheduler's rule"
+    );
+    let engine = engine_on(f.store.clone(), &f, hourly);
+    let r = engine
+        .schedule_pass(next_hour + Delta::minutes(5))
+        .await
+        .unwrap();
+    assert!(r.missed.is_empty(), "{r:?}");
+    assert_eq!(r.started, vec!["legacy".to_string()]);
+}
