@@ -25,7 +25,7 @@ fn lease_until(lease: std::time::Duration) -> DateTime<Utc> {
 
 /// `column < $n` (or another comparison) as instants: SQLite keeps times as text whose digits
 /// vary, so it compares them through `julianday`.
-fn at(dialect: Dialect, column: &str, op: &str, param: &str) -> String {
+pub(crate) fn at(dialect: Dialect, column: &str, op: &str, param: &str) -> String {
     match dialect {
         Dialect::Postgres => format!("{column} {op} {param}"),
         Dialect::Sqlite => format!("julianday({column}) {op} julianday({param})"),

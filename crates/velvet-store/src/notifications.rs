@@ -5,7 +5,7 @@
 
 use crate::StoreError;
 use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, read_all};
-use crate::migrate::Dialect;
+use crate::jobs::at;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -176,10 +176,7 @@ impl<B: Backend> NotificationStore for B {
         self.driver()
             .write("recording a standing notification", move |c| {
                 Box::pin(async move {
-                    let recent = match c.dialect() {
-                        Dialect::Postgres => "at > $3",
-                        Dialect::Sqlite => "julianday(at) > julianday($3)",
-                    };
+                    let recent = at(c.dialect(), "at", ">", "$3");
                     let sql = format!(
                         "SELECT COUNT(*) FROM notification_events WHERE event = $1 AND token = $2 AND {recent}"
                     );
@@ -252,10 +249,7 @@ impl<B: Backend> NotificationStore for B {
         self.driver()
             .read("reading due deliveries", move |c| {
                 Box::pin(async move {
-                    let due = match c.dialect() {
-                        Dialect::Postgres => "d.next_attempt_at <= $1",
-                        Dialect::Sqlite => "julianday(d.next_attempt_at) <= julianday($1)",
-                    };
+                    let due = at(c.dialect(), "d.next_attempt_at", "<=", "$1");
                     let sql = format!(
                         "{DELIVERY_SELECT} WHERE d.status = 'pending' AND {due} ORDER BY e.at, e.id, d.channel LIMIT $2"
                     );

@@ -6,6 +6,7 @@
 
 use crate::StoreError;
 use crate::db::{Backend, Conn, DbError, Driver, FromRow, Row, audit_keyring, write_one};
+use crate::jobs::at;
 use crate::migrate::Dialect;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -49,13 +50,11 @@ const STANDING: &str = "SELECT t.name, t.created_at, t.last_rotated_at, t.schedu
      WHERE t.status = 'active'";
 
 /// `schedule_slot_at` moves forward only: the condition that makes each slot used once.
-pub(crate) fn slot_is_free(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Postgres => "(schedule_slot_at IS NULL OR schedule_slot_at < $2)",
-        Dialect::Sqlite => {
-            "(schedule_slot_at IS NULL OR julianday(schedule_slot_at) < julianday($2))"
-        }
-    }
+fn slot_is_free(dialect: Dialect) -> String {
+    format!(
+        "(schedule_slot_at IS NULL OR {})",
+        at(dialect, "schedule_slot_at", "<", "$2")
+    )
 }
 
 /// Takes `slot` for the token with id `token_id`; false when it (or a later one) was taken.
@@ -120,10 +119,7 @@ impl<B: Backend> ScheduleStore for B {
         self.driver()
             .write("holding a lease", move |c| {
                 Box::pin(async move {
-                    let expired = match c.dialect() {
-                        Dialect::Postgres => "leases.expires_at < $4",
-                        Dialect::Sqlite => "julianday(leases.expires_at) < julianday($4)",
-                    };
+                    let expired = at(c.dialect(), "leases.expires_at", "<", "$4");
                     let sql = format!(
                         "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
                          ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
